@@ -1,0 +1,208 @@
+//! `drover`: the command-line interface.
+//!
+//! Exit status: 0 success, 1 invalid input (the workflow or a declaration
+//! is wrong), 2 usage (wrong arguments), 3 environment (the KCL engine or
+//! drover's home cannot be found). A closed stdout (e.g. `| head`) is not an
+//! error.
+
+mod render;
+mod report;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use drover_kcl::{LoadError, Loader};
+
+const AFTER_HELP: &str = "\
+Exit status: 0 success, 1 invalid input, 2 usage, 3 environment (KCL engine or drover home missing).
+
+Environment:
+  DROVER_HOME     directory holding schemas/, providers/, taskservs/ (default: the source tree)
+  DROVER_VENV     Python venv with kcl-lib (default: $DROVER_HOME/.venv)
+  DROVER_KCL_LIB  path of kcl_lib's _kcl_lib*.so, overriding DROVER_VENV";
+
+/// drover: declarative batch workflows and fleet orchestration.
+#[derive(Debug, Parser)]
+#[command(name = "drover", version, about, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Evaluate and validate a workflow; print every problem found.
+    Validate {
+        /// The workflow file (.k).
+        file: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+    },
+    /// Compile a workflow into its plan: the tasks, their order and limits.
+    Plan {
+        /// The workflow file (.k).
+        file: PathBuf,
+        /// Output format: a readable table, JSON, or Graphviz DOT.
+        #[arg(long, value_enum, default_value_t = PlanFormat::Table)]
+        format: PlanFormat,
+        /// Print time spent evaluating KCL and planning to stderr.
+        #[arg(long)]
+        timings: bool,
+    },
+}
+
+/// How problems are reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    /// For people.
+    Text,
+    /// For programs: {"ok": bool, "errors": [...]}.
+    Json,
+}
+
+/// How a plan is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PlanFormat {
+    /// A readable summary per operation.
+    Table,
+    /// Every node and edge, for programs.
+    Json,
+    /// Graphviz DOT (render with `dot -Tsvg`).
+    Dot,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut out = std::io::stdout().lock();
+    let result = match cli.command {
+        Command::Validate { file, format } => validate(&file, format, &mut out),
+        Command::Plan { file, format, timings } => plan(&file, format, timings, &mut out),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drover: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+/// Exit codes by cause.
+const INVALID: u8 = 1;
+const ENVIRONMENT: u8 = 3;
+
+fn validate(file: &Path, format: ReportFormat, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let outcome = compile(file).map(|(plan, _)| plan);
+    match (outcome, format) {
+        (Ok(plan), ReportFormat::Text) => {
+            writeln!(
+                out,
+                "ok: {} is valid: workflow {}, {} servers, {} operations, {} tasks",
+                file.display(),
+                plan.workflow.name,
+                plan.workflow.servers.len(),
+                plan.operations.len(),
+                plan.task_count()
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        (Ok(_), ReportFormat::Json) => {
+            writeln!(out, "{}", serde_json::json!({"ok": true, "errors": []}))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        (Err(failure), format) => report_failure(failure, format, out),
+    }
+}
+
+fn plan(file: &Path, format: PlanFormat, timings: bool, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let (plan, t) = match compile(file) {
+        Ok(x) => x,
+        Err(failure) => return report_failure(failure, ReportFormat::Text, out),
+    };
+    let text = match format {
+        PlanFormat::Table => render::table(&plan, file),
+        PlanFormat::Json => render::json(&plan, file),
+        PlanFormat::Dot => render::dot(&plan),
+    };
+    out.write_all(text.as_bytes())?;
+    if timings {
+        eprintln!(
+            "timings: engine load {:.1} ms, workflow evaluation {:.1} ms, declarations {:.1} ms, planning {:.1} ms ({} tasks)",
+            t.engine.as_secs_f64() * 1e3,
+            t.load.workflow.as_secs_f64() * 1e3,
+            t.load.catalog.as_secs_f64() * 1e3,
+            t.plan.as_secs_f64() * 1e3,
+            plan.task_count()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Why compiling a workflow failed.
+enum Failure {
+    Input(report::Problems),
+    Environment(String),
+}
+
+struct Timings {
+    engine: std::time::Duration,
+    load: drover_kcl::LoadTimings,
+    plan: std::time::Duration,
+}
+
+fn compile(file: &Path) -> Result<(drover_core::Plan, Timings), Failure> {
+    let started = std::time::Instant::now();
+    let loader = Loader::discover().map_err(|e| Failure::Environment(e.to_string()))?;
+    let engine = started.elapsed();
+    let (source, catalog, load) = loader.load(file).map_err(|e| match e {
+        LoadError::Engine(e) => Failure::Environment(e.to_string()),
+        LoadError::Kcl(d) => Failure::Input(report::Problems::Kcl(d)),
+        LoadError::Model(d) => Failure::Input(report::Problems::Model(d)),
+    })?;
+    let started = std::time::Instant::now();
+    let plan = drover_core::compile(&source, &catalog).map_err(|d| Failure::Input(report::Problems::Model(d)))?;
+    let plan_time = started.elapsed();
+    Ok((
+        plan,
+        Timings {
+            engine,
+            load,
+            plan: plan_time,
+        },
+    ))
+}
+
+fn report_failure(failure: Failure, format: ReportFormat, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    match failure {
+        Failure::Environment(msg) => {
+            eprintln!("drover: {msg}");
+            Ok(ExitCode::from(ENVIRONMENT))
+        }
+        Failure::Input(problems) => {
+            let located = problems.locate();
+            match format {
+                ReportFormat::Text => {
+                    let mut err = std::io::stderr().lock();
+                    for p in &located {
+                        write!(err, "{p}")?;
+                    }
+                    writeln!(err, "drover: {} problem(s) found", located.len())?;
+                }
+                ReportFormat::Json => {
+                    writeln!(out, "{}", serde_json::json!({"ok": false, "errors": located}))?;
+                }
+            }
+            Ok(ExitCode::from(INVALID))
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! drover's core: the typed model, its validation, and the planner.
+//!
+//! Architecture invariant: nothing in this crate does I/O, reads a clock or
+//! draws a random number. Everything it needs (the evaluated workflow, the
+//! provider and taskserv declarations, which scripts exist) is passed in by
+//! the caller, so it is tested without a runtime or a file system.
+//!
+//! Layout:
+//! - [`model`]: the workflow and declarations as typed data.
+//! - [`validate`]: reference and constraint checks; collects every problem.
+//! - [`plan`]: expansion into a DAG of tasks and gates.
+//! - [`diagnostic`]: a problem, with the file and field it is about.
+
+pub mod diagnostic;
+mod graph;
+pub mod model;
+pub mod plan;
+pub mod validate;
+
+pub use diagnostic::Diagnostic;
+pub use plan::Plan;
+
+/// Validate `source` against `catalog` and, when it is valid, plan it.
+/// Returns every problem found, not just the first.
+pub fn compile(source: &model::Source, catalog: &model::Catalog) -> Result<Plan, Vec<Diagnostic>> {
+    let diags = validate::validate(source, catalog);
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    plan::build(source, catalog)
+}

@@ -1,0 +1,625 @@
+//! The typed model: what a workflow file and the provider and taskserv
+//! declarations say, after the KCL engine has applied defaults and checks.
+//!
+//! Field names and meanings mirror `schemas/*.k`; the schemas' doc strings
+//! are the reference. The model is plain data: it is deserialised from the
+//! engine's JSON and never does I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A workflow file's `workflow` value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workflow {
+    /// The workflow's name.
+    pub name: String,
+    /// What the workflow is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// How operations relate when they do not say.
+    #[serde(rename = "type", default)]
+    pub kind: WorkflowType,
+    /// The target infrastructure.
+    #[serde(default)]
+    pub servers: Vec<Server>,
+    /// The steps of the workflow.
+    pub operations: Vec<Operation>,
+    /// Edges between parts of the plan beyond `depends_on`.
+    #[serde(default)]
+    pub dependencies: Vec<Dependency>,
+    /// Values given to every task (as DROVER_VAR_<NAME>).
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// At most this many tasks run at once across the run.
+    #[serde(default = "default_max_parallel")]
+    pub max_parallel: u32,
+    /// Seconds the whole run may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// How the run rolls back.
+    #[serde(default)]
+    pub rollback_strategy: RollbackStrategy,
+    /// How failed attempts are retried, unless an operation says otherwise.
+    #[serde(default)]
+    pub retry_policy: RetryPolicy,
+    /// Where and how the run logs.
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// State store, checkpoints and metrics.
+    #[serde(default)]
+    pub monitoring: MonitoringConfig,
+    /// Where secrets come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<SecretProvider>,
+}
+
+fn default_max_parallel() -> u32 {
+    10
+}
+
+/// batch | sequential | parallel (see WorkflowDef in schemas/workflow.k).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkflowType {
+    /// Operations ordered by depends_on only.
+    #[default]
+    Batch,
+    /// Each operation also waits for the one declared before it.
+    Sequential,
+    /// Like batch; every operation spreads over its servers at once.
+    Parallel,
+}
+
+/// One server of the fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// DNS label naming the server.
+    pub hostname: String,
+    /// The provider that creates it.
+    pub provider: String,
+    /// One of the provider's plans.
+    pub plan: String,
+    /// Provider zone or region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Network address, when known before creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// How to reach it over SSH.
+    #[serde(default)]
+    pub ssh: SshAccess,
+    /// Free-form labels for selection.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Groups it belongs to.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Taskservs it carries.
+    #[serde(default)]
+    pub taskservs: Vec<String>,
+}
+
+/// SSH access to a server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshAccess {
+    /// Login user.
+    pub user: String,
+    /// TCP port.
+    pub port: u16,
+    /// Private key file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+}
+
+impl Default for SshAccess {
+    fn default() -> Self {
+        SshAccess {
+            user: "root".into(),
+            port: 22,
+            key_file: None,
+        }
+    }
+}
+
+/// create | update | delete | check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperationType {
+    /// Create servers, install taskservs.
+    Create,
+    /// Update servers or taskservs.
+    Update,
+    /// Delete servers, remove taskservs.
+    Delete,
+    /// Check status or health.
+    Check,
+}
+
+/// server | taskserv | cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Servers themselves, through their provider.
+    Server,
+    /// Taskservs on each server that carries them.
+    Taskserv,
+    /// Cluster-wide taskservs, run once on one server.
+    Cluster,
+}
+
+/// fail | continue | rollback.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Stop dispatching; running tasks finish.
+    #[default]
+    Fail,
+    /// Mark failed, skip what hard-depends on it, run the rest.
+    Continue,
+    /// Fail, then roll back.
+    Rollback,
+}
+
+/// on_success | on_failure | always.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// Run when the operations it depends on succeeded.
+    #[default]
+    OnSuccess,
+    /// Run only when one of them failed.
+    OnFailure,
+    /// Run in any case.
+    Always,
+}
+
+/// One step of a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Operation {
+    /// Unique id.
+    pub id: String,
+    /// What it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// create | update | delete | check.
+    #[serde(rename = "type")]
+    pub kind: OperationType,
+    /// server | taskserv | cluster.
+    pub target: Target,
+    /// Only servers of these providers (empty = all).
+    #[serde(default)]
+    pub providers: Vec<String>,
+    /// Hostnames (target server) or taskserv names.
+    #[serde(default)]
+    pub items: Vec<String>,
+    /// Which servers the operation works on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<Selector>,
+    /// The server cluster tasks run on (target cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_on: Option<String>,
+    /// Operations that must finish first.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// Whether servers proceed at once (bounded) or one at a time.
+    #[serde(default = "yes")]
+    pub parallel: bool,
+    /// At most this many tasks of the operation at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
+    /// Seconds per task attempt.
+    #[serde(default = "default_timeout")]
+    pub timeout: u64,
+    /// What a failed task does to the run.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// When the operation runs, given its upstream operations.
+    #[serde(default)]
+    pub condition: Condition,
+    /// Replaces the workflow's retry policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicy>,
+    /// Roll through servers in batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling: Option<RollingStrategy>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_timeout() -> u64 {
+    600
+}
+
+/// Picks servers by name, group and tag.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    /// Explicit hostnames.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Tags, all required; "!t" excludes t.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// hard | soft | optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DependencyType {
+    /// The target must succeed.
+    #[default]
+    Hard,
+    /// The target must finish.
+    Soft,
+    /// Ordering only, when the target is in the plan.
+    Optional,
+}
+
+/// `source` waits for `target`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dependency {
+    /// The waiting side, "kind.name".
+    pub source: String,
+    /// The side waited for, "kind.name".
+    pub target: String,
+    /// hard | soft | optional.
+    #[serde(rename = "type", default)]
+    pub kind: DependencyType,
+    /// Polled before the source starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_condition: Option<WaitCondition>,
+}
+
+/// A command polled until it exits 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitCondition {
+    /// Shell command.
+    pub command: String,
+    /// Server it runs on; the orchestrator when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// Seconds before giving up.
+    pub timeout: u64,
+    /// Seconds between polls.
+    pub interval: u64,
+}
+
+/// linear | exponential.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    /// initial_delay × n.
+    Linear,
+    /// initial_delay × 2^(n-1).
+    #[default]
+    Exponential,
+}
+
+/// How failed attempts are retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Growth of the delay.
+    pub backoff: Backoff,
+    /// Seconds before the first retry.
+    pub initial_delay: u64,
+    /// Cap on the delay, seconds.
+    pub max_delay: u64,
+    /// Spread delays randomly.
+    #[serde(default = "yes")]
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            backoff: Backoff::Exponential,
+            initial_delay: 5,
+            max_delay: 300,
+            jitter: true,
+        }
+    }
+}
+
+/// How a run rolls back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackStrategy {
+    /// Whether rollback happens at all.
+    pub enabled: bool,
+    /// Roll back when only part of an operation failed.
+    pub on_partial_failure: bool,
+    /// A safe point every N completed operations (0 = none).
+    pub checkpoint_interval: u32,
+    /// Keep operations that fully succeeded.
+    pub preserve_successful: bool,
+}
+
+impl Default for RollbackStrategy {
+    fn default() -> Self {
+        RollbackStrategy {
+            enabled: true,
+            on_partial_failure: true,
+            checkpoint_interval: 0,
+            preserve_successful: false,
+        }
+    }
+}
+
+/// Batches through an operation's servers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollingStrategy {
+    /// Servers per batch.
+    pub batch_size: u32,
+    /// Seconds between batches.
+    pub pause: u64,
+    /// Halt when failures exceed this percentage.
+    pub failure_threshold: f64,
+}
+
+/// Log level of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+/// Log format of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+/// Where and how a run logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// Minimum level.
+    pub level: LogLevel,
+    /// JSON lines or text.
+    pub format: LogFormat,
+    /// Directory of run logs.
+    pub dir: String,
+    /// Days logs are kept.
+    pub retention_days: u32,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            level: LogLevel::Info,
+            format: LogFormat::Json,
+            dir: "logs".into(),
+            retention_days: 30,
+        }
+    }
+}
+
+/// sqlite | postgres.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum StateStore {
+    #[default]
+    Sqlite,
+    Postgres,
+}
+
+/// Tracing settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Emit spans.
+    pub tracing: bool,
+    /// Fraction of runs traced.
+    pub trace_sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            tracing: true,
+            trace_sample_ratio: 1.0,
+        }
+    }
+}
+
+/// State store, checkpoints, metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringConfig {
+    /// Which store holds the journal.
+    pub state_store: StateStore,
+    /// Where, when not the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_path: Option<String>,
+    /// Checkpoint every N completed tasks.
+    pub checkpoint_frequency: u32,
+    /// Export metrics.
+    pub metrics: bool,
+    /// Tracing.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        MonitoringConfig {
+            state_store: StateStore::Sqlite,
+            state_path: None,
+            checkpoint_frequency: 1,
+            metrics: true,
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+/// SOPS files decrypted with age identities.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretProvider {
+    /// Always "sops".
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// SOPS files.
+    pub files: Vec<String>,
+    /// age identity file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_key_file: Option<String>,
+}
+
+/// cpu (cores), memory (MiB), disk (GiB).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Cores.
+    pub cpu: u32,
+    /// MiB.
+    pub memory: u64,
+    /// GiB.
+    pub disk: u64,
+}
+
+/// A provider's declaration (providers/<name>/kcl/dependencies.k).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderDecl {
+    /// Provider name (its folder's name).
+    pub name: String,
+    /// Needs a network before anything else.
+    pub requires_network: bool,
+    /// Server creation waits for the network.
+    pub network_before_servers: bool,
+    /// Resources shared by its servers.
+    #[serde(default)]
+    pub shared_resources: Vec<String>,
+    /// Calls started per second.
+    pub api_rate_limit: f64,
+    /// Calls in flight.
+    pub batch_size: u32,
+    /// Plan name → resources.
+    pub plans: BTreeMap<String, Resources>,
+    /// The declaration file (set by the loader).
+    #[serde(skip)]
+    pub origin: PathBuf,
+}
+
+/// A taskserv's health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Shell command, exit 0 when healthy.
+    pub command: String,
+    /// Seconds per try.
+    pub timeout: u64,
+    /// Tries after the first.
+    pub retries: u32,
+}
+
+/// The scripts a taskserv folder may ship.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum Script {
+    Install,
+    Remove,
+    Check,
+    Update,
+    Rollback,
+}
+
+impl Script {
+    /// Every script kind.
+    pub const ALL: [Script; 5] = [
+        Script::Install,
+        Script::Remove,
+        Script::Check,
+        Script::Update,
+        Script::Rollback,
+    ];
+
+    /// File name under scripts/.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Script::Install => "install.sh",
+            Script::Remove => "remove.sh",
+            Script::Check => "check.sh",
+            Script::Update => "update.sh",
+            Script::Rollback => "rollback.sh",
+        }
+    }
+}
+
+/// A taskserv's declaration (taskservs/<name>/kcl/dependencies.k).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskservDecl {
+    /// Taskserv name (its folder's name).
+    pub name: String,
+    /// What it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Taskservs installed before it on the same server.
+    #[serde(default)]
+    pub requires: Vec<String>,
+    /// Taskservs that must not share its server.
+    #[serde(default)]
+    pub conflicts_with: Vec<String>,
+    /// What a server's plan must offer.
+    #[serde(default)]
+    pub minimum_resources: Resources,
+    /// Run after install.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Scripts present in its folder (set by the loader).
+    #[serde(skip)]
+    pub scripts: BTreeSet<Script>,
+    /// The declaration file (set by the loader).
+    #[serde(skip)]
+    pub origin: PathBuf,
+}
+
+/// Everything a workflow refers to besides itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    /// Providers by name.
+    pub providers: BTreeMap<String, ProviderDecl>,
+    /// Taskservs by name.
+    pub taskservs: BTreeMap<String, TaskservDecl>,
+}
+
+/// A workflow with the file it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    /// The workflow file, as the user named it.
+    pub file: PathBuf,
+    /// The evaluated workflow.
+    pub workflow: Workflow,
+}

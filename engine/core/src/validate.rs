@@ -1,0 +1,489 @@
+//! Validation of a workflow against the catalog: every reference resolves,
+//! every server can carry what it is given. Collects every problem.
+//!
+//! What the planner needs to expand (selections, dependency targets,
+//! cycles through tasks) is checked by the planner; this module checks what
+//! can be seen from the declarations alone.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+
+use crate::diagnostic::{Diagnostic, known};
+use crate::model::{Catalog, OperationType, Script, Server, Source, Target};
+
+/// Check `source` against `catalog`; an empty result means valid.
+pub fn validate(source: &Source, catalog: &Catalog) -> Vec<Diagnostic> {
+    let mut v = Validator {
+        file: &source.file,
+        catalog,
+        diags: Vec::new(),
+    };
+    v.workflow(source);
+    v.diags
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    catalog: &'a Catalog,
+    diags: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn push(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    fn workflow(&mut self, source: &Source) {
+        let wf = &source.workflow;
+        if wf.name.trim().is_empty() {
+            self.push(Diagnostic::new(self.file, "name", "the workflow has no name"));
+        }
+        if wf.operations.is_empty() {
+            self.push(
+                Diagnostic::new(
+                    self.file,
+                    "operations",
+                    format!("workflow {} has no operations", wf.name),
+                )
+                .help("add at least one OperationDef"),
+            );
+        }
+        if wf.max_parallel == 0 {
+            self.push(Diagnostic::new(
+                self.file,
+                "max_parallel",
+                "max_parallel must be at least 1",
+            ));
+        }
+
+        let mut first_server: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in wf.servers.iter().enumerate() {
+            if let Some(j) = first_server.insert(&s.hostname, i) {
+                first_server.insert(&s.hostname, j);
+                self.push(
+                    Diagnostic::new(
+                        self.file,
+                        format!("servers[{i}].hostname"),
+                        format!(
+                            "duplicate server hostname \"{}\" (first declared at servers[{j}])",
+                            s.hostname
+                        ),
+                    )
+                    .at(&s.hostname),
+                );
+            }
+            self.server(i, s);
+        }
+
+        let mut first_op: HashMap<&str, usize> = HashMap::new();
+        for (i, op) in wf.operations.iter().enumerate() {
+            if op.id.trim().is_empty() {
+                self.push(Diagnostic::new(
+                    self.file,
+                    format!("operations[{i}].id"),
+                    "operation id is empty",
+                ));
+            }
+            if let Some(j) = first_op.insert(&op.id, i) {
+                first_op.insert(&op.id, j);
+                self.push(
+                    Diagnostic::new(
+                        self.file,
+                        format!("operations[{i}].id"),
+                        format!(
+                            "duplicate operation id \"{}\" (first declared at operations[{j}])",
+                            op.id
+                        ),
+                    )
+                    .at(&op.id),
+                );
+            }
+        }
+
+        let servers: BTreeMap<&str, &Server> = wf.servers.iter().map(|s| (s.hostname.as_str(), s)).collect();
+        let groups: BTreeSet<&str> = wf
+            .servers
+            .iter()
+            .flat_map(|s| s.groups.iter().map(String::as_str))
+            .collect();
+        let tags: BTreeSet<&str> = wf
+            .servers
+            .iter()
+            .flat_map(|s| s.tags.iter().map(String::as_str))
+            .collect();
+        let op_ids: Vec<&str> = wf.operations.iter().map(|o| o.id.as_str()).collect();
+
+        for (i, op) in wf.operations.iter().enumerate() {
+            let at = |field: &str| format!("operations[{i}].{field}");
+            for (k, dep) in op.depends_on.iter().enumerate() {
+                if !first_op.contains_key(dep.as_str()) {
+                    self.push(
+                        Diagnostic::new(
+                            self.file,
+                            at(&format!("depends_on[{k}]")),
+                            format!("operation {} depends on unknown operation \"{dep}\"", op.id),
+                        )
+                        .help(format!("known operations: {}", known(op_ids.iter().copied())))
+                        .at(dep),
+                    );
+                }
+            }
+            for (k, p) in op.providers.iter().enumerate() {
+                if !self.catalog.providers.contains_key(p) {
+                    self.push(
+                        Diagnostic::new(
+                            self.file,
+                            at(&format!("providers[{k}]")),
+                            format!("operation {} names unknown provider \"{p}\"", op.id),
+                        )
+                        .help(format!(
+                            "known providers: {}",
+                            known(self.catalog.providers.keys().map(String::as_str))
+                        ))
+                        .at(p),
+                    );
+                }
+            }
+            if let Some(sel) = &op.selector {
+                for (k, name) in sel.servers.iter().enumerate() {
+                    if !servers.contains_key(name.as_str()) {
+                        self.push(
+                            Diagnostic::new(
+                                self.file,
+                                at(&format!("selector.servers[{k}]")),
+                                format!("operation {} selects unknown server \"{name}\"", op.id),
+                            )
+                            .help(format!("servers of this workflow: {}", known(servers.keys().copied())))
+                            .at(name),
+                        );
+                    }
+                }
+                for (k, g) in sel.groups.iter().enumerate() {
+                    if !groups.contains(g.as_str()) {
+                        self.push(
+                            Diagnostic::new(
+                                self.file,
+                                at(&format!("selector.groups[{k}]")),
+                                format!("operation {} selects group \"{g}\", which no server belongs to", op.id),
+                            )
+                            .help(format!("groups in use: {}", known(groups.iter().copied())))
+                            .at(g),
+                        );
+                    }
+                }
+                for (k, t) in sel.tags.iter().enumerate() {
+                    let bare = t.strip_prefix('!').unwrap_or(t);
+                    if !tags.contains(bare) {
+                        self.push(
+                            Diagnostic::new(
+                                self.file,
+                                at(&format!("selector.tags[{k}]")),
+                                format!("operation {} selects tag \"{bare}\", which no server carries", op.id),
+                            )
+                            .help(format!("tags in use: {}", known(tags.iter().copied())))
+                            .at(t),
+                        );
+                    }
+                }
+            }
+            match op.target {
+                Target::Server => {
+                    for (k, item) in op.items.iter().enumerate() {
+                        if !servers.contains_key(item.as_str()) {
+                            self.push(
+                                Diagnostic::new(
+                                    self.file,
+                                    at(&format!("items[{k}]")),
+                                    format!("operation {} targets unknown server \"{item}\"", op.id),
+                                )
+                                .help(format!("servers of this workflow: {}", known(servers.keys().copied())))
+                                .at(item),
+                            );
+                        }
+                    }
+                }
+                Target::Taskserv | Target::Cluster => {
+                    for (k, item) in op.items.iter().enumerate() {
+                        match self.catalog.taskservs.get(item) {
+                            None => self.push(
+                                Diagnostic::new(
+                                    self.file,
+                                    at(&format!("items[{k}]")),
+                                    format!("operation {} names unknown taskserv \"{item}\"", op.id),
+                                )
+                                .help(format!(
+                                    "known taskservs: {}",
+                                    known(self.catalog.taskservs.keys().map(String::as_str))
+                                ))
+                                .at(item),
+                            ),
+                            Some(decl) => {
+                                let script = script_for(op.kind);
+                                if !decl.scripts.contains(&script) {
+                                    self.push(
+                                        Diagnostic::new(
+                                            self.file,
+                                            at(&format!("items[{k}]")),
+                                            format!(
+                                                "operation {} needs the {} script of taskserv {item}, which it does not ship",
+                                                op.id,
+                                                script.file_name()
+                                            ),
+                                        )
+                                        .help(format!(
+                                            "add {} next to {}",
+                                            Path::new("scripts").join(script.file_name()).display(),
+                                            decl.origin.display()
+                                        ))
+                                        .at(item),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(run_on) = &op.run_on
+                && !servers.contains_key(run_on.as_str())
+            {
+                self.push(
+                    Diagnostic::new(
+                        self.file,
+                        at("run_on"),
+                        format!("operation {} runs on unknown server \"{run_on}\"", op.id),
+                    )
+                    .help(format!("servers of this workflow: {}", known(servers.keys().copied())))
+                    .at(run_on),
+                );
+            }
+        }
+
+        for (k, dep) in wf.dependencies.iter().enumerate() {
+            if let Some(wc) = &dep.wait_condition
+                && let Some(s) = &wc.server
+                && !servers.contains_key(s.as_str())
+            {
+                self.push(
+                    Diagnostic::new(
+                        self.file,
+                        format!("dependencies[{k}].wait_condition.server"),
+                        format!("wait condition runs on unknown server \"{s}\""),
+                    )
+                    .help(format!("servers of this workflow: {}", known(servers.keys().copied())))
+                    .at(s),
+                );
+            }
+        }
+
+        self.taskserv_catalog(wf.servers.iter().flat_map(|s| s.taskservs.iter().map(String::as_str)));
+    }
+
+    fn server(&mut self, i: usize, s: &Server) {
+        let file = self.file;
+        let provider = self.catalog.providers.get(&s.provider);
+        match provider {
+            None => self.push(
+                Diagnostic::new(
+                    file,
+                    format!("servers[{i}].provider"),
+                    format!("server {} uses unknown provider \"{}\"", s.hostname, s.provider),
+                )
+                .help(format!(
+                    "known providers: {}",
+                    known(self.catalog.providers.keys().map(String::as_str))
+                ))
+                .at(&s.provider),
+            ),
+            Some(p) if !p.plans.contains_key(&s.plan) => self.push(
+                Diagnostic::new(
+                    file,
+                    format!("servers[{i}].plan"),
+                    format!(
+                        "server {}: provider {} has no plan \"{}\"",
+                        s.hostname, s.provider, s.plan
+                    ),
+                )
+                .help(format!(
+                    "plans of {}: {}",
+                    s.provider,
+                    known(p.plans.keys().map(String::as_str))
+                ))
+                .at(&s.plan),
+            ),
+            Some(_) => {}
+        }
+        let plan = provider.and_then(|p| p.plans.get(&s.plan));
+
+        let carried: HashSet<&str> = s.taskservs.iter().map(String::as_str).collect();
+        for (k, name) in s.taskservs.iter().enumerate() {
+            let field = format!("servers[{i}].taskservs[{k}]");
+            let Some(decl) = self.catalog.taskservs.get(name) else {
+                self.push(
+                    Diagnostic::new(
+                        file,
+                        field,
+                        format!("server {} carries unknown taskserv \"{name}\"", s.hostname),
+                    )
+                    .help(format!(
+                        "known taskservs: {}",
+                        known(self.catalog.taskservs.keys().map(String::as_str))
+                    ))
+                    .at(name),
+                );
+                continue;
+            };
+            for r in &decl.requires {
+                if !carried.contains(r.as_str()) {
+                    self.push(
+                        Diagnostic::new(
+                            file,
+                            field.clone(),
+                            format!(
+                                "server {} carries {name}, which requires {r}, but does not carry {r}",
+                                s.hostname
+                            ),
+                        )
+                        .help(format!("add \"{r}\" to the taskservs of {}", s.hostname))
+                        .at(name),
+                    );
+                }
+            }
+            for c in &decl.conflicts_with {
+                // Report each conflicting pair once, from the first of the two.
+                if carried.contains(c.as_str()) && s.taskservs.iter().position(|t| t == c) > Some(k) {
+                    self.push(
+                        Diagnostic::new(
+                            file,
+                            field.clone(),
+                            format!("server {} carries {name} and {c}, which conflict", s.hostname),
+                        )
+                        .help(format!(
+                            "{name} declares conflicts_with {c} in {}; keep one of them on this server",
+                            decl.origin.display()
+                        ))
+                        .at(name),
+                    );
+                }
+            }
+            if let Some(plan) = plan {
+                let need = decl.minimum_resources;
+                let mut short = Vec::new();
+                if plan.cpu < need.cpu {
+                    short.push(format!("cpu {} < {}", plan.cpu, need.cpu));
+                }
+                if plan.memory < need.memory {
+                    short.push(format!("memory {} MiB < {} MiB", plan.memory, need.memory));
+                }
+                if plan.disk < need.disk {
+                    short.push(format!("disk {} GiB < {} GiB", plan.disk, need.disk));
+                }
+                if !short.is_empty() {
+                    self.push(
+                        Diagnostic::new(
+                            file,
+                            format!("servers[{i}].plan"),
+                            format!(
+                                "server {}: plan {} does not meet the minimum resources of {name}: {}",
+                                s.hostname,
+                                s.plan,
+                                short.join(", ")
+                            ),
+                        )
+                        .help("choose a larger plan or move the taskserv to another server")
+                        .at(&s.plan),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Check the declarations of the taskservs in use: their references
+    /// resolve and `requires` has no cycle.
+    fn taskserv_catalog<'a>(&mut self, used: impl Iterator<Item = &'a str>) {
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut stack: Vec<&str> = used.collect();
+        while let Some(name) = stack.pop() {
+            if !seen.insert(name) {
+                continue;
+            }
+            let Some(decl) = self.catalog.taskservs.get(name) else {
+                continue;
+            };
+            for (field, list) in [("requires", &decl.requires), ("conflicts_with", &decl.conflicts_with)] {
+                for (k, r) in list.iter().enumerate() {
+                    if self.catalog.taskservs.contains_key(r) {
+                        if field == "requires" {
+                            stack.push(r);
+                        }
+                    } else {
+                        self.push(
+                            Diagnostic::new(
+                                &decl.origin,
+                                format!("dependencies.{field}[{k}]"),
+                                format!("taskserv {name} names unknown taskserv \"{r}\" in {field}"),
+                            )
+                            .help(format!(
+                                "known taskservs: {}",
+                                known(self.catalog.taskservs.keys().map(String::as_str))
+                            ))
+                            .at(r),
+                        );
+                    }
+                }
+            }
+        }
+        for cycle in requires_cycles(self.catalog, &seen) {
+            let first = cycle[0];
+            let origin = self
+                .catalog
+                .taskservs
+                .get(first)
+                .map(|d| d.origin.clone())
+                .unwrap_or_default();
+            let mut path = cycle.clone();
+            path.push(first);
+            self.push(
+                Diagnostic::new(
+                    origin,
+                    "dependencies.requires",
+                    format!(
+                        "taskservs require each other in a cycle: {} (each requires the next)",
+                        path.join(" → ")
+                    ),
+                )
+                .help("remove one of these requires")
+                .at(first),
+            );
+        }
+    }
+}
+
+/// The script an operation type runs on a taskserv.
+pub fn script_for(kind: OperationType) -> Script {
+    match kind {
+        OperationType::Create => Script::Install,
+        OperationType::Update => Script::Update,
+        OperationType::Delete => Script::Remove,
+        OperationType::Check => Script::Check,
+    }
+}
+
+/// Every elementary cycle's node list (one per strongly connected set) in
+/// the `requires` graph restricted to `names`.
+fn requires_cycles<'a>(catalog: &'a Catalog, names: &BTreeSet<&'a str>) -> Vec<Vec<&'a str>> {
+    let edges = |n: &str| -> Vec<&'a str> {
+        catalog
+            .taskservs
+            .get(n)
+            .map(|d| {
+                d.requires
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|r| names.contains(r))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let nodes: Vec<&str> = names.iter().copied().collect();
+    crate::graph::cycles(&nodes, edges)
+}
