@@ -5,8 +5,10 @@
 //! drover's home cannot be found). A closed stdout (e.g. `| head`) is not an
 //! error.
 
+mod progress;
 mod render;
 mod report;
+mod runs;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,12 +18,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use drover_kcl::{LoadError, Loader};
 
 const AFTER_HELP: &str = "\
-Exit status: 0 success, 1 invalid input, 2 usage, 3 environment (KCL engine or drover home missing).
+Exit status: 0 success, 1 invalid input, 2 usage, 3 environment (KCL engine or drover home missing),
+4 the run failed (or was rolled back), 5 the run was cancelled or aborted.
 
 Environment:
   DROVER_HOME     directory holding schemas/, providers/, taskservs/ (default: the source tree)
   DROVER_VENV     Python venv with kcl-lib (default: $DROVER_HOME/.venv)
-  DROVER_KCL_LIB  path of kcl_lib's _kcl_lib*.so, overriding DROVER_VENV";
+  DROVER_KCL_LIB  path of kcl_lib's _kcl_lib*.so, overriding DROVER_VENV
+  DROVER_STATE    the state database (default: $XDG_DATA_HOME/drover/state.db)";
 
 /// drover: declarative batch workflows and fleet orchestration.
 #[derive(Debug, Parser)]
@@ -52,11 +56,68 @@ enum Command {
         #[arg(long)]
         timings: bool,
     },
+    /// Run a workflow here, on the embedded state store, with a live view.
+    Run {
+        /// The workflow file (.k); omit with --resume.
+        #[arg(required_unless_present = "resume", conflicts_with = "resume")]
+        file: Option<PathBuf>,
+        /// Continue an unfinished run (after a crash or Ctrl-C) from its journal.
+        #[arg(long, value_name = "RUN_ID")]
+        resume: Option<String>,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// List the runs in the state store, newest first.
+    Runs {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Run the failed and cancelled tasks of a finished run again.
+    Retry {
+        /// The run.
+        run_id: String,
+        /// Only this operation's tasks (and what follows from them).
+        #[arg(long, value_name = "ID")]
+        operation: Option<String>,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Undo what a finished or failed run did, in reverse dependency order.
+    Rollback {
+        /// The run.
+        run_id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+/// Where runs are kept.
+#[derive(Debug, clap::Args)]
+struct StateArgs {
+    /// The state database.
+    #[arg(long, env = "DROVER_STATE", value_name = "PATH")]
+    state: Option<PathBuf>,
+    /// At most this many tasks at once (overrides the workflow's max_parallel).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    parallel: Option<u32>,
+    /// Print every output line of every task.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+impl StateArgs {
+    fn target(self) -> runs::Target {
+        runs::Target {
+            state: self.state.unwrap_or_else(drover_exec::default_state_path),
+            parallel: self.parallel,
+            verbose: self.verbose,
+        }
+    }
 }
 
 /// How problems are reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum ReportFormat {
+pub(crate) enum ReportFormat {
     /// For people.
     Text,
     /// For programs: {"ok": bool, "errors": [...]}.
@@ -80,6 +141,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { file, format } => validate(&file, format, &mut out),
         Command::Plan { file, format, timings } => plan(&file, format, timings, &mut out),
+        Command::Run { file, resume, state } => runs::run(file.as_deref(), resume.as_deref(), &state.target(), &mut out),
+        Command::Runs { state } => runs::list(&state.target(), &mut out),
+        Command::Retry {
+            run_id,
+            operation,
+            state,
+        } => runs::retry(&run_id, operation.as_deref(), &state.target(), &mut out),
+        Command::Rollback { run_id, state } => runs::rollback(&run_id, &state.target(), &mut out),
     };
     match result {
         Ok(code) => code,
@@ -149,7 +218,7 @@ fn plan(file: &Path, format: PlanFormat, timings: bool, out: &mut impl Write) ->
 }
 
 /// Why compiling a workflow failed.
-enum Failure {
+pub(crate) enum Failure {
     Input(report::Problems),
     Environment(String),
 }
@@ -158,6 +227,18 @@ struct Timings {
     engine: std::time::Duration,
     load: drover_kcl::LoadTimings,
     plan: std::time::Duration,
+}
+
+/// Evaluate and validate a workflow for running.
+pub(crate) fn load_inputs(file: &Path) -> Result<drover_exec::Inputs, Failure> {
+    let loader = Loader::discover().map_err(|e| Failure::Environment(e.to_string()))?;
+    let (source, catalog, _) = loader.load(file).map_err(|e| match e {
+        LoadError::Engine(e) => Failure::Environment(e.to_string()),
+        LoadError::Kcl(d) => Failure::Input(report::Problems::Kcl(d)),
+        LoadError::Model(d) => Failure::Input(report::Problems::Model(d)),
+    })?;
+    drover_core::compile(&source, &catalog).map_err(|d| Failure::Input(report::Problems::Model(d)))?;
+    Ok(drover_exec::Inputs { source, catalog })
 }
 
 fn compile(file: &Path) -> Result<(drover_core::Plan, Timings), Failure> {
@@ -182,7 +263,7 @@ fn compile(file: &Path) -> Result<(drover_core::Plan, Timings), Failure> {
     ))
 }
 
-fn report_failure(failure: Failure, format: ReportFormat, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+pub(crate) fn report_failure(failure: Failure, format: ReportFormat, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     match failure {
         Failure::Environment(msg) => {
             eprintln!("drover: {msg}");

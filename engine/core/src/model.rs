@@ -89,6 +89,9 @@ pub struct Server {
     /// Network address, when known before creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// How drover reaches it.
+    #[serde(default)]
+    pub connection: Connection,
     /// How to reach it over SSH.
     #[serde(default)]
     pub ssh: SshAccess,
@@ -101,6 +104,17 @@ pub struct Server {
     /// Taskservs it carries.
     #[serde(default)]
     pub taskservs: Vec<String>,
+}
+
+/// How drover reaches a server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Connection {
+    /// Over SSH, agentless.
+    #[default]
+    Ssh,
+    /// Processes on the orchestrator's machine, in the server's root.
+    Local,
 }
 
 /// SSH access to a server.
@@ -527,7 +541,7 @@ pub struct ProviderDecl {
     /// Plan name → resources.
     pub plans: BTreeMap<String, Resources>,
     /// The declaration file (set by the loader).
-    #[serde(skip)]
+    #[serde(default)]
     pub origin: PathBuf,
 }
 
@@ -599,15 +613,15 @@ pub struct TaskservDecl {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
     /// Scripts present in its folder (set by the loader).
-    #[serde(skip)]
+    #[serde(default)]
     pub scripts: BTreeSet<Script>,
     /// The declaration file (set by the loader).
-    #[serde(skip)]
+    #[serde(default)]
     pub origin: PathBuf,
 }
 
 /// Everything a workflow refers to besides itself.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Catalog {
     /// Providers by name.
     pub providers: BTreeMap<String, ProviderDecl>,
@@ -616,7 +630,7 @@ pub struct Catalog {
 }
 
 /// A workflow with the file it came from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Source {
     /// The workflow file, as the user named it.
     pub file: PathBuf,

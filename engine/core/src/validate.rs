@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use crate::diagnostic::{Diagnostic, known};
-use crate::model::{Catalog, OperationType, Script, Server, Source, Target};
+use crate::model::{Catalog, Condition, OperationType, Script, Server, Source, Target, WorkflowType};
 
 /// Check `source` against `catalog`; an empty result means valid.
 pub fn validate(source: &Source, catalog: &Catalog) -> Vec<Diagnostic> {
@@ -242,6 +242,17 @@ impl Validator<'_> {
                         }
                     }
                 }
+            }
+            if op.condition != Condition::OnSuccess && op.depends_on.is_empty() && wf.kind != WorkflowType::Sequential {
+                self.push(
+                    Diagnostic::new(
+                        self.file,
+                        at("condition"),
+                        format!("operation {} has a condition but depends on no operation, so it has nothing to test", op.id),
+                    )
+                    .help("add depends_on with the operations whose outcome decides whether it runs")
+                    .at(&op.id),
+                );
             }
             if let Some(run_on) = &op.run_on
                 && !servers.contains_key(run_on.as_str())

@@ -1,0 +1,187 @@
+//! The live progress view of a run: one bar per operation with its tasks'
+//! counts (running / ok / failed / retrying / skipped) and the servers in
+//! flight, and a line per notable transition. Without a terminal it prints
+//! one line per transition instead.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use drover_core::Plan;
+use drover_exec::Progress;
+use drover_exec::runner::TaskLine;
+use drover_state::Event;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::{broadcast, mpsc};
+
+#[derive(Default, Clone)]
+struct Counts {
+    running: Vec<String>,
+    ok: u64,
+    failed: u64,
+    retrying: u64,
+    skipped: u64,
+    cancelled: u64,
+}
+
+/// Follow a run until its journal says it finished.
+pub async fn watch(
+    plan: Arc<Plan>,
+    mut events: broadcast::Receiver<Progress>,
+    mut lines: Option<mpsc::UnboundedReceiver<TaskLine>>,
+    verbose: bool,
+) {
+    let tty = std::io::stderr().is_terminal();
+    let mp = MultiProgress::with_draw_target(if tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+    let style = ProgressStyle::with_template("{prefix:<18.bold} [{bar:28.cyan/blue}] {pos:>4}/{len:<4} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("█▉ ");
+    let mut bars = Vec::new();
+    for op in &plan.operations {
+        let pb = mp.add(ProgressBar::new(op.tasks.len() as u64));
+        pb.set_style(style.clone());
+        pb.set_prefix(op.id.clone());
+        bars.push(pb);
+    }
+    let op_of: HashMap<String, usize> = plan
+        .graph
+        .node_weights()
+        .filter_map(|n| n.task().map(|t| (t.id.clone(), t.operation)))
+        .collect();
+    let server_of: HashMap<String, String> = plan
+        .graph
+        .node_weights()
+        .filter_map(|n| n.task().and_then(|t| t.server.clone().map(|s| (t.id.clone(), s))))
+        .collect();
+    let mut counts = vec![Counts::default(); plan.operations.len()];
+    let say = |mp: &MultiProgress, text: String| {
+        if tty {
+            let _ = mp.println(text);
+        } else {
+            eprintln!("{text}");
+        }
+    };
+    loop {
+        let progress = tokio::select! {
+            p = events.recv() => p,
+            l = async {
+                match lines.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match l {
+                    Some(l) if verbose => say(&mp, format!("  {} | {}", l.task, l.line.line)),
+                    Some(_) => {}
+                    None => lines = None,
+                }
+                continue;
+            }
+        };
+        let p = match progress {
+            Ok(p) => p,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        let Some(node) = p.node.clone() else {
+            match &p.event {
+                Event::RunFinished { .. } => break,
+                Event::RunPaused => say(&mp, "run paused".into()),
+                Event::RunUnpaused => say(&mp, "run resumed".into()),
+                Event::CancelRequested => say(&mp, "stopping: running tasks are being cancelled".into()),
+                Event::RollbackStarted { reason } => say(&mp, format!("rolling back: {reason}")),
+                Event::RollbackFinished { complete } => {
+                    say(&mp, format!("rollback {}", if *complete { "complete" } else { "incomplete" }))
+                }
+                Event::Checkpoint { operations_completed } => {
+                    say(&mp, format!("safe point after {}", operations_completed.join(", ")))
+                }
+                _ => {}
+            }
+            continue;
+        };
+        let Some(&op) = op_of.get(&node) else {
+            if let Event::GateBlocked { reason } = &p.event {
+                say(&mp, format!("{node} blocked: {reason}"));
+            }
+            continue;
+        };
+        let c = &mut counts[op];
+        let server = server_of.get(&node).cloned().unwrap_or_else(|| node.clone());
+        let mut advance = false;
+        match &p.event {
+            Event::TaskStarted { attempt, .. } => {
+                if *attempt > 1 {
+                    c.retrying = c.retrying.saturating_sub(1);
+                }
+                c.running.push(server);
+                if !tty {
+                    say(&mp, format!("{node}: running (attempt {attempt})"));
+                }
+            }
+            Event::TaskSucceeded { duration_ms, .. } => {
+                c.running.retain(|s| *s != server);
+                c.ok += 1;
+                advance = true;
+                if !tty {
+                    say(&mp, format!("{node}: ok in {:.1}s", *duration_ms as f64 / 1000.0));
+                }
+            }
+            Event::TaskFailed { error, will_retry, attempt, .. } => {
+                c.running.retain(|s| *s != server);
+                if *will_retry {
+                    c.retrying += 1;
+                    say(&mp, format!("{node}: attempt {attempt} failed, retrying: {error}"));
+                } else {
+                    c.failed += 1;
+                    advance = true;
+                    say(&mp, format!("{node}: FAILED: {error}"));
+                }
+            }
+            Event::TaskSkipped { reason } => {
+                c.skipped += 1;
+                advance = true;
+                say(&mp, format!("{node}: skipped: {reason}"));
+            }
+            Event::TaskCancelled { .. } => {
+                c.running.retain(|s| *s != server);
+                c.cancelled += 1;
+                advance = true;
+            }
+            Event::UndoSucceeded { .. } => say(&mp, format!("{node}: undone")),
+            Event::UndoFailed { error } => say(&mp, format!("{node}: undo FAILED: {error}")),
+            Event::NotUndoable { reason } => say(&mp, format!("{node}: cannot be undone: {reason}")),
+            _ => {}
+        }
+        let bar = &bars[op];
+        if advance {
+            bar.inc(1);
+        }
+        bar.set_message(message(c));
+    }
+    for b in bars {
+        b.finish();
+    }
+}
+
+fn message(c: &Counts) -> String {
+    let mut parts = vec![format!("ok {}", c.ok)];
+    if c.failed > 0 {
+        parts.push(format!("failed {}", c.failed));
+    }
+    if c.retrying > 0 {
+        parts.push(format!("retrying {}", c.retrying));
+    }
+    if c.skipped > 0 {
+        parts.push(format!("skipped {}", c.skipped));
+    }
+    if c.cancelled > 0 {
+        parts.push(format!("cancelled {}", c.cancelled));
+    }
+    if !c.running.is_empty() {
+        let shown: Vec<&str> = c.running.iter().take(4).map(String::as_str).collect();
+        let more = if c.running.len() > 4 { format!(" +{}", c.running.len() - 4) } else { String::new() };
+        parts.push(format!("running {}{more}", shown.join(" ")));
+    }
+    parts.join(" · ")
+}

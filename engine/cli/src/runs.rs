@@ -1,0 +1,167 @@
+//! `drover run`, `runs`, `retry`, `rollback`: executing plans in-process
+//! on the embedded state store.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use drover_exec::report::{self, Summary};
+use drover_exec::{Control, ExecError, Options, RunHandle};
+use drover_state::{RunStatus, Store};
+
+use crate::{load_inputs, report_failure};
+
+/// Exit status of a run that failed (or was rolled back).
+pub const RUN_FAILED: u8 = 4;
+/// Exit status of a run that was cancelled or aborted.
+pub const RUN_STOPPED: u8 = 5;
+
+/// Where the state store is, and the options derived from it.
+pub struct Target {
+    pub state: PathBuf,
+    pub parallel: Option<u32>,
+    pub verbose: bool,
+}
+
+fn open(t: &Target) -> anyhow::Result<(Arc<Store>, Options)> {
+    let store = Store::open(&t.state)?;
+    let mut opts = Options::for_state(&t.state);
+    opts.max_parallel = t.parallel;
+    Ok((Arc::new(store), opts))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn exit_for(status: RunStatus) -> ExitCode {
+    match status {
+        RunStatus::Succeeded => ExitCode::SUCCESS,
+        RunStatus::Cancelled | RunStatus::Aborted | RunStatus::Paused | RunStatus::Running => ExitCode::from(RUN_STOPPED),
+        RunStatus::Failed | RunStatus::RolledBack => ExitCode::from(RUN_FAILED),
+    }
+}
+
+fn exec_failure(e: ExecError) -> anyhow::Result<ExitCode> {
+    match e {
+        ExecError::Unsupported(msg) | ExecError::WrongState(msg) => {
+            eprintln!("drover: {msg}");
+            Ok(ExitCode::from(1))
+        }
+        ExecError::State(drover_state::StateError::UnknownRun(id)) => {
+            eprintln!("drover: no run {id} in the state store (see `drover runs`)");
+            Ok(ExitCode::from(1))
+        }
+        other => Err(other.into()),
+    }
+}
+
+/// `drover run FILE` or `drover run --resume ID`.
+pub fn run(file: Option<&Path>, resume: Option<&str>, t: &Target, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let (store, opts) = open(t)?;
+    let rt = runtime()?;
+    let handle = match (file, resume) {
+        (_, Some(id)) => rt.block_on(async { drover_exec::run::resume(store, id, &opts, None) }),
+        (Some(file), None) => {
+            let inputs = match load_inputs(file) {
+                Ok(i) => i,
+                Err(f) => return report_failure(f, crate::ReportFormat::Text, out),
+            };
+            rt.block_on(async { drover_exec::run::start(store, inputs, &opts, None) })
+        }
+        (None, None) => {
+            eprintln!("drover: give a workflow FILE, or --resume RUN_ID");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let handle = match handle {
+        Ok(h) => h,
+        Err(e) => return exec_failure(e),
+    };
+    follow(&rt, handle, t, out)
+}
+
+/// `drover retry ID [--operation OP]`.
+pub fn retry(id: &str, operation: Option<&str>, t: &Target, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let (store, opts) = open(t)?;
+    let rt = runtime()?;
+    match rt.block_on(async { drover_exec::run::retry(store, id, operation, &opts, None) }) {
+        Ok(h) => follow(&rt, h, t, out),
+        Err(e) => exec_failure(e),
+    }
+}
+
+/// `drover rollback ID`.
+pub fn rollback(id: &str, t: &Target, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let (store, opts) = open(t)?;
+    let rt = runtime()?;
+    match rt.block_on(drover_exec::run::rollback(store, id, &opts, None)) {
+        Ok(summary) => {
+            print_summary(&summary, out)?;
+            Ok(exit_for(match summary.status {
+                RunStatus::RolledBack => RunStatus::Succeeded,
+                s => s,
+            }))
+        }
+        Err(e) => exec_failure(e),
+    }
+}
+
+/// `drover runs`.
+pub fn list(t: &Target, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let (store, _) = open(t)?;
+    let runs = store.runs()?;
+    if runs.is_empty() {
+        writeln!(out, "no runs in {}", t.state.display())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "{:<22}  {:<12}  {:<20}  file", "run", "status", "workflow")?;
+    for r in runs {
+        writeln!(out, "{:<22}  {:<12}  {:<20}  {}", r.id, r.status.as_str(), r.workflow, r.file)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn follow(rt: &tokio::runtime::Runtime, mut handle: RunHandle, t: &Target, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    eprintln!(
+        "run {} of {}: {} tasks; logs in {}",
+        handle.run_id,
+        handle.plan.workflow.name,
+        handle.plan.task_count(),
+        handle.logs_dir.display()
+    );
+    let events = handle.subscribe();
+    let lines = handle.lines.take();
+    let plan = handle.plan.clone();
+    let ctl = handle.controller();
+    let verbose = t.verbose;
+    let summary = rt.block_on(async move {
+        // Ctrl-C stops the run cleanly: running tasks are cancelled, the
+        // journal and a report marked aborted are written, and the run can
+        // be resumed.
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = ctl.send(Control::Abort);
+            }
+        });
+        let view = tokio::spawn(crate::progress::watch(plan, events, lines, verbose));
+        let summary = handle.wait().await;
+        let _ = view.await;
+        summary
+    });
+    match summary {
+        Ok(s) => {
+            print_summary(&s, out)?;
+            Ok(exit_for(s.status))
+        }
+        Err(e) => exec_failure(e),
+    }
+}
+
+fn print_summary(s: &Summary, out: &mut impl Write) -> anyhow::Result<()> {
+    write!(out, "{}", report::table(s))?;
+    let files: Vec<String> = s.files.iter().map(|f| f.display().to_string()).collect();
+    writeln!(out, "report: {}", files.join(", "))?;
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! drover's executor: carries out a plan, durably.
+//!
+//! Layout:
+//! - [`scheduler`]: the event loop that owns a run's state; limits,
+//!   retries, conditions, halts, rollback.
+//! - [`runner`]: one attempt of one task (provider call or script).
+//! - [`transport`]: how commands reach servers (processes here; SSH later).
+//! - [`provider`]: the Provider trait and the providers this build drives.
+//! - [`run`]: start, resume, retry and roll back runs.
+//! - [`report`]: the end-of-run report.
+//!
+//! Architecture invariants: the journal (drover-state) is the source of
+//! truth; every transition is journaled before it is acted on. Only
+//! transports start processes.
+
+pub mod provider;
+pub mod report;
+pub mod run;
+pub mod runner;
+pub mod scheduler;
+pub mod transport;
+
+pub use run::{ExecError, Inputs, Options, RunHandle, default_state_path};
+pub use scheduler::{Control, Progress, Status};

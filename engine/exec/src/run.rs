@@ -1,0 +1,433 @@
+//! Runs: start one, resume one after a crash, retry what failed, roll one
+//! back by hand. Each returns a [`RunHandle`] to control and watch it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_core::Plan;
+use drover_core::model::{Catalog, Connection, Source};
+use drover_state::{RunRecord, RunStatus, Store};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::provider::{Provider, registry};
+use crate::report::{self, Summary};
+use crate::runner::{Paths, Runner, TaskExecutor, TaskLine};
+use crate::scheduler::{Control, Progress, Scheduler, SchedulerError, Settings, now_ms};
+use crate::transport::local::LocalTransport;
+
+/// Why a run could not be started or finished.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The workflow does not compile (should have been caught by validate).
+    #[error("the workflow is invalid: {0}")]
+    Invalid(String),
+    /// The workflow needs something this build cannot do.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The state store failed.
+    #[error(transparent)]
+    State(#[from] drover_state::StateError),
+    /// The scheduler stopped.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    /// A run cannot be continued in the state it is in.
+    #[error("{0}")]
+    WrongState(String),
+    /// Writing reports failed.
+    #[error("cannot write the report: {0}")]
+    Report(std::io::Error),
+}
+
+/// What is stored with a run so it can be planned again identically.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Inputs {
+    /// The evaluated workflow.
+    pub source: Source,
+    /// The evaluated declarations.
+    pub catalog: Catalog,
+}
+
+/// Where runs keep their state and files.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The directory for hosts and working directories (the state
+    /// database's directory by default).
+    pub data_dir: PathBuf,
+    /// Where run logs go; the workflow's logging.dir when None.
+    pub logs_root: Option<PathBuf>,
+    /// Overrides the plan's global parallelism.
+    pub max_parallel: Option<u32>,
+    /// Seed of retry jitter.
+    pub seed: u64,
+}
+
+impl Options {
+    /// Defaults for a state database at `state`.
+    pub fn for_state(state: &Path) -> Options {
+        Options {
+            data_dir: state.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+            logs_root: None,
+            max_parallel: None,
+            seed: now_ms() as u64,
+        }
+    }
+}
+
+/// The default state database: `$XDG_DATA_HOME/drover/state.db`, else
+/// `~/.local/share/drover/state.db`.
+pub fn default_state_path() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("drover/state.db")
+}
+
+/// A run in progress.
+#[derive(Debug)]
+pub struct RunHandle {
+    /// Its id.
+    pub run_id: String,
+    /// The plan it carries out.
+    pub plan: Arc<Plan>,
+    /// Where its logs and reports go.
+    pub logs_dir: PathBuf,
+    control: mpsc::UnboundedSender<Control>,
+    progress: broadcast::Sender<Progress>,
+    /// Output lines of its tasks.
+    pub lines: Option<mpsc::UnboundedReceiver<TaskLine>>,
+    join: JoinHandle<Result<Summary, ExecError>>,
+}
+
+impl RunHandle {
+    /// Send an operator command.
+    pub fn control(&self, c: Control) {
+        let _ = self.control.send(c);
+    }
+
+    /// A sender of operator commands, for signal handlers.
+    pub fn controller(&self) -> mpsc::UnboundedSender<Control> {
+        self.control.clone()
+    }
+
+    /// Watch its journal events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Wait for the end; the summary has been written as a report.
+    pub async fn wait(self) -> Result<Summary, ExecError> {
+        match self.join.await {
+            Ok(r) => r,
+            Err(e) => Err(ExecError::WrongState(format!("the run's task ended abnormally: {e}"))),
+        }
+    }
+}
+
+/// A new run id: time-ordered and unique.
+pub fn new_run_id() -> String {
+    use rand::Rng;
+    let ms = now_ms();
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days);
+    let suffix: u16 = rand::rng().random();
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{suffix:04x}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Refuse, before anything runs, a plan this build cannot carry out.
+fn preflight(plan: &Plan, providers: &std::collections::BTreeMap<String, Arc<dyn Provider>>) -> Result<(), ExecError> {
+    let mut problems = Vec::new();
+    for n in plan.graph.node_weights() {
+        let Some(t) = n.task() else { continue };
+        let server = t.server.as_ref().and_then(|h| plan.workflow.servers.iter().find(|s| &s.hostname == h));
+        let provider = t.provider.clone().or_else(|| server.map(|s| s.provider.clone()));
+        if let Some(p) = provider
+            && !providers.contains_key(&p)
+        {
+            let msg = format!(
+                "provider {p} (task {}) has no engine implementation in this build; it can be planned, not run",
+                t.id
+            );
+            if !problems.contains(&msg) {
+                problems.push(msg);
+            }
+        }
+        if t.taskserv.is_some()
+            && let Some(s) = server
+            && s.connection != Connection::Local
+        {
+            let msg = format!(
+                "server {} is reached over SSH, which this build cannot do yet; declare connection = \"local\" to run it here",
+                s.hostname
+            );
+            if !problems.contains(&msg) {
+                problems.push(msg);
+            }
+        }
+        if t.taskserv.is_some()
+            && let Some(s) = server
+            && s.connection == Connection::Local
+            && s.provider != "local"
+        {
+            problems.push(format!("server {}: connection local needs provider local", s.hostname));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        problems.truncate(10);
+        Err(ExecError::Unsupported(problems.join("\n")))
+    }
+}
+
+fn plan_of(inputs: &Inputs) -> Result<Plan, ExecError> {
+    drover_core::compile(&inputs.source, &inputs.catalog).map_err(|d| {
+        ExecError::Invalid(d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    })
+}
+
+fn logs_dir(plan: &Plan, opts: &Options, run_id: &str) -> PathBuf {
+    opts.logs_root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&plan.workflow.logging.dir))
+        .join(run_id)
+}
+
+/// What kind of continuation a launch is.
+enum Launch {
+    Fresh,
+    Resume,
+    Retry(Option<usize>),
+}
+
+/// Start a new run of `inputs`.
+pub fn start(store: Arc<Store>, inputs: Inputs, opts: &Options, executor: Option<Arc<dyn TaskExecutor>>) -> Result<RunHandle, ExecError> {
+    let plan = plan_of(&inputs)?;
+    if executor.is_none() {
+        preflight(&plan, &registry())?;
+    }
+    let run_id = new_run_id();
+    let now = now_ms();
+    store.create_run(&RunRecord {
+        id: run_id.clone(),
+        workflow: plan.workflow.name.clone(),
+        file: inputs.source.file.display().to_string(),
+        status: RunStatus::Running,
+        created_at_ms: now,
+        updated_at_ms: now,
+        inputs: serde_json::to_value(&inputs).map_err(|e| ExecError::WrongState(e.to_string()))?,
+    })?;
+    launch(store, run_id, plan, inputs.catalog, opts, executor, Launch::Fresh, Vec::new())
+}
+
+fn load(store: &Store, run_id: &str) -> Result<(RunRecord, Inputs, Plan), ExecError> {
+    let record = store.run(run_id)?;
+    let inputs: Inputs = serde_json::from_value(record.inputs.clone())
+        .map_err(|e| ExecError::WrongState(format!("run {run_id} has unreadable inputs: {e}")))?;
+    let plan = plan_of(&inputs)?;
+    Ok((record, inputs, plan))
+}
+
+/// Continue an unfinished run from its journal: finished tasks are not run
+/// again; tasks that were in flight run again with the same idempotency
+/// key.
+pub fn resume(store: Arc<Store>, run_id: &str, opts: &Options, executor: Option<Arc<dyn TaskExecutor>>) -> Result<RunHandle, ExecError> {
+    let (record, inputs, plan) = load(&store, run_id)?;
+    if !record.status.is_unfinished() {
+        return Err(ExecError::WrongState(format!(
+            "run {run_id} is {}; only running, paused or aborted runs resume (use `drover retry` for a finished one)",
+            record.status.as_str()
+        )));
+    }
+    if executor.is_none() {
+        preflight(&plan, &registry())?;
+    }
+    let journal = store.journal(run_id)?;
+    store.set_status(run_id, RunStatus::Running, now_ms())?;
+    launch(store, run_id.to_string(), plan, inputs.catalog, opts, executor, Launch::Resume, journal)
+}
+
+/// Run the failed, cancelled and skipped tasks of a finished run again
+/// (all, or one operation's and what follows from them).
+pub fn retry(
+    store: Arc<Store>,
+    run_id: &str,
+    operation: Option<&str>,
+    opts: &Options,
+    executor: Option<Arc<dyn TaskExecutor>>,
+) -> Result<RunHandle, ExecError> {
+    let (record, inputs, plan) = load(&store, run_id)?;
+    if record.status.is_unfinished() {
+        return Err(ExecError::WrongState(format!(
+            "run {run_id} is {}; resume it with `drover run --resume {run_id}`",
+            record.status.as_str()
+        )));
+    }
+    let op = match operation {
+        None => None,
+        Some(id) => Some(plan.operations.iter().position(|o| o.id == id).ok_or_else(|| {
+            let known: Vec<&str> = plan.operations.iter().map(|o| o.id.as_str()).collect();
+            ExecError::WrongState(format!("run {run_id} has no operation {id}; its operations: {}", known.join(", ")))
+        })?),
+    };
+    if executor.is_none() {
+        preflight(&plan, &registry())?;
+    }
+    let journal = store.journal(run_id)?;
+    store.set_status(run_id, RunStatus::Running, now_ms())?;
+    launch(store, run_id.to_string(), plan, inputs.catalog, opts, executor, Launch::Retry(op), journal)
+}
+
+/// Undo, by hand, everything a finished or failed run did that can be
+/// undone, in reverse dependency order.
+pub async fn rollback(store: Arc<Store>, run_id: &str, opts: &Options, executor: Option<Arc<dyn TaskExecutor>>) -> Result<Summary, ExecError> {
+    let (record, inputs, plan) = load(&store, run_id)?;
+    if record.status.is_unfinished() && record.status != RunStatus::Aborted {
+        return Err(ExecError::WrongState(format!(
+            "run {run_id} is {}; cancel it or let it finish before rolling it back",
+            record.status.as_str()
+        )));
+    }
+    let plan = Arc::new(plan);
+    let journal = store.journal(run_id)?;
+    let logs = logs_dir(&plan, opts, run_id);
+    let (exec, _) = executor_for(run_id, &plan, inputs.catalog, opts, &logs, executor, false);
+    let (_ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let (progress, _) = broadcast::channel(1024);
+    let mut s = Scheduler::new(plan.clone(), run_id.to_string(), store.clone(), exec, settings(&plan, opts), ctl_rx, progress);
+    s.replay(&journal);
+    let complete = s.rollback("rollback requested by an operator", true).await?;
+    let status = if complete { RunStatus::RolledBack } else { RunStatus::Failed };
+    store.set_status(run_id, status, now_ms())?;
+    let summary = report::summarize(
+        run_id,
+        &plan,
+        &s.nodes,
+        status,
+        if complete { "rolled back by hand".into() } else { "rollback by hand incomplete".into() },
+        &logs,
+        &store.journal(run_id)?,
+    );
+    report::write(&summary, &logs).map_err(ExecError::Report)?;
+    Ok(summary)
+}
+
+fn settings(plan: &Plan, opts: &Options) -> Settings {
+    Settings {
+        max_parallel: opts.max_parallel.unwrap_or_else(|| plan.max_parallel()).max(1),
+        seed: opts.seed,
+    }
+}
+
+type Executor = (Arc<dyn TaskExecutor>, Option<mpsc::UnboundedReceiver<TaskLine>>);
+
+fn executor_for(
+    run_id: &str,
+    plan: &Arc<Plan>,
+    catalog: Catalog,
+    opts: &Options,
+    logs: &Path,
+    executor: Option<Arc<dyn TaskExecutor>>,
+    with_lines: bool,
+) -> Executor {
+    if let Some(e) = executor {
+        return (e, None);
+    }
+    let (tx, rx) = if with_lines {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let runner = Runner::new(
+        run_id.to_string(),
+        plan.clone(),
+        Arc::new(catalog),
+        registry(),
+        Arc::new(LocalTransport),
+        Paths {
+            hosts_dir: opts.data_dir.join("hosts"),
+            work_dir: opts.data_dir.join("work").join(run_id),
+            logs_dir: logs.to_path_buf(),
+        },
+        tx,
+    );
+    (Arc::new(runner), rx)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    store: Arc<Store>,
+    run_id: String,
+    plan: Plan,
+    catalog: Catalog,
+    opts: &Options,
+    executor: Option<Arc<dyn TaskExecutor>>,
+    kind: Launch,
+    journal: Vec<drover_state::Entry>,
+) -> Result<RunHandle, ExecError> {
+    let plan = Arc::new(plan);
+    let logs = logs_dir(&plan, opts, &run_id);
+    std::fs::create_dir_all(&logs).map_err(ExecError::Report)?;
+    let (exec, lines) = executor_for(&run_id, &plan, catalog, opts, &logs, executor, true);
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let (progress, _) = broadcast::channel(65_536);
+    let mut s = Scheduler::new(plan.clone(), run_id.clone(), store.clone(), exec, settings(&plan, opts), ctl_rx, progress.clone());
+    match kind {
+        Launch::Fresh => {
+            s.started(false);
+            s.prepare_fresh();
+        }
+        Launch::Resume => {
+            s.replay(&journal);
+            s.started(true);
+            s.prepare_resume();
+        }
+        Launch::Retry(op) => {
+            s.replay(&journal);
+            s.started(true);
+            s.prepare_retry(op);
+        }
+    }
+    let timeout = plan.workflow.timeout.map(Duration::from_secs);
+    let (id, plan2, logs2) = (run_id.clone(), plan.clone(), logs.clone());
+    let join = tokio::spawn(async move {
+        let (finished, nodes) = s.run(timeout).await?;
+        let journal = store.journal(&id)?;
+        let summary = report::summarize(&id, &plan2, &nodes, finished.status, finished.reason, &logs2, &journal);
+        report::write(&summary, &logs2).map_err(ExecError::Report)?;
+        Ok(summary)
+    });
+    Ok(RunHandle {
+        run_id,
+        plan,
+        logs_dir: logs,
+        control: ctl_tx,
+        progress,
+        lines,
+        join,
+    })
+}
