@@ -6,14 +6,14 @@
 //! Usage: drover-bench-plan [--servers N] [--runs R]
 //! Run it through `make bench`, which installs the engine first.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use drover_kcl::{Home, Loader};
 
-const TASKSERVS: usize = 10;
+mod home;
+use home::{TASKSERVS, generate_home};
 
 fn main() -> Result<()> {
     let mut servers = 1000usize;
@@ -114,58 +114,3 @@ fn stats(v: &[Duration]) -> String {
     format!("{:>9.1} ms  ({:.1}–{:.1})", ms(median(v)), ms(s[0]), ms(s[s.len() - 1]))
 }
 
-/// A home with the real schemas and local provider, and ten generated
-/// taskservs bench-0..9 where each requires the previous one.
-fn generate_home(real: &Path, dir: &Path, servers: usize) -> Result<PathBuf> {
-    let home = dir.to_path_buf();
-    std::os::unix::fs::symlink(real.join("schemas"), home.join("schemas"))?;
-    std::fs::create_dir_all(home.join("providers"))?;
-    std::os::unix::fs::symlink(real.join("providers/local"), home.join("providers/local"))?;
-    for i in 0..TASKSERVS {
-        let ts = home.join(format!("taskservs/bench-{i}"));
-        std::fs::create_dir_all(ts.join("kcl"))?;
-        std::fs::create_dir_all(ts.join("scripts"))?;
-        let requires = if i == 0 {
-            String::new()
-        } else {
-            format!("\"bench-{}\"", i - 1)
-        };
-        std::fs::write(
-            ts.join("kcl/dependencies.k"),
-            format!(
-                "import drover\n\ndependencies = drover.TaskservDependencies {{\n    name = \"bench-{i}\"\n    requires = [{requires}]\n}}\n"
-            ),
-        )?;
-        for s in ["install.sh", "remove.sh", "check.sh"] {
-            std::fs::write(ts.join("scripts").join(s), "#!/bin/sh\nexit 0\n")?;
-        }
-    }
-    let names: Vec<String> = (0..TASKSERVS).map(|i| format!("\"bench-{i}\"")).collect();
-    let workflow = |n: usize| {
-        format!(
-            r#"import drover
-
-workflow = drover.WorkflowDef {{
-    name = "bench"
-    servers = [drover.ServerDef {{
-        hostname = "node-${{i}}"
-        provider = "local"
-        plan = "small"
-        tags = ["bench", "rack-${{i % 20}}"]
-        groups = ["group-${{i % 10}}"]
-        taskservs = [{names}]
-    }} for i in range({n})]
-    operations = [
-        drover.OperationDef {{id = "create", type = "create", target = "server", on_failure = "rollback"}}
-        drover.OperationDef {{id = "install", type = "create", target = "taskserv", depends_on = ["create"], max_parallel = 50}}
-    ]
-    dependencies = [drover.DependencyDef {{source = "taskserv.bench-5", target = "taskserv.bench-0", type = "soft"}}]
-}}
-"#,
-            names = names.join(", ")
-        )
-    };
-    std::fs::write(home.join("bench.k"), workflow(servers))?;
-    std::fs::write(home.join("small.k"), workflow(3))?;
-    Ok(home)
-}

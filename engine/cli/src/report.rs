@@ -44,44 +44,46 @@ impl Problems {
     /// Resolve every problem's place.
     pub fn locate(self) -> Vec<Located> {
         match self {
-            Problems::Kcl(ds) => ds
-                .into_iter()
-                .map(|d| Located {
-                    file: d
-                        .location
-                        .as_ref()
-                        .map(|l| relative(Path::new(&l.file)))
-                        .unwrap_or_else(|| "-".into()),
-                    line: d.location.as_ref().map(|l| l.line),
-                    column: d.location.as_ref().map(|l| l.column),
-                    field: None,
-                    kind: Some(d.kind.clone()),
-                    message: d.message.clone(),
-                    notes: d
-                        .related
-                        .iter()
-                        .map(|(l, m)| format!("{}:{}:{}: {m}", relative(Path::new(&l.file)), l.line, l.column))
-                        .collect(),
-                    help: None,
-                })
-                .collect(),
-            Problems::Model(ds) => ds
-                .into_iter()
-                .map(|d| {
-                    let (line, column) = d.needle.as_deref().and_then(|n| find(&d.file, n)).unzip();
-                    Located {
-                        file: relative(&d.file),
-                        line,
-                        column,
-                        field: Some(d.field),
-                        kind: None,
-                        message: d.message,
-                        notes: Vec::new(),
-                        help: d.help,
-                    }
-                })
-                .collect(),
+            Problems::Kcl(mut ds) => {
+                // The engine may report a syntax error's consequences before
+                // its cause; the earliest position is the one to read first.
+                ds.sort_by_key(|d| d.location.as_ref().map(|l| (l.file.clone(), l.line, l.column)));
+                ds.into_iter().map(kcl_located).collect()
+            }
+            Problems::Model(ds) => ds.into_iter().map(model_located).collect(),
         }
+    }
+}
+
+fn kcl_located(d: KclDiagnostic) -> Located {
+    let loc = d.location.as_ref();
+    Located {
+        file: loc.map(|l| relative(Path::new(&l.file))).unwrap_or_else(|| "-".into()),
+        line: loc.map(|l| l.line),
+        column: loc.map(|l| l.column),
+        field: None,
+        kind: Some(d.kind.clone()),
+        message: relative_text(&d.message),
+        notes: d
+            .related
+            .iter()
+            .map(|(l, m)| format!("{}:{}:{}: {m}", relative(Path::new(&l.file)), l.line, l.column))
+            .collect(),
+        help: None,
+    }
+}
+
+fn model_located(d: Diagnostic) -> Located {
+    let (line, column) = d.needle.as_deref().and_then(|n| find(&d.file, n, d.anchor.as_deref())).unzip();
+    Located {
+        file: relative(&d.file),
+        line,
+        column,
+        field: Some(d.field),
+        kind: None,
+        message: relative_text(&d.message),
+        notes: Vec::new(),
+        help: d.help.as_deref().map(relative_text),
     }
 }
 
@@ -118,33 +120,63 @@ fn relative(path: &Path) -> String {
     }
 }
 
-/// Line and column of the first quoted occurrence of `needle` in `file`
-/// (or, failing that, of the bare word).
-fn find(file: &Path, needle: &str) -> Option<(u32, u32)> {
+/// Paths below the working directory, written relative to it.
+fn relative_text(s: &str) -> String {
+    match std::env::current_dir() {
+        Ok(cwd) => s.replace(&format!("{}/", cwd.display()), ""),
+        Err(_) => s.to_string(),
+    }
+}
+
+/// Line and column of `needle` in `file`: the first quoted occurrence
+/// (else the first bare word) outside comments, after `anchor` when one is
+/// given and found.
+fn find(file: &Path, needle: &str, anchor: Option<&str>) -> Option<(u32, u32)> {
     let text = std::fs::read_to_string(file).ok()?;
-    let quoted = format!("\"{needle}\"");
-    let (at, offset) = match text.find(&quoted) {
-        Some(i) => (i, 1),
-        None => (find_word(&text, needle)?, 0),
-    };
-    let at = at + offset;
+    let from = anchor.and_then(|a| find_code(&text, a, 0)).map_or(0, |(at, len)| at + len);
+    let (at, _) = find_code(&text, needle, from).or_else(|| find_code(&text, needle, 0))?;
     let before = &text[..at];
     let line = before.matches('\n').count() + 1;
     let column = before.rfind('\n').map_or(at, |nl| at - nl - 1) + 1;
     Some((u32::try_from(line).ok()?, u32::try_from(column).ok()?))
 }
 
-fn find_word(text: &str, word: &str) -> Option<usize> {
-    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    let mut from = 0;
-    while let Some(i) = text[from..].find(word) {
-        let at = from + i;
-        let ok_before = text[..at].chars().next_back().is_none_or(|c| !is_ident(c));
-        let ok_after = text[at + word.len()..].chars().next().is_none_or(|c| !is_ident(c));
-        if ok_before && ok_after {
-            return Some(at);
+/// Where `needle` is written, from byte `from` on, outside comments: as a
+/// quoted string (the position of its first character), else as a word.
+fn find_code(text: &str, needle: &str, from: usize) -> Option<(usize, usize)> {
+    let quoted = format!("\"{needle}\"");
+    let mut at = from;
+    while let Some(i) = text.get(at..).and_then(|t| t.find(&quoted)) {
+        let pos = at + i;
+        if !in_comment(text, pos) {
+            return Some((pos + 1, needle.len()));
         }
-        from = at + word.len();
+        at = pos + quoted.len();
+    }
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let mut at = from;
+    while let Some(i) = text.get(at..).and_then(|t| t.find(needle)) {
+        let pos = at + i;
+        let ok_before = text[..pos].chars().next_back().is_none_or(|c| !is_ident(c));
+        let ok_after = text[pos + needle.len()..].chars().next().is_none_or(|c| !is_ident(c));
+        if ok_before && ok_after && !in_comment(text, pos) {
+            return Some((pos, needle.len()));
+        }
+        at = pos + needle.len();
     }
     None
+}
+
+/// Whether byte `pos` is inside a `#` comment of its line.
+fn in_comment(text: &str, pos: usize) -> bool {
+    let start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let mut quoted = false;
+    for c in text[start..pos].chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '#' if !quoted => return true,
+            _ => {}
+        }
+    }
+    false
 }

@@ -98,7 +98,7 @@ fn the_full_deployment_plan_reads_as_intended() {
     assert_eq!(code, 0, "{err}");
     // The plan a person reads names the operations, the servers and the
     // order of the per-server pipelines.
-    for want in ["Plan for workflow", "provider limits:", "install os", "→ install kubernetes", "Rollback:"] {
+    for want in ["Plan for workflow", "provider limits:", "install os", "install os → install resolv", "Rollback:"] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
 }

@@ -21,6 +21,11 @@ pub struct Diagnostic {
     /// reporter can point at its line; not shown on its own.
     #[serde(skip)]
     pub needle: Option<String>,
+    /// Text that comes before the needle in the file (the id of the
+    /// operation or server the field belongs to), so the reporter finds
+    /// the right occurrence of a name written several times.
+    #[serde(skip)]
+    pub anchor: Option<String>,
 }
 
 impl Diagnostic {
@@ -32,12 +37,21 @@ impl Diagnostic {
             message: message.into(),
             help: None,
             needle: None,
+            anchor: None,
         }
     }
 
     /// Add advice.
     pub fn help(mut self, help: impl Into<String>) -> Self {
         self.help = Some(help.into());
+        self
+    }
+
+    /// Name the text the needle comes after, unless one is set already.
+    pub fn within(mut self, anchor: impl Into<String>) -> Self {
+        if self.anchor.is_none() {
+            self.anchor = Some(anchor.into());
+        }
         self
     }
 

@@ -371,23 +371,19 @@ impl<'a> Builder<'a> {
                     let first = names[0];
                     let field = format!("operations[{}].depends_on", c[0]);
                     names.push(first);
-                    let mut d = Diagnostic::new(
+                    let help = if wf.kind == WorkflowType::Sequential {
+                        "remove one of these depends_on entries; in a sequential workflow every operation also \
+                         depends on the one declared before it, so a depends_on that points forward closes a cycle"
+                    } else {
+                        "remove one of these depends_on entries"
+                    };
+                    Diagnostic::new(
                         &file,
                         field,
-                        format!(
-                            "operations depend on each other in a cycle: {} (each depends on the next)",
-                            names.join(" → ")
-                        ),
+                        format!("operations depend on each other in a cycle: {} (each depends on the next)", names.join(" → ")),
                     )
-                    .help("remove one of these depends_on entries")
-                    .at(first);
-                    if wf.kind == WorkflowType::Sequential {
-                        d = d.help(
-                            "in a sequential workflow every operation also depends on the one declared before it; \
-                             remove the depends_on that points forward",
-                        );
-                    }
-                    d
+                    .help(help)
+                    .at(first)
                 })
                 .collect());
         }
@@ -418,16 +414,24 @@ impl<'a> Builder<'a> {
         let wf = self.wf();
         let servers: Vec<&Server> = self.selected(op);
         let mut tasks = Vec::new();
+        let reported = self.diags.len();
         match op.target {
             Target::Server => self.expand_servers(i, op, &servers, &mut tasks),
             Target::Taskserv => self.expand_taskservs(i, op, &servers, &mut tasks),
             Target::Cluster => self.expand_cluster(i, op, &servers, &mut tasks),
         }
-        if tasks.is_empty() {
+        // A cluster operation reports each item that has no server itself.
+        if tasks.is_empty() && !(op.target == Target::Cluster && self.diags.len() > reported) {
             let what = match op.target {
-                Target::Server => "no server",
-                Target::Taskserv => "no (taskserv, server) pair: no selected server carries any of its items",
-                Target::Cluster => "nothing",
+                Target::Server => "no server".to_string(),
+                Target::Taskserv if op.items.is_empty() => {
+                    "no (taskserv, server) pair: no selected server carries a taskserv".to_string()
+                }
+                Target::Taskserv => format!(
+                    "no (taskserv, server) pair: no selected server carries any of its items ({})",
+                    op.items.join(", ")
+                ),
+                Target::Cluster => "nothing".to_string(),
             };
             self.diags.push(
                 Diagnostic::new(&self.source.file, format!("operations[{i}]"), format!("operation {} selects {what}", op.id))
@@ -645,8 +649,9 @@ impl<'a> Builder<'a> {
     }
 
     /// Per server: a taskserv task hard-depends on the creation of its
-    /// server and on the installs of what it requires, when an upstream
-    /// operation does them.
+    /// server, on the installs of what it requires and, for a check,
+    /// update or remove, on the install of the taskserv itself, when an
+    /// upstream operation does them.
     fn server_edges(&mut self, ops: &[OperationPlan], order: &OperationOrder) {
         let mut by_server: HashMap<String, Vec<(usize, NodeIndex)>> = HashMap::new();
         for (i, op) in ops.iter().enumerate() {
@@ -673,7 +678,11 @@ impl<'a> Builder<'a> {
                     let Some(up) = self.graph[u].task() else { continue };
                     let hard = match up.action {
                         Action::CreateServer => true,
-                        Action::Install => up.taskserv.as_deref().is_some_and(|r| required.contains(r)),
+                        // What it requires, and (for a check, update or
+                        // remove) the install of the taskserv itself.
+                        Action::Install => up.taskserv.as_deref().is_some_and(|r| {
+                            required.contains(r) || (r == ts && task.action != Action::Install)
+                        }),
                         _ => false,
                     };
                     if hard {
@@ -858,6 +867,13 @@ impl<'a> Builder<'a> {
                         _ => None,
                     })
                     .unwrap_or_else(|| "operations".into());
+                let needle = c.iter().find_map(|&n| match &self.graph[n] {
+                    Node::Gate(Gate {
+                        kind: GateKind::Dependency { index, .. },
+                        ..
+                    }) => self.wf().dependencies.get(*index).map(|d| d.source.clone()),
+                    _ => None,
+                });
                 Diagnostic::new(
                     &self.source.file,
                     field,
@@ -868,6 +884,7 @@ impl<'a> Builder<'a> {
                     ),
                 )
                 .help("a dependency or a taskserv's requires points against the order of the operations")
+                .at(needle.unwrap_or_default())
             })
             .collect())
     }

@@ -33,6 +33,15 @@ impl Validator<'_> {
         self.diags.push(d);
     }
 
+    /// Diagnostics pushed since `before` are about the item named `anchor`.
+    fn anchor_since(&mut self, before: usize, anchor: &str) {
+        for d in &mut self.diags[before..] {
+            if d.anchor.is_none() {
+                d.anchor = Some(anchor.to_string());
+            }
+        }
+    }
+
     fn workflow(&mut self, source: &Source) {
         let wf = &source.workflow;
         if wf.name.trim().is_empty() {
@@ -72,11 +81,14 @@ impl Validator<'_> {
                     .at(&s.hostname),
                 );
             }
+            let before = self.diags.len();
             self.server(i, s);
+            self.anchor_since(before, &s.hostname);
         }
 
         let mut first_op: HashMap<&str, usize> = HashMap::new();
         for (i, op) in wf.operations.iter().enumerate() {
+            let before = self.diags.len();
             if op.id.trim().is_empty() {
                 self.push(Diagnostic::new(
                     self.file,
@@ -98,6 +110,7 @@ impl Validator<'_> {
                     .at(&op.id),
                 );
             }
+            self.anchor_since(before, &op.id);
         }
 
         let servers: BTreeMap<&str, &Server> = wf.servers.iter().map(|s| (s.hostname.as_str(), s)).collect();
@@ -114,6 +127,7 @@ impl Validator<'_> {
         let op_ids: Vec<&str> = wf.operations.iter().map(|o| o.id.as_str()).collect();
 
         for (i, op) in wf.operations.iter().enumerate() {
+            let before = self.diags.len();
             let at = |field: &str| format!("operations[{i}].{field}");
             for (k, dep) in op.depends_on.iter().enumerate() {
                 if !first_op.contains_key(dep.as_str()) {
@@ -231,9 +245,14 @@ impl Validator<'_> {
                                             ),
                                         )
                                         .help(format!(
-                                            "add {} next to {}",
-                                            Path::new("scripts").join(script.file_name()).display(),
-                                            decl.origin.display()
+                                            "add {}",
+                                            decl.origin
+                                                .parent()
+                                                .and_then(Path::parent)
+                                                .unwrap_or(Path::new("."))
+                                                .join("scripts")
+                                                .join(script.file_name())
+                                                .display()
                                         ))
                                         .at(item),
                                     );
@@ -267,6 +286,7 @@ impl Validator<'_> {
                     .at(run_on),
                 );
             }
+            self.anchor_since(before, &op.id);
         }
 
         for (k, dep) in wf.dependencies.iter().enumerate() {

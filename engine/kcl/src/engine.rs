@@ -64,6 +64,8 @@ struct ExecProgramArgs {
     k_filename_list: Vec<String>,
     #[prost(bool, tag = "6")]
     disable_yaml_result: bool,
+    #[prost(bool, tag = "14")]
+    include_schema_type_path: bool,
     #[prost(message, repeated, tag = "13")]
     external_pkgs: Vec<ExternalPkg>,
 }
@@ -146,6 +148,9 @@ impl Engine {
             work_dir,
             k_filename_list: vec![file.display().to_string()],
             disable_yaml_result: true,
+            // Schema instances carry "_type": the loader uses it to refuse a
+            // plain dict where a schema (and so its checks) is required.
+            include_schema_type_path: true,
             external_pkgs: packages
                 .iter()
                 .map(|p| ExternalPkg {

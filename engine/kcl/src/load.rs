@@ -60,6 +60,13 @@ impl Loader {
         Ok(Loader { engine, home })
     }
 
+    /// A loader for `home` with the engine at `location` (e.g. a test home
+    /// using the project's engine).
+    pub fn with_engine(home: Home, location: &EngineLocation) -> Result<Loader, LoadError> {
+        let engine = Engine::load(location).map_err(LoadError::Engine)?;
+        Ok(Loader { engine, home })
+    }
+
     /// The home in use.
     pub fn home(&self) -> &Home {
         &self.home
@@ -96,7 +103,7 @@ impl Loader {
         }
         let absolute = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
         let value = self.eval(&absolute)?;
-        let workflow: Workflow = take(value, "workflow", file, "workflow = drover.WorkflowDef { ... }")?;
+        let workflow: Workflow = take(value, "workflow", file, "WorkflowDef", "workflow = drover.WorkflowDef { ... }")?;
         Ok(Source {
             file: file.to_path_buf(),
             workflow,
@@ -150,6 +157,7 @@ impl Loader {
             value,
             "dependencies",
             file,
+            schema,
             &format!("dependencies = drover.{schema} {{ ... }}"),
         )?;
         if decl.name() != folder {
@@ -171,6 +179,18 @@ impl Loader {
             KclError::Eval(d) => LoadError::Kcl(d),
             other => LoadError::Engine(other),
         })
+    }
+}
+
+/// Remove the engine's "_type" markers before deserialising.
+fn strip_types(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.remove("_type");
+            map.values_mut().for_each(strip_types);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_types),
+        _ => {}
     }
 }
 
@@ -212,14 +232,29 @@ fn take<T: DeserializeOwned>(
     mut value: serde_json::Value,
     key: &str,
     file: &Path,
+    schema: &str,
     example: &str,
 ) -> Result<T, LoadError> {
-    let Some(v) = value.get_mut(key).map(serde_json::Value::take) else {
+    let Some(mut v) = value.get_mut(key).map(serde_json::Value::take) else {
         return Err(LoadError::Model(vec![
             Diagnostic::new(file, key, format!("the file defines no top-level `{key}` value"))
                 .help(format!("write {example}")),
         ]));
     };
+    // A plain dict would skip every check: block of the schemas.
+    let ty = v.get("_type").and_then(|t| t.as_str()).unwrap_or("a plain dict").to_string();
+    if ty != format!("drover.{schema}") {
+        return Err(LoadError::Model(vec![
+            Diagnostic::new(
+                file,
+                key,
+                format!("`{key}` is {ty}, not a drover.{schema}, so the schema's checks do not apply"),
+            )
+            .help(format!("write {example}"))
+            .at(key),
+        ]));
+    }
+    strip_types(&mut v);
     serde_path_to_error::deserialize(v).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." {
