@@ -20,11 +20,10 @@ $(VENV)/.installed: requirements.txt
 debian:
 	@bash scripts/debian-packages.sh
 
-## run: the main job: plan the full deployment, then plan and validate the quickstart.
+## run: the main job: plan the full deployment, run the quickstart for real, roll it back.
 run: setup
 	$(CARGO) build --release --bin drover
-	$(DROVER) validate workflows/quickstart.k
-	$(DROVER) plan workflows/wuji.k
+	DROVER=$(DROVER) sh scripts/demo.sh
 
 ## test: formatting, lints and the whole test suite.
 test: setup
@@ -32,9 +31,11 @@ test: setup
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
 
-## bench: planning and KCL evaluation benchmarks; figures go to BENCHMARKS.md.
+## bench: planning, KCL evaluation and engine-overhead benchmarks (figures in BENCHMARKS.md).
 bench: setup
-	$(CARGO) run --release --bin drover-bench-plan
+	$(CARGO) build --release -p drover-bench
+	target/release/drover-bench-plan
+	target/release/drover-bench-exec
 
 clean:
 	rm -rf $(VENV) target

@@ -60,7 +60,9 @@ fn main() -> Result<()> {
             "--servers" => servers = args.next().context("--servers N")?.parse()?,
             "--parallel" => parallel = args.next().context("--parallel P")?.parse()?,
             "--runs" => runs = args.next().context("--runs R")?.parse()?,
-            other => bail!("unknown argument {other}; usage: drover-bench-exec [--servers N] [--parallel P] [--runs R]"),
+            other => {
+                bail!("unknown argument {other}; usage: drover-bench-exec [--servers N] [--parallel P] [--runs R]")
+            }
         }
     }
     let real = Home::discover()?;
@@ -70,7 +72,9 @@ fn main() -> Result<()> {
     let loader = Loader::with_engine(Home::at(&home)?, &location)?;
     let source = loader.load_workflow(&home.join("bench.k"))?;
     let catalog = loader.load_catalog()?;
-    let tasks = drover_core::compile(&source, &catalog).map_err(|d| anyhow::anyhow!("{d:?}"))?.task_count();
+    let tasks = drover_core::compile(&source, &catalog)
+        .map_err(|d| anyhow::anyhow!("{d:?}"))?
+        .task_count();
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut rates = Vec::new();

@@ -113,4 +113,3 @@ fn stats(v: &[Duration]) -> String {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     format!("{:>9.1} ms  ({:.1}–{:.1})", ms(median(v)), ms(s[0]), ms(s[s.len() - 1]))
 }
-

@@ -141,7 +141,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { file, format } => validate(&file, format, &mut out),
         Command::Plan { file, format, timings } => plan(&file, format, timings, &mut out),
-        Command::Run { file, resume, state } => runs::run(file.as_deref(), resume.as_deref(), &state.target(), &mut out),
+        Command::Run { file, resume, state } => {
+            runs::run(file.as_deref(), resume.as_deref(), &state.target(), &mut out)
+        }
         Command::Runs { state } => runs::list(&state.target(), &mut out),
         Command::Retry {
             run_id,

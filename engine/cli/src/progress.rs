@@ -32,7 +32,11 @@ pub async fn watch(
     verbose: bool,
 ) {
     let tty = std::io::stderr().is_terminal();
-    let mp = MultiProgress::with_draw_target(if tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() });
+    let mp = MultiProgress::with_draw_target(if tty {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
     let style = ProgressStyle::with_template("{prefix:<18.bold} [{bar:28.cyan/blue}] {pos:>4}/{len:<4} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("█▉ ");
@@ -90,9 +94,10 @@ pub async fn watch(
                 Event::RunUnpaused => say(&mp, "run resumed".into()),
                 Event::CancelRequested => say(&mp, "stopping: running tasks are being cancelled".into()),
                 Event::RollbackStarted { reason } => say(&mp, format!("rolling back: {reason}")),
-                Event::RollbackFinished { complete } => {
-                    say(&mp, format!("rollback {}", if *complete { "complete" } else { "incomplete" }))
-                }
+                Event::RollbackFinished { complete } => say(
+                    &mp,
+                    format!("rollback {}", if *complete { "complete" } else { "incomplete" }),
+                ),
                 Event::Checkpoint { operations_completed } => {
                     say(&mp, format!("safe point after {}", operations_completed.join(", ")))
                 }
@@ -127,7 +132,12 @@ pub async fn watch(
                     say(&mp, format!("{node}: ok in {:.1}s", *duration_ms as f64 / 1000.0));
                 }
             }
-            Event::TaskFailed { error, will_retry, attempt, .. } => {
+            Event::TaskFailed {
+                error,
+                will_retry,
+                attempt,
+                ..
+            } => {
                 c.running.retain(|s| *s != server);
                 if *will_retry {
                     c.retrying += 1;
@@ -180,7 +190,11 @@ fn message(c: &Counts) -> String {
     }
     if !c.running.is_empty() {
         let shown: Vec<&str> = c.running.iter().take(4).map(String::as_str).collect();
-        let more = if c.running.len() > 4 { format!(" +{}", c.running.len() - 4) } else { String::new() };
+        let more = if c.running.len() > 4 {
+            format!(" +{}", c.running.len() - 4)
+        } else {
+            String::new()
+        };
         parts.push(format!("running {}{more}", shown.join(" ")));
     }
     parts.join(" · ")

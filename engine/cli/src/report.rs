@@ -74,7 +74,11 @@ fn kcl_located(d: KclDiagnostic) -> Located {
 }
 
 fn model_located(d: Diagnostic) -> Located {
-    let (line, column) = d.needle.as_deref().and_then(|n| find(&d.file, n, d.anchor.as_deref())).unzip();
+    let (line, column) = d
+        .needle
+        .as_deref()
+        .and_then(|n| find(&d.file, n, d.anchor.as_deref()))
+        .unzip();
     Located {
         file: relative(&d.file),
         line,
@@ -133,7 +137,9 @@ fn relative_text(s: &str) -> String {
 /// given and found.
 fn find(file: &Path, needle: &str, anchor: Option<&str>) -> Option<(u32, u32)> {
     let text = std::fs::read_to_string(file).ok()?;
-    let from = anchor.and_then(|a| find_code(&text, a, 0)).map_or(0, |(at, len)| at + len);
+    let from = anchor
+        .and_then(|a| find_code(&text, a, 0))
+        .map_or(0, |(at, len)| at + len);
     let (at, _) = find_code(&text, needle, from).or_else(|| find_code(&text, needle, 0))?;
     let before = &text[..at];
     let line = before.matches('\n').count() + 1;

@@ -38,7 +38,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn exit_for(status: RunStatus) -> ExitCode {
     match status {
         RunStatus::Succeeded => ExitCode::SUCCESS,
-        RunStatus::Cancelled | RunStatus::Aborted | RunStatus::Paused | RunStatus::Running => ExitCode::from(RUN_STOPPED),
+        RunStatus::Cancelled | RunStatus::Aborted | RunStatus::Paused | RunStatus::Running => {
+            ExitCode::from(RUN_STOPPED)
+        }
         RunStatus::Failed | RunStatus::RolledBack => ExitCode::from(RUN_FAILED),
     }
 }
@@ -118,12 +120,24 @@ pub fn list(t: &Target, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     }
     writeln!(out, "{:<22}  {:<12}  {:<20}  file", "run", "status", "workflow")?;
     for r in runs {
-        writeln!(out, "{:<22}  {:<12}  {:<20}  {}", r.id, r.status.as_str(), r.workflow, r.file)?;
+        writeln!(
+            out,
+            "{:<22}  {:<12}  {:<20}  {}",
+            r.id,
+            r.status.as_str(),
+            r.workflow,
+            r.file
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn follow(rt: &tokio::runtime::Runtime, mut handle: RunHandle, t: &Target, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+fn follow(
+    rt: &tokio::runtime::Runtime,
+    mut handle: RunHandle,
+    t: &Target,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     eprintln!(
         "run {} of {}: {} tasks; logs in {}",
         handle.run_id,

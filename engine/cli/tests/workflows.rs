@@ -49,7 +49,10 @@ fn snapshot_name(file: &str, format: &str) -> String {
 #[test]
 fn every_workflow_validates_and_its_plan_matches_the_reviewed_snapshot() {
     let files = workflow_files();
-    assert!(files.len() >= 7, "expected the full deployment, the quickstart and the examples, found {files:?}");
+    assert!(
+        files.len() >= 7,
+        "expected the full deployment, the quickstart and the examples, found {files:?}"
+    );
     for f in &files {
         let (code, out, err) = drover(&["validate", f]);
         assert_eq!(code, 0, "{f} does not validate:\n{err}");
@@ -83,10 +86,18 @@ fn every_plan_renders_with_graphviz() {
             .spawn()
             .expect("spawn dot");
         use std::io::Write;
-        child.stdin.take().expect("stdin").write_all(out.as_bytes()).expect("write dot");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(out.as_bytes())
+            .expect("write dot");
         let res = child.wait_with_output().expect("dot runs");
         let stderr = String::from_utf8_lossy(&res.stderr);
-        assert!(res.status.success() && stderr.trim().is_empty(), "{f}: dot rejected the plan: {stderr}");
+        assert!(
+            res.status.success() && stderr.trim().is_empty(),
+            "{f}: dot rejected the plan: {stderr}"
+        );
         let svg = String::from_utf8_lossy(&res.stdout);
         assert!(svg.contains("<svg"), "{f}: no SVG produced");
     }
@@ -98,7 +109,13 @@ fn the_full_deployment_plan_reads_as_intended() {
     assert_eq!(code, 0, "{err}");
     // The plan a person reads names the operations, the servers and the
     // order of the per-server pipelines.
-    for want in ["Plan for workflow", "provider limits:", "install os", "install os → install resolv", "Rollback:"] {
+    for want in [
+        "Plan for workflow",
+        "provider limits:",
+        "install os",
+        "install os → install resolv",
+        "Rollback:",
+    ] {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
 }

@@ -69,7 +69,9 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     async fn update(&self, server: &Server, ctx: &ProviderContext) -> Result<ServerFacts, ProviderError> {
         match self.status(server, ctx).await? {
             ServerStatus::Running(facts) => Ok(facts),
-            ServerStatus::Absent => Err(self.error(format!("server {} does not exist; create it first", server.hostname))),
+            ServerStatus::Absent => {
+                Err(self.error(format!("server {} does not exist; create it first", server.hostname)))
+            }
         }
     }
 
@@ -144,7 +146,13 @@ impl Provider for LocalProvider {
             tokio::fs::rename(&tmp, &file).await
         }
         .await;
-        result.map_err(|e| self.error(format!("cannot create host {} at {}: {e}", server.hostname, root.display())))?;
+        result.map_err(|e| {
+            self.error(format!(
+                "cannot create host {} at {}: {e}",
+                server.hostname,
+                root.display()
+            ))
+        })?;
         Ok(ServerFacts { address, root })
     }
 
@@ -153,7 +161,11 @@ impl Provider for LocalProvider {
         match tokio::fs::remove_dir_all(&root).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.error(format!("cannot delete host {} at {}: {e}", server.hostname, root.display()))),
+            Err(e) => Err(self.error(format!(
+                "cannot delete host {} at {}: {e}",
+                server.hostname,
+                root.display()
+            ))),
         }
     }
 

@@ -106,7 +106,11 @@ pub fn summarize(
             status: rt.status,
             attempts: rt.attempt,
             duration_ms: rt.duration_ms,
-            error: if rt.status == Status::Succeeded { None } else { rt.error.clone() },
+            error: if rt.status == Status::Succeeded {
+                None
+            } else {
+                rt.error.clone()
+            },
             log: log.is_file().then(|| log.display().to_string()),
             rollback: rollback.get(t.id.as_str()).cloned(),
         });
@@ -134,7 +138,10 @@ pub fn table(s: &Summary) -> String {
                 t.server.clone().unwrap_or_else(|| "-".into()),
                 match (&t.rollback, t.status) {
                     (Some(r), _) if r == "undone" => "rolled back".to_string(),
-                    (_, st) => serde_json::to_value(st).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                    (_, st) => serde_json::to_value(st)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
                 },
                 t.attempts.to_string(),
                 format!("{:.1}s", t.duration_ms as f64 / 1000.0),
@@ -182,9 +189,14 @@ pub fn table(s: &Summary) -> String {
         }
     }
     let _ = writeln!(out);
+    let undone = s
+        .tasks
+        .iter()
+        .filter(|t| t.rollback.as_deref() == Some("undone"))
+        .count();
     let _ = writeln!(
         out,
-        "run {} of {}: {} — {} ({} succeeded, {} failed, {} skipped, {} cancelled)",
+        "run {} of {}: {} — {} ({} succeeded, {} failed, {} skipped, {} cancelled{})",
         s.run_id,
         s.workflow,
         s.status.as_str(),
@@ -192,7 +204,12 @@ pub fn table(s: &Summary) -> String {
         s.count(Status::Succeeded),
         s.count(Status::Failed),
         s.count(Status::Skipped),
-        s.count(Status::Cancelled)
+        s.count(Status::Cancelled),
+        if undone > 0 {
+            format!("; {undone} undone by rollback")
+        } else {
+            String::new()
+        }
     );
     out
 }

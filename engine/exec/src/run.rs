@@ -68,7 +68,10 @@ impl Options {
     /// Defaults for a state database at `state`.
     pub fn for_state(state: &Path) -> Options {
         Options {
-            data_dir: state.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+            data_dir: state
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
             logs_root: None,
             max_parallel: None,
             seed: now_ms() as u64,
@@ -162,7 +165,10 @@ fn preflight(plan: &Plan, providers: &std::collections::BTreeMap<String, Arc<dyn
     let mut problems = Vec::new();
     for n in plan.graph.node_weights() {
         let Some(t) = n.task() else { continue };
-        let server = t.server.as_ref().and_then(|h| plan.workflow.servers.iter().find(|s| &s.hostname == h));
+        let server = t
+            .server
+            .as_ref()
+            .and_then(|h| plan.workflow.servers.iter().find(|s| &s.hostname == h));
         let provider = t.provider.clone().or_else(|| server.map(|s| s.provider.clone()));
         if let Some(p) = provider
             && !providers.contains_key(&p)
@@ -204,9 +210,8 @@ fn preflight(plan: &Plan, providers: &std::collections::BTreeMap<String, Arc<dyn
 }
 
 fn plan_of(inputs: &Inputs) -> Result<Plan, ExecError> {
-    drover_core::compile(&inputs.source, &inputs.catalog).map_err(|d| {
-        ExecError::Invalid(d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
-    })
+    drover_core::compile(&inputs.source, &inputs.catalog)
+        .map_err(|d| ExecError::Invalid(d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))
 }
 
 fn logs_dir(plan: &Plan, opts: &Options, run_id: &str) -> PathBuf {
@@ -224,7 +229,12 @@ enum Launch {
 }
 
 /// Start a new run of `inputs`.
-pub fn start(store: Arc<Store>, inputs: Inputs, opts: &Options, executor: Option<Arc<dyn TaskExecutor>>) -> Result<RunHandle, ExecError> {
+pub fn start(
+    store: Arc<Store>,
+    inputs: Inputs,
+    opts: &Options,
+    executor: Option<Arc<dyn TaskExecutor>>,
+) -> Result<RunHandle, ExecError> {
     let plan = plan_of(&inputs)?;
     if executor.is_none() {
         preflight(&plan, &registry())?;
@@ -240,7 +250,16 @@ pub fn start(store: Arc<Store>, inputs: Inputs, opts: &Options, executor: Option
         updated_at_ms: now,
         inputs: serde_json::to_value(&inputs).map_err(|e| ExecError::WrongState(e.to_string()))?,
     })?;
-    launch(store, run_id, plan, inputs.catalog, opts, executor, Launch::Fresh, Vec::new())
+    launch(
+        store,
+        run_id,
+        plan,
+        inputs.catalog,
+        opts,
+        executor,
+        Launch::Fresh,
+        Vec::new(),
+    )
 }
 
 fn load(store: &Store, run_id: &str) -> Result<(RunRecord, Inputs, Plan), ExecError> {
@@ -254,7 +273,12 @@ fn load(store: &Store, run_id: &str) -> Result<(RunRecord, Inputs, Plan), ExecEr
 /// Continue an unfinished run from its journal: finished tasks are not run
 /// again; tasks that were in flight run again with the same idempotency
 /// key.
-pub fn resume(store: Arc<Store>, run_id: &str, opts: &Options, executor: Option<Arc<dyn TaskExecutor>>) -> Result<RunHandle, ExecError> {
+pub fn resume(
+    store: Arc<Store>,
+    run_id: &str,
+    opts: &Options,
+    executor: Option<Arc<dyn TaskExecutor>>,
+) -> Result<RunHandle, ExecError> {
     let (record, inputs, plan) = load(&store, run_id)?;
     if !record.status.is_unfinished() {
         return Err(ExecError::WrongState(format!(
@@ -267,7 +291,16 @@ pub fn resume(store: Arc<Store>, run_id: &str, opts: &Options, executor: Option<
     }
     let journal = store.journal(run_id)?;
     store.set_status(run_id, RunStatus::Running, now_ms())?;
-    launch(store, run_id.to_string(), plan, inputs.catalog, opts, executor, Launch::Resume, journal)
+    launch(
+        store,
+        run_id.to_string(),
+        plan,
+        inputs.catalog,
+        opts,
+        executor,
+        Launch::Resume,
+        journal,
+    )
 }
 
 /// Run the failed, cancelled and skipped tasks of a finished run again
@@ -290,7 +323,10 @@ pub fn retry(
         None => None,
         Some(id) => Some(plan.operations.iter().position(|o| o.id == id).ok_or_else(|| {
             let known: Vec<&str> = plan.operations.iter().map(|o| o.id.as_str()).collect();
-            ExecError::WrongState(format!("run {run_id} has no operation {id}; its operations: {}", known.join(", ")))
+            ExecError::WrongState(format!(
+                "run {run_id} has no operation {id}; its operations: {}",
+                known.join(", ")
+            ))
         })?),
     };
     if executor.is_none() {
@@ -298,12 +334,26 @@ pub fn retry(
     }
     let journal = store.journal(run_id)?;
     store.set_status(run_id, RunStatus::Running, now_ms())?;
-    launch(store, run_id.to_string(), plan, inputs.catalog, opts, executor, Launch::Retry(op), journal)
+    launch(
+        store,
+        run_id.to_string(),
+        plan,
+        inputs.catalog,
+        opts,
+        executor,
+        Launch::Retry(op),
+        journal,
+    )
 }
 
 /// Undo, by hand, everything a finished or failed run did that can be
 /// undone, in reverse dependency order.
-pub async fn rollback(store: Arc<Store>, run_id: &str, opts: &Options, executor: Option<Arc<dyn TaskExecutor>>) -> Result<Summary, ExecError> {
+pub async fn rollback(
+    store: Arc<Store>,
+    run_id: &str,
+    opts: &Options,
+    executor: Option<Arc<dyn TaskExecutor>>,
+) -> Result<Summary, ExecError> {
     let (record, inputs, plan) = load(&store, run_id)?;
     if record.status.is_unfinished() && record.status != RunStatus::Aborted {
         return Err(ExecError::WrongState(format!(
@@ -317,17 +367,33 @@ pub async fn rollback(store: Arc<Store>, run_id: &str, opts: &Options, executor:
     let (exec, _) = executor_for(run_id, &plan, inputs.catalog, opts, &logs, executor, false);
     let (_ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (progress, _) = broadcast::channel(1024);
-    let mut s = Scheduler::new(plan.clone(), run_id.to_string(), store.clone(), exec, settings(&plan, opts), ctl_rx, progress);
+    let mut s = Scheduler::new(
+        plan.clone(),
+        run_id.to_string(),
+        store.clone(),
+        exec,
+        settings(&plan, opts),
+        ctl_rx,
+        progress,
+    );
     s.replay(&journal);
     let complete = s.rollback("rollback requested by an operator", true).await?;
-    let status = if complete { RunStatus::RolledBack } else { RunStatus::Failed };
+    let status = if complete {
+        RunStatus::RolledBack
+    } else {
+        RunStatus::Failed
+    };
     store.set_status(run_id, status, now_ms())?;
     let summary = report::summarize(
         run_id,
         &plan,
         &s.nodes,
         status,
-        if complete { "rolled back by hand".into() } else { "rollback by hand incomplete".into() },
+        if complete {
+            "rolled back by hand".into()
+        } else {
+            "rollback by hand incomplete".into()
+        },
         &logs,
         &store.journal(run_id)?,
     );
@@ -395,7 +461,15 @@ fn launch(
     let (exec, lines) = executor_for(&run_id, &plan, catalog, opts, &logs, executor, true);
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (progress, _) = broadcast::channel(65_536);
-    let mut s = Scheduler::new(plan.clone(), run_id.clone(), store.clone(), exec, settings(&plan, opts), ctl_rx, progress.clone());
+    let mut s = Scheduler::new(
+        plan.clone(),
+        run_id.clone(),
+        store.clone(),
+        exec,
+        settings(&plan, opts),
+        ctl_rx,
+        progress.clone(),
+    );
     match kind {
         Launch::Fresh => {
             s.started(false);

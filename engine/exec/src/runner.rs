@@ -114,7 +114,13 @@ impl Runner {
     pub fn log_file(logs_dir: &Path, task: &str) -> PathBuf {
         let name: String = task
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@') { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@') {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         logs_dir.join(format!("{name}.log"))
     }
@@ -147,7 +153,11 @@ impl Runner {
             if let Some(dir) = file.parent() {
                 tokio::fs::create_dir_all(dir).await?;
             }
-            let mut f = tokio::fs::OpenOptions::new().create(true).append(true).open(&file).await?;
+            let mut f = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)
+                .await?;
             f.write_all(text.as_bytes()).await
         };
         // A log that cannot be written must not fail the task; the journal
@@ -174,7 +184,10 @@ impl Runner {
             ("DROVER_RUN_ID".to_string(), self.run_id.clone()),
             ("DROVER_TASK_ID".to_string(), task.id.clone()),
             ("DROVER_OPERATION".to_string(), op.id.clone()),
-            ("DROVER_IDEMPOTENCY_KEY".to_string(), Self::idempotency_key(&self.run_id, &task.id)),
+            (
+                "DROVER_IDEMPOTENCY_KEY".to_string(),
+                Self::idempotency_key(&self.run_id, &task.id),
+            ),
             ("DROVER_ATTEMPT".to_string(), attempt.to_string()),
             ("DROVER_SERVER".to_string(), server.hostname.clone()),
             ("DROVER_ADDRESS".to_string(), facts.address.clone()),
@@ -182,7 +195,10 @@ impl Runner {
             ("DROVER_TASKSERV".to_string(), task.taskserv.clone().unwrap_or_default()),
         ];
         for (k, v) in &self.plan.workflow.variables {
-            env.push((format!("DROVER_VAR_{}", k.to_ascii_uppercase().replace('-', "_")), v.clone()));
+            env.push((
+                format!("DROVER_VAR_{}", k.to_ascii_uppercase().replace('-', "_")),
+                v.clone(),
+            ));
         }
         env
     }
@@ -207,12 +223,12 @@ impl Runner {
         &self,
         task: &Task,
         attempt: u32,
-        server: &Server,
-        facts: &ServerFacts,
+        on: On<'_>,
         args: Vec<String>,
         timeout: Duration,
         cancel: CancellationToken,
     ) -> Result<Outcome, TaskFailure> {
+        let On { server, facts } = on;
         if server.connection != Connection::Local {
             return Err(TaskFailure(format!(
                 "server {} is reached over SSH, which this build cannot do yet; declare connection = \"local\"",
@@ -267,11 +283,22 @@ impl Runner {
         let path = self.script(taskserv, script)?;
         let timeout = Duration::from_secs(self.plan.operations[task.operation].timeout);
         let outcome = self
-            .shell(task, attempt, server, &facts, vec![path.display().to_string()], timeout, cancel.clone())
+            .shell(
+                task,
+                attempt,
+                On { server, facts: &facts },
+                vec![path.display().to_string()],
+                timeout,
+                cancel.clone(),
+            )
             .await?;
         check_outcome(&outcome, &format!("{} of {taskserv}", script.file_name()), timeout)?;
         if matches!(script, Script::Install | Script::Update)
-            && let Some(hc) = self.catalog.taskservs.get(taskserv).and_then(|d| d.health_check.clone())
+            && let Some(hc) = self
+                .catalog
+                .taskservs
+                .get(taskserv)
+                .and_then(|d| d.health_check.clone())
         {
             let timeout = Duration::from_secs(hc.timeout);
             let mut last = String::new();
@@ -279,9 +306,17 @@ impl Runner {
                 if n > 0 {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                self.log(&task.id, &format!("--- health check {}: {}\n", n + 1, hc.command)).await;
+                self.log(&task.id, &format!("--- health check {}: {}\n", n + 1, hc.command))
+                    .await;
                 let outcome = self
-                    .shell(task, attempt, server, &facts, vec!["-c".into(), hc.command.clone()], timeout, cancel.clone())
+                    .shell(
+                        task,
+                        attempt,
+                        On { server, facts: &facts },
+                        vec!["-c".into(), hc.command.clone()],
+                        timeout,
+                        cancel.clone(),
+                    )
                     .await?;
                 match check_outcome(&outcome, "health check", timeout) {
                     Ok(()) => return Ok(()),
@@ -291,10 +326,21 @@ impl Runner {
                     break;
                 }
             }
-            return Err(TaskFailure(format!("{last} (`{}`, {} tries)", hc.command, hc.retries + 1)));
+            return Err(TaskFailure(format!(
+                "{last} (`{}`, {} tries)",
+                hc.command,
+                hc.retries + 1
+            )));
         }
         Ok(())
     }
+}
+
+/// The server a command runs on, with what its provider reports.
+#[derive(Clone, Copy)]
+struct On<'a> {
+    server: &'a Server,
+    facts: &'a ServerFacts,
 }
 
 fn check_outcome(outcome: &Outcome, what: &str, timeout: Duration) -> Result<(), TaskFailure> {
@@ -302,7 +348,10 @@ fn check_outcome(outcome: &Outcome, what: &str, timeout: Duration) -> Result<(),
         Outcome::Exited(0) => Ok(()),
         Outcome::Exited(code) => Err(TaskFailure(format!("{what} exited with status {code}"))),
         Outcome::Signaled(sig) => Err(TaskFailure(format!("{what} was killed by signal {sig}"))),
-        Outcome::TimedOut => Err(TaskFailure(format!("{what} timed out after {}s and was killed", timeout.as_secs()))),
+        Outcome::TimedOut => Err(TaskFailure(format!(
+            "{what} timed out after {}s and was killed",
+            timeout.as_secs()
+        ))),
         Outcome::Cancelled => Err(TaskFailure(format!("{what} was cancelled"))),
     }
 }
@@ -310,7 +359,8 @@ fn check_outcome(outcome: &Outcome, what: &str, timeout: Duration) -> Result<(),
 #[async_trait::async_trait]
 impl TaskExecutor for Runner {
     async fn run(&self, task: &Task, attempt: u32, cancel: CancellationToken) -> Result<(), TaskFailure> {
-        self.log(&task.id, &format!("--- attempt {attempt}: {} ---\n", task.action)).await;
+        self.log(&task.id, &format!("--- attempt {attempt}: {} ---\n", task.action))
+            .await;
         let result = match task.action {
             Action::Install => self.run_script(task, attempt, Script::Install, cancel).await,
             Action::Update => self.run_script(task, attempt, Script::Update, cancel).await,
@@ -319,7 +369,10 @@ impl TaskExecutor for Runner {
             Action::CreateNetwork => {
                 let p = task.provider.as_deref().unwrap_or_default();
                 let provider = self.provider(p)?;
-                provider.create_network(&self.ctx(&task.id)).await.map_err(|e| TaskFailure(e.to_string()))
+                provider
+                    .create_network(&self.ctx(&task.id))
+                    .await
+                    .map_err(|e| TaskFailure(e.to_string()))
             }
             Action::CreateServer | Action::UpdateServer | Action::DeleteServer | Action::CheckServer => {
                 let server = self.server(task.server.as_deref().unwrap_or_default())?;
@@ -327,12 +380,17 @@ impl TaskExecutor for Runner {
                 let ctx = self.ctx(&task.id);
                 let call = async {
                     match task.action {
-                        Action::CreateServer => provider.create(server, &ctx).await.map(|f| format!("created, address {}", f.address)),
+                        Action::CreateServer => provider
+                            .create(server, &ctx)
+                            .await
+                            .map(|f| format!("created, address {}", f.address)),
                         Action::UpdateServer => provider.update(server, &ctx).await.map(|_| "updated".to_string()),
                         Action::DeleteServer => provider.delete(server, &ctx).await.map(|()| "deleted".to_string()),
                         _ => match provider.status(server, &ctx).await {
                             Ok(ServerStatus::Running(f)) => Ok(format!("running, address {}", f.address)),
-                            Ok(ServerStatus::Absent) => Err(provider.error(format!("server {} is absent", server.hostname))),
+                            Ok(ServerStatus::Absent) => {
+                                Err(provider.error(format!("server {} is absent", server.hostname)))
+                            }
                             Err(e) => Err(e),
                         },
                     }
@@ -350,7 +408,8 @@ impl TaskExecutor for Runner {
             }
         };
         if let Err(TaskFailure(e)) = &result {
-            self.log(&task.id, &format!("--- attempt {attempt} failed: {e}\n")).await;
+            self.log(&task.id, &format!("--- attempt {attempt} failed: {e}\n"))
+                .await;
         }
         result
     }
@@ -364,14 +423,26 @@ impl TaskExecutor for Runner {
         };
         let result = match task.action {
             Action::Check | Action::CheckServer => return Undo::Nothing,
-            Action::Remove => return Undo::Impossible("a removed taskserv is not reinstalled by rollback; re-run the workflow".into()),
-            Action::DeleteServer => return Undo::Impossible("a deleted server is not recreated by rollback; re-run the workflow".into()),
+            Action::Remove => {
+                return Undo::Impossible(
+                    "a removed taskserv is not reinstalled by rollback; re-run the workflow".into(),
+                );
+            }
+            Action::DeleteServer => {
+                return Undo::Impossible("a deleted server is not recreated by rollback; re-run the workflow".into());
+            }
             Action::UpdateServer => return Undo::Impossible("providers cannot revert a server update".into()),
             Action::Install if !taskserv_script(Script::Remove) => {
-                return Undo::Impossible(format!("taskserv {} ships no remove.sh", task.taskserv.as_deref().unwrap_or("?")));
+                return Undo::Impossible(format!(
+                    "taskserv {} ships no remove.sh",
+                    task.taskserv.as_deref().unwrap_or("?")
+                ));
             }
             Action::Update if !taskserv_script(Script::Rollback) => {
-                return Undo::Impossible(format!("taskserv {} ships no rollback.sh", task.taskserv.as_deref().unwrap_or("?")));
+                return Undo::Impossible(format!(
+                    "taskserv {} ships no rollback.sh",
+                    task.taskserv.as_deref().unwrap_or("?")
+                ));
             }
             Action::Install => {
                 self.log(&task.id, "--- undo: remove.sh ---\n").await;
@@ -385,14 +456,20 @@ impl TaskExecutor for Runner {
                 self.log(&task.id, "--- undo: delete server ---\n").await;
                 match self.server(task.server.as_deref().unwrap_or_default()) {
                     Ok(server) => match self.provider(&server.provider) {
-                        Ok(p) => p.delete(server, &self.ctx(&task.id)).await.map_err(|e| TaskFailure(e.to_string())),
+                        Ok(p) => p
+                            .delete(server, &self.ctx(&task.id))
+                            .await
+                            .map_err(|e| TaskFailure(e.to_string())),
                         Err(e) => Err(e),
                     },
                     Err(e) => Err(e),
                 }
             }
             Action::CreateNetwork => match self.provider(task.provider.as_deref().unwrap_or_default()) {
-                Ok(p) => p.delete_network(&self.ctx(&task.id)).await.map_err(|e| TaskFailure(e.to_string())),
+                Ok(p) => p
+                    .delete_network(&self.ctx(&task.id))
+                    .await
+                    .map_err(|e| TaskFailure(e.to_string())),
                 Err(e) => Err(e),
             },
         };
@@ -409,7 +486,9 @@ impl TaskExecutor for Runner {
                 let server = self.server(name)?;
                 let facts = self.facts(server, "wait").await?;
                 if server.connection != Connection::Local {
-                    return Err(TaskFailure(format!("server {name} is reached over SSH, which this build cannot do yet")));
+                    return Err(TaskFailure(format!(
+                        "server {name} is reached over SSH, which this build cannot do yet"
+                    )));
                 }
                 (
                     self.paths.work_dir.join(name),
@@ -420,9 +499,14 @@ impl TaskExecutor for Runner {
                     ],
                 )
             }
-            None => (self.paths.work_dir.clone(), vec![("DROVER_RUN_ID".to_string(), self.run_id.clone())]),
+            None => (
+                self.paths.work_dir.clone(),
+                vec![("DROVER_RUN_ID".to_string(), self.run_id.clone())],
+            ),
         };
-        tokio::fs::create_dir_all(&cwd).await.map_err(|e| TaskFailure(e.to_string()))?;
+        tokio::fs::create_dir_all(&cwd)
+            .await
+            .map_err(|e| TaskFailure(e.to_string()))?;
         let cmd = Command {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), condition.command.clone()],
@@ -431,7 +515,11 @@ impl TaskExecutor for Runner {
             timeout: Some(timeout),
             log: self.paths.logs_dir.join("wait-conditions.log"),
         };
-        let outcome = self.transport.exec(cmd, None, cancel).await.map_err(|e| TaskFailure(e.to_string()))?;
+        let outcome = self
+            .transport
+            .exec(cmd, None, cancel)
+            .await
+            .map_err(|e| TaskFailure(e.to_string()))?;
         check_outcome(&outcome, "wait condition", timeout)
     }
 }

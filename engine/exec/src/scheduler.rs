@@ -2,11 +2,13 @@
 //!
 //! Workers (task attempts, wait-condition pollers) run as tokio tasks and
 //! report back with messages; nothing else changes the state. Each turn of
-//! the loop (1) applies the messages that arrived, (2) writes every
-//! resulting transition to the journal in one durable transaction, (3)
-//! dispatches the tasks that became ready, journaling their start before
-//! starting them. So every transition is journaled before it is acted on,
-//! and a crash at any point leaves a journal that `resume` can continue.
+//! the loop (1) applies the messages that arrived, (2) picks the tasks
+//! that became ready and fit the limits, (3) writes every transition of
+//! (1) and (2) to the journal in one durable transaction, and only then
+//! (4) starts the picked tasks. So every transition is journaled before it
+//! is acted on, and a crash at any point leaves a journal that `resume`
+//! can continue: a task whose success was not yet committed is re-run
+//! (with the same idempotency key), never lost.
 //!
 //! Task lifecycle: pending → running → succeeded | failed | waiting (to
 //! retry) → running …; pending → skipped (an upstream it hard-depends on
@@ -57,7 +59,10 @@ pub enum Status {
 impl Status {
     /// No further transition will happen in this run.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Succeeded | Status::Failed | Status::Skipped | Status::Cancelled)
+        matches!(
+            self,
+            Status::Succeeded | Status::Failed | Status::Skipped | Status::Cancelled
+        )
     }
 }
 
@@ -108,6 +113,9 @@ pub struct NodeRt {
     pub error: Option<String>,
     /// Undone by a rollback.
     pub undone: bool,
+    /// Its last attempt was stopped mid-run (cancel, abort): a resume runs
+    /// that attempt again rather than counting it.
+    interrupted: bool,
 }
 
 impl Default for NodeRt {
@@ -123,6 +131,7 @@ impl Default for NodeRt {
             duration_ms: 0,
             error: None,
             undone: false,
+            interrupted: false,
         }
     }
 }
@@ -234,6 +243,9 @@ pub enum SchedulerError {
     Journal(#[from] StateError),
 }
 
+/// How the reason of a gate blocked by its wait condition starts.
+const WAIT_FAILED: &str = "wait condition";
+
 /// Ms since the epoch, for journal timestamps.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -283,7 +295,9 @@ pub struct Scheduler {
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scheduler").field("run_id", &self.run_id).finish_non_exhaustive()
+        f.debug_struct("Scheduler")
+            .field("run_id", &self.run_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -396,8 +410,12 @@ impl Scheduler {
 
     /// Restore node states from a journal (resume, retry, rollback).
     pub fn replay(&mut self, entries: &[drover_state::Entry]) {
-        let index: HashMap<&str, NodeIndex> =
-            self.plan.graph.node_indices().map(|n| (self.plan.graph[n].id(), n)).collect();
+        let index: HashMap<&str, NodeIndex> = self
+            .plan
+            .graph
+            .node_indices()
+            .map(|n| (self.plan.graph[n].id(), n))
+            .collect();
         for e in entries {
             let Some(n) = e.node.as_deref().and_then(|id| index.get(id).copied()) else {
                 if let Event::Checkpoint { operations_completed } = &e.event {
@@ -410,6 +428,7 @@ impl Scheduler {
                 Event::TaskStarted { attempt, .. } => {
                     rt.status = Status::Running;
                     rt.attempt = *attempt;
+                    rt.interrupted = false;
                 }
                 Event::TaskSucceeded { duration_ms, .. } => {
                     rt.status = Status::Succeeded;
@@ -431,6 +450,7 @@ impl Scheduler {
                     rt.error = Some(reason.clone());
                 }
                 Event::TaskCancelled { reason } => {
+                    rt.interrupted = rt.status == Status::Running;
                     rt.status = Status::Cancelled;
                     rt.error = Some(reason.clone());
                 }
@@ -456,12 +476,18 @@ impl Scheduler {
                     rt.attempt = rt.attempt.saturating_sub(1);
                     rt.status = Status::Pending;
                 }
+                Status::Cancelled if rt.interrupted => {
+                    // Stopped mid-attempt (abort): that attempt runs again.
+                    rt.attempt = rt.attempt.saturating_sub(1);
+                    rt.interrupted = false;
+                    rt.status = Status::Pending;
+                }
                 Status::Cancelled | Status::Ready => rt.status = Status::Pending,
                 Status::Waiting => rt.retry_at = None,
                 _ => {}
             }
         }
-        self.rebuild();
+        self.rebuild(true);
     }
 
     /// Prepare a `retry`: failed, cancelled and skipped nodes (all, or
@@ -482,19 +508,42 @@ impl Scheduler {
                 set.into_iter().collect()
             }
         };
+        let mut again = Vec::new();
         for n in reset {
             let rt = &mut self.nodes[n.index()];
-            if matches!(rt.status, Status::Failed | Status::Cancelled | Status::Skipped | Status::Running | Status::Waiting) {
+            if matches!(
+                rt.status,
+                Status::Failed | Status::Cancelled | Status::Skipped | Status::Running | Status::Waiting
+            ) {
                 rt.status = Status::Pending;
                 rt.round_base = rt.attempt;
                 rt.error = None;
                 rt.retry_at = None;
+                again.push(n);
             }
         }
-        self.rebuild();
+        // Gates after what runs again wait for it again (an operation's
+        // done gate opened in the first round, whatever its tasks did), so
+        // that conditions and dependencies see the new outcome.
+        while let Some(n) = again.pop() {
+            let next: Vec<NodeIndex> = self.plan.graph.neighbors_directed(n, Direction::Outgoing).collect();
+            for m in next {
+                let rt = &mut self.nodes[m.index()];
+                if matches!(self.plan.graph[m], Node::Gate(_)) && rt.status.is_terminal() {
+                    rt.status = Status::Pending;
+                    rt.error = None;
+                    again.push(m);
+                }
+            }
+        }
+        // A failure the operator did not ask to retry (another operation's)
+        // does not halt the retry: it would skip everything retried.
+        self.rebuild(false);
     }
 
-    fn rebuild(&mut self) {
+    /// Counters and readiness from the node states; `keep_halts`: failures
+    /// in the states still halt the run (a resume continues as it was).
+    fn rebuild(&mut self, keep_halts: bool) {
         let order = self.plan.topological_order();
         for rt in &mut self.nodes {
             rt.remaining = 0;
@@ -517,7 +566,11 @@ impl Scheduler {
             rt.doomed = doomed;
         }
         for (i, op) in self.plan.operations.iter().enumerate() {
-            self.op_left[i] = op.tasks.iter().filter(|t| !self.nodes[t.index()].status.is_terminal()).count();
+            self.op_left[i] = op
+                .tasks
+                .iter()
+                .filter(|t| !self.nodes[t.index()].status.is_terminal())
+                .count();
             if self.op_left[i] == 0 {
                 self.op_outcome[i] = Some(self.outcome_of(i));
             }
@@ -542,7 +595,8 @@ impl Scheduler {
         }
         // Halts recorded by failures before the interruption still hold.
         for n in self.plan.graph.node_indices() {
-            if self.nodes[n.index()].status == Status::Failed
+            if keep_halts
+                && self.nodes[n.index()].status == Status::Failed
                 && let Some(t) = self.plan.clone().graph[n].task().cloned()
             {
                 let op = &self.plan.operations[t.operation];
@@ -573,7 +627,7 @@ impl Scheduler {
 
     /// Start from scratch: every node with no predecessor becomes ready.
     pub fn prepare_fresh(&mut self) {
-        self.rebuild();
+        self.rebuild(true);
     }
 
     /// Run the loop until every node is finished; then roll back if a
@@ -601,11 +655,12 @@ impl Scheduler {
                 }
                 () = sleep_until(wake) => self.on_timer(),
             }
-            // Drain what else arrived: one journal transaction per turn.
+            // Drain what else arrived. The results applied here and the
+            // starts dispatched next are committed together at the top of
+            // the loop, before any dependent is spawned: one fsync a turn.
             while let Ok(m) = self.rx.try_recv() {
                 self.apply(m);
             }
-            self.flush()?;
         }
         let mut finished = self.verdict();
         if finished.status == RunStatus::Failed
@@ -622,7 +677,12 @@ impl Scheduler {
                 finished.reason = format!("{reason}; rollback incomplete");
             }
         }
-        self.record(None, Event::RunFinished { status: finished.status });
+        self.record(
+            None,
+            Event::RunFinished {
+                status: finished.status,
+            },
+        );
         self.flush()?;
         self.store.set_status(&self.run_id, finished.status, now_ms())?;
         Ok((finished, self.nodes))
@@ -657,6 +717,27 @@ impl Scheduler {
             return Finished {
                 status: RunStatus::Failed,
                 reason: format!("{} task(s) failed: {list}", failed.len()),
+            };
+        }
+        // A wait condition that never held skipped its source without any
+        // task failing; the run did not do what it was asked to.
+        let timed_out: Vec<String> = self
+            .plan
+            .graph
+            .node_indices()
+            .filter(|n| matches!(&self.plan.graph[*n], Node::Gate(g) if matches!(g.kind, GateKind::Dependency { .. })))
+            .filter(|n| self.nodes[n.index()].status == Status::Skipped)
+            .filter_map(|n| {
+                let error = self.nodes[n.index()].error.as_deref()?;
+                error
+                    .starts_with(WAIT_FAILED)
+                    .then(|| format!("{}: {error}", self.id(n)))
+            })
+            .collect();
+        if let Some(first) = timed_out.first() {
+            return Finished {
+                status: RunStatus::Failed,
+                reason: format!("{} dependency wait(s) failed; {first}", timed_out.len()),
             };
         }
         Finished {
@@ -710,13 +791,10 @@ impl Scheduler {
     fn apply(&mut self, msg: Msg) {
         match msg {
             Msg::Done { node, attempt, result } => self.on_done(node, attempt, result),
-            Msg::Gate { node, result } => {
-                self.running -= 1;
-                match result {
-                    Ok(()) => self.finish(node, Status::Succeeded, Event::GateOpened),
-                    Err(reason) => self.finish(node, Status::Skipped, Event::GateBlocked { reason }),
-                }
-            }
+            Msg::Gate { node, result } => match result {
+                Ok(()) => self.finish(node, Status::Succeeded, Event::GateOpened),
+                Err(reason) => self.finish(node, Status::Skipped, Event::GateBlocked { reason }),
+            },
             Msg::Control(Control::Pause) => {
                 if !self.paused {
                     self.paused = true;
@@ -735,7 +813,10 @@ impl Scheduler {
             }
             Msg::Control(Control::Abort) => {
                 self.record(None, Event::CancelRequested);
-                self.stop(RunStatus::Aborted, "aborted (interrupt); resume it with --resume".into());
+                self.stop(
+                    RunStatus::Aborted,
+                    "aborted (interrupt); resume it with --resume".into(),
+                );
             }
         }
     }
@@ -753,7 +834,12 @@ impl Scheduler {
             .plan
             .graph
             .node_indices()
-            .filter(|n| matches!(self.nodes[n.index()].status, Status::Pending | Status::Ready | Status::Waiting))
+            .filter(|n| {
+                matches!(
+                    self.nodes[n.index()].status,
+                    Status::Pending | Status::Ready | Status::Waiting
+                )
+            })
             .collect();
         for q in &mut self.ready {
             q.clear();
@@ -843,7 +929,10 @@ impl Scheduler {
                     self.halted = Some(format!("{id} failed: {error}"));
                 }
                 let rb = &self.plan.workflow.rollback_strategy;
-                let partial = plan_op.tasks.iter().any(|t| self.nodes[t.index()].status == Status::Succeeded);
+                let partial = plan_op
+                    .tasks
+                    .iter()
+                    .any(|t| self.nodes[t.index()].status == Status::Succeeded);
                 if rb.enabled && (rb.on_partial_failure || !partial) && self.rollback_requested.is_none() {
                     self.rollback_requested = Some(format!("{id} failed"));
                 }
@@ -856,7 +945,9 @@ impl Scheduler {
     fn finish(&mut self, n: NodeIndex, status: Status, event: Event) {
         self.nodes[n.index()].status = status;
         if let Some(reason) = match &event {
-            Event::TaskSkipped { reason } | Event::TaskCancelled { reason } | Event::GateBlocked { reason } => Some(reason),
+            Event::TaskSkipped { reason } | Event::TaskCancelled { reason } | Event::GateBlocked { reason } => {
+                Some(reason)
+            }
             _ => None,
         } {
             self.nodes[n.index()].error = Some(reason.clone());
@@ -933,6 +1024,12 @@ impl Scheduler {
         };
         let halt = !r.failed_servers.is_empty() && failed_pct > r.threshold;
         r.current += 1;
+        // A batch whose tasks all finished early (skipped: their server's
+        // creation failed, a hard dependency did not succeed) will not
+        // finish again to advance the batch; move past it now.
+        while (r.current as usize) < r.left.len() && r.left[r.current as usize] == 0 {
+            r.current += 1;
+        }
         r.resume_at = Some(Instant::now() + r.pause);
         if halt && self.op_halted[op].is_none() {
             let reason = format!(
@@ -962,7 +1059,7 @@ impl Scheduler {
         if states.iter().all(|s| matches!(s, Status::Skipped | Status::Cancelled)) {
             return OpOutcome::Skipped;
         }
-        let failed = states.iter().any(|s| *s == Status::Failed) || self.op_halted[op].is_some();
+        let failed = states.contains(&Status::Failed) || self.op_halted[op].is_some();
         if failed && plan_op.on_failure != OnFailure::Continue {
             OpOutcome::Failed
         } else {
@@ -993,7 +1090,10 @@ impl Scheduler {
         let v = match plan_op.condition {
             Condition::Always => Ok(()),
             Condition::OnSuccess if not_ok.is_empty() => Ok(()),
-            Condition::OnSuccess => Err(format!("condition on_success not met: {} did not succeed", not_ok.join(", "))),
+            Condition::OnSuccess => Err(format!(
+                "condition on_success not met: {} did not succeed",
+                not_ok.join(", ")
+            )),
             Condition::OnFailure if any_failed => Ok(()),
             Condition::OnFailure => Err("condition on_failure not met: no upstream operation failed".to_string()),
         };
@@ -1016,10 +1116,13 @@ impl Scheduler {
             }
             match kind {
                 GateKind::Dependency {
-                    wait_condition: Some(w), ..
+                    wait_condition: Some(w),
+                    ..
                 } => {
+                    // Polling is not a task: it takes no slot of
+                    // max_parallel (the task it waits for may need one);
+                    // the run is not finished while the gate is Running.
                     self.nodes[n.index()].status = Status::Running;
-                    self.running += 1;
                     let exec = self.exec.clone();
                     let tx = self.tx.clone();
                     let token = CancellationToken::new();
@@ -1027,22 +1130,26 @@ impl Scheduler {
                     tokio::spawn(async move {
                         let deadline = Instant::now() + Duration::from_secs(w.timeout);
                         let result = loop {
-                            match exec.probe(&w, token.clone()).await {
+                            // Probed every interval, and a last time at the
+                            // deadline: the condition gets its whole timeout.
+                            let pause = match exec.probe(&w, token.clone()).await {
                                 Ok(()) => break Ok(()),
                                 Err(TaskFailure(e)) => {
                                     if token.is_cancelled() {
                                         break Err("cancelled".to_string());
                                     }
-                                    if Instant::now() + Duration::from_secs(w.interval) > deadline {
+                                    let now = Instant::now();
+                                    if now >= deadline {
                                         break Err(format!(
-                                            "wait condition `{}` did not hold within {}s (last: {e})",
+                                            "{WAIT_FAILED} `{}` did not hold within {}s (last: {e})",
                                             w.command, w.timeout
                                         ));
                                     }
+                                    Duration::from_secs(w.interval).min(deadline - now)
                                 }
-                            }
+                            };
                             tokio::select! {
-                                () = tokio::time::sleep(Duration::from_secs(w.interval)) => {}
+                                () = tokio::time::sleep(pause) => {}
                                 () = token.cancelled() => break Err("cancelled".to_string()),
                             }
                         };
@@ -1053,7 +1160,9 @@ impl Scheduler {
             }
             return;
         }
-        let Some(op) = self.task(n).map(|t| t.operation) else { return };
+        let Some(op) = self.task(n).map(|t| t.operation) else {
+            return;
+        };
         if let Some(reason) = self.nodes[n.index()].doomed.clone() {
             self.finish(n, Status::Skipped, Event::TaskSkipped { reason });
             return;
@@ -1107,7 +1216,13 @@ impl Scheduler {
                     && condition == Condition::OnSuccess
                 {
                     self.ready[op].remove(&(batch, n));
-                    self.finish(node, Status::Skipped, Event::TaskSkipped { reason: format!("run halted: {h}") });
+                    self.finish(
+                        node,
+                        Status::Skipped,
+                        Event::TaskSkipped {
+                            reason: format!("run halted: {h}"),
+                        },
+                    );
                     continue;
                 }
                 if self.running_by_op[op] >= limit {
@@ -1129,7 +1244,10 @@ impl Scheduler {
                             deferred.push((batch, n));
                             continue;
                         }
-                        let bucket = self.buckets.entry(p.clone()).or_insert_with(|| Bucket::new(l.api_rate_limit, now));
+                        let bucket = self
+                            .buckets
+                            .entry(p.clone())
+                            .or_insert_with(|| Bucket::new(l.api_rate_limit, now));
                         if !bucket.take(now) {
                             let at = bucket.next();
                             self.bucket_wake = Some(self.bucket_wake.map_or(at, |w| w.min(at)));
@@ -1148,7 +1266,9 @@ impl Scheduler {
     }
 
     fn start(&mut self, n: NodeIndex) {
-        let Some(op) = self.task(n).map(|t| t.operation) else { return };
+        let Some(op) = self.task(n).map(|t| t.operation) else {
+            return;
+        };
         let key = crate::runner::Runner::idempotency_key(&self.run_id, self.plan.graph[n].id());
         let rt = &mut self.nodes[n.index()];
         rt.attempt += 1;
@@ -1180,7 +1300,11 @@ impl Scheduler {
             let tx = self.tx.clone();
             tokio::spawn(async move {
                 let result = exec.run(&task, attempt, token).await;
-                let _ = tx.send(Msg::Done { node: n, attempt, result });
+                let _ = tx.send(Msg::Done {
+                    node: n,
+                    attempt,
+                    result,
+                });
             });
         }
         Ok(())
@@ -1190,7 +1314,12 @@ impl Scheduler {
     /// everything not undone yet; otherwise honour the safe point and
     /// preserve_successful. Returns whether every compensation succeeded.
     pub async fn rollback(&mut self, reason: &str, by_hand: bool) -> Result<bool, SchedulerError> {
-        self.record(None, Event::RollbackStarted { reason: reason.to_string() });
+        self.record(
+            None,
+            Event::RollbackStarted {
+                reason: reason.to_string(),
+            },
+        );
         self.flush()?;
         let rb = self.plan.workflow.rollback_strategy.clone();
         let mut order = self.plan.topological_order();
@@ -1208,7 +1337,10 @@ impl Scheduler {
                     continue;
                 }
                 if rb.preserve_successful
-                    && op.tasks.iter().all(|t| self.nodes[t.index()].status == Status::Succeeded)
+                    && op
+                        .tasks
+                        .iter()
+                        .all(|t| self.nodes[t.index()].status == Status::Succeeded)
                 {
                     continue;
                 }
@@ -1218,7 +1350,12 @@ impl Scheduler {
             match undo {
                 Undo::Nothing => continue,
                 Undo::Done => {
-                    self.record(Some(n), Event::UndoStarted { action: undo_action(&task) });
+                    self.record(
+                        Some(n),
+                        Event::UndoStarted {
+                            action: undo_action(&task),
+                        },
+                    );
                     self.record(
                         Some(n),
                         Event::UndoSucceeded {
@@ -1229,7 +1366,12 @@ impl Scheduler {
                 }
                 Undo::Failed(error) => {
                     complete = false;
-                    self.record(Some(n), Event::UndoStarted { action: undo_action(&task) });
+                    self.record(
+                        Some(n),
+                        Event::UndoStarted {
+                            action: undo_action(&task),
+                        },
+                    );
                     self.record(Some(n), Event::UndoFailed { error });
                 }
                 Undo::Impossible(reason) => {
@@ -1267,7 +1409,11 @@ pub fn retry_delay(policy: &RetryPolicy, n: u32, rng: &mut impl Rng) -> Duration
     }
     .min(policy.max_delay);
     let ms = base * 1000;
-    let ms = if policy.jitter && ms > 0 { rng.random_range(ms / 2..=ms) } else { ms };
+    let ms = if policy.jitter && ms > 0 {
+        rng.random_range(ms / 2..=ms)
+    } else {
+        ms
+    };
     Duration::from_millis(ms)
 }
 
@@ -1297,7 +1443,9 @@ mod tests {
     fn delays_grow_as_the_policy_says_and_are_capped() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let secs = |b, rng: &mut rand::rngs::StdRng| -> Vec<u64> {
-            (1..=5).map(|n| retry_delay(&policy(b, false), n, rng).as_secs()).collect()
+            (1..=5)
+                .map(|n| retry_delay(&policy(b, false), n, rng).as_secs())
+                .collect()
         };
         assert_eq!(secs(Backoff::Linear, &mut rng), [2, 4, 6, 8, 10]);
         assert_eq!(secs(Backoff::Exponential, &mut rng), [2, 4, 8, 10, 10]);

@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 /// The transport's wait between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(2);
 
+/// Far longer than any test needs: a transport that hangs fails the test
+/// instead of the whole run.
+const HANG: Duration = Duration::from_secs(30);
+
 /// A `/bin/sh -c script` command run in `dir`, logging to a file in a
 /// directory that does not exist yet.
 fn sh(dir: &Path, script: &str) -> Command {
@@ -37,7 +41,7 @@ async fn run(cmd: Command) -> Result<(Outcome, Vec<LogLine>)> {
 
 async fn run_with(cmd: Command, cancel: CancellationToken) -> Result<(Outcome, Vec<LogLine>)> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let outcome = LocalTransport.exec(cmd, Some(tx), cancel).await?;
+    let outcome = tokio::time::timeout(HANG, LocalTransport.exec(cmd, Some(tx), cancel)).await??;
     // exec has dropped its sender by the time it returns, so this ends.
     let mut lines = Vec::new();
     while let Some(line) = rx.recv().await {
@@ -47,7 +51,11 @@ async fn run_with(cmd: Command, cancel: CancellationToken) -> Result<(Outcome, V
 }
 
 fn of_stream(lines: &[LogLine], stream: Stream) -> Vec<&str> {
-    lines.iter().filter(|l| l.stream == stream).map(|l| l.line.as_str()).collect()
+    lines
+        .iter()
+        .filter(|l| l.stream == stream)
+        .map(|l| l.line.as_str())
+        .collect()
 }
 
 fn log_lines(cmd_dir: &Path) -> Result<Vec<String>> {
@@ -58,7 +66,9 @@ fn log_lines(cmd_dir: &Path) -> Result<Vec<String>> {
 /// Reads a pid a script wrote with `echo $! > name`.
 fn read_pid(dir: &Path, name: &str) -> Result<i32> {
     let text = std::fs::read_to_string(dir.join(name)).with_context(|| format!("pid file {name}"))?;
-    text.trim().parse().with_context(|| format!("pid file {name}: {text:?}"))
+    text.trim()
+        .parse()
+        .with_context(|| format!("pid file {name}: {text:?}"))
 }
 
 /// Whether `pid` has stopped running: gone, or a zombie. A zombie counts as
@@ -69,7 +79,10 @@ fn is_dead(pid: i32) -> bool {
         Err(Errno::ESRCH) => true,
         Err(_) => false,
         Ok(()) => std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .map(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
             .unwrap_or(true),
     }
 }
@@ -165,7 +178,9 @@ async fn output_is_logged_when_nobody_listens() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (tx, rx) = mpsc::unbounded_channel();
     drop(rx);
-    let outcome = LocalTransport.exec(sh(dir.path(), "seq 1 100"), Some(tx), CancellationToken::new()).await?;
+    let outcome = LocalTransport
+        .exec(sh(dir.path(), "seq 1 100"), Some(tx), CancellationToken::new())
+        .await?;
     assert_eq!(outcome, Outcome::Exited(0));
     assert_eq!(log_lines(dir.path())?.len(), 100);
     Ok(())
@@ -180,7 +195,10 @@ async fn env_is_passed_overrides_and_stays_out_of_argv() -> Result<()> {
         r#"printf '%s' "$DROVER_X" > x; printf '%s' "$HOME" > home; printf '%s' "$PATH" > path;
            cat /proc/$$/cmdline > cmdline"#,
     );
-    cmd.env = vec![("DROVER_X".into(), secret.into()), ("HOME".into(), "/drover-home".into())];
+    cmd.env = vec![
+        ("DROVER_X".into(), secret.into()),
+        ("HOME".into(), "/drover-home".into()),
+    ];
     let (outcome, _) = run(cmd).await?;
     assert_eq!(outcome, Outcome::Exited(0));
 
@@ -210,7 +228,10 @@ async fn timeout_kills_the_script_and_its_children() -> Result<()> {
         let (outcome, lines) = run(cmd).await?;
         let elapsed = started.elapsed();
         assert_eq!(outcome, Outcome::TimedOut, "{script}");
-        assert!(elapsed >= timeout && elapsed < timeout + Duration::from_secs(3), "{script}: {elapsed:?}");
+        assert!(
+            elapsed >= timeout && elapsed < timeout + Duration::from_secs(3),
+            "{script}: {elapsed:?}"
+        );
         assert_dies(read_pid(dir.path(), "pid")?, "sleep").await?;
         // What was read before the kill is in the log and was sent.
         assert_eq!(log_lines(dir.path())?, ["started"], "{script}");
@@ -258,9 +279,13 @@ async fn cancellation_mid_run_kills_the_group() -> Result<()> {
     }
     let started = Instant::now();
     cancel.cancel();
-    let outcome = exec.await??;
+    let outcome = tokio::time::timeout(HANG, exec).await???;
     assert_eq!(outcome, Outcome::Cancelled);
-    assert!(started.elapsed() < GRACE, "sleep and sh honour SIGTERM: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < GRACE,
+        "sleep and sh honour SIGTERM: {:?}",
+        started.elapsed()
+    );
     assert_dies(read_pid(dir.path(), "pid")?, "sleep").await?;
     assert_eq!(log_lines(dir.path())?, ["ready"]);
     Ok(())
@@ -334,5 +359,21 @@ async fn spawn_errors_name_what_is_missing() -> Result<()> {
         }
         other => bail!("expected a spawn error, got {other:?}"),
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unwritable_log_is_reported_before_anything_runs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A file where the log's directory should be (permissions would not
+    // stop a test running as root).
+    std::fs::write(dir.path().join("logs"), "")?;
+    let cmd = sh(dir.path(), "touch ran");
+    let log = cmd.log.clone();
+    match LocalTransport.exec(cmd, None, CancellationToken::new()).await {
+        Err(TransportError::Log { path, .. }) => assert_eq!(path, log),
+        other => bail!("expected a log error, got {other:?}"),
+    }
+    assert!(!dir.path().join("ran").exists(), "the command ran without a log");
     Ok(())
 }

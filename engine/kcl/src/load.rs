@@ -103,7 +103,13 @@ impl Loader {
         }
         let absolute = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
         let value = self.eval(&absolute)?;
-        let workflow: Workflow = take(value, "workflow", file, "WorkflowDef", "workflow = drover.WorkflowDef { ... }")?;
+        let workflow: Workflow = take(
+            value,
+            "workflow",
+            file,
+            "WorkflowDef",
+            "workflow = drover.WorkflowDef { ... }",
+        )?;
         Ok(Source {
             file: file.to_path_buf(),
             workflow,
@@ -242,7 +248,11 @@ fn take<T: DeserializeOwned>(
         ]));
     };
     // A plain dict would skip every check: block of the schemas.
-    let ty = v.get("_type").and_then(|t| t.as_str()).unwrap_or("a plain dict").to_string();
+    let ty = v
+        .get("_type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("a plain dict")
+        .to_string();
     if ty != format!("drover.{schema}") {
         return Err(LoadError::Model(vec![
             Diagnostic::new(

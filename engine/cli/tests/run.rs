@@ -1,0 +1,334 @@
+//! `drover run` end to end, as an operator drives it: the quickstart for
+//! real (then rolled back), Ctrl-C, and `kill -9` in the middle of a run
+//! followed by `--resume`, several times.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use drover_state::{Event, RunStatus, Store};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// drover with a private state store, run from `cwd`.
+fn drover(cwd: &Path, state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_drover"));
+    c.current_dir(cwd)
+        .env("DROVER_STATE", state)
+        .env("DROVER_VENV", repo().join(".venv"));
+    c
+}
+
+fn output(c: &mut Command) -> Output {
+    c.output().expect("drover runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn http_get(addr: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(s, "GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+fn only_run(store: &Store) -> String {
+    let runs = store.runs().expect("runs");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs[0].id.clone()
+}
+
+#[test]
+fn the_quickstart_runs_for_real_and_rolls_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.db");
+    let workflow = repo().join("workflows/quickstart.k");
+    let o = output(drover(dir.path(), &state).arg("run").arg(&workflow));
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("succeeded — every task succeeded (15 succeeded"), "{out}");
+
+    // The web services really serve, each naming its server.
+    for (i, addr) in ["127.0.10.1:18080", "127.0.10.2:18080", "127.0.10.3:18080"]
+        .iter()
+        .enumerate()
+    {
+        let page = http_get(addr).unwrap_or_else(|| panic!("nothing serves {addr}"));
+        assert!(page.contains(&format!("quick-{}", i + 1)), "{page}");
+    }
+    let store = Store::open(&state).expect("state");
+    let id = only_run(&store);
+    let logs = dir.path().join("logs").join(&id);
+    let report = std::fs::read_to_string(logs.join("report.txt")).expect("report.txt");
+    assert!(
+        report.contains("install/webhello@quick-2") && report.contains("succeeded"),
+        "{report}"
+    );
+    let jsonl = std::fs::read_to_string(logs.join("report.jsonl")).expect("report.jsonl");
+    assert_eq!(jsonl.lines().count(), 16, "a head line and one line per task");
+    let log = std::fs::read_to_string(logs.join("install_webhello@quick-1.log")).expect("task log");
+    assert!(log.contains("attempt 1"), "{log}");
+
+    let o = output(drover(dir.path(), &state).args(["rollback", &id]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(store.run(&id).expect("run").status, RunStatus::RolledBack);
+    for addr in ["127.0.10.1:18080", "127.0.10.2:18080", "127.0.10.3:18080"] {
+        assert!(http_get(addr).is_none(), "{addr} still serves after rollback");
+    }
+    assert!(!dir.path().join("hosts/quick-1").exists(), "host root left behind");
+}
+
+/// A workflow over the deterministic test taskservs, slow enough to be
+/// interrupted: 4 servers × (create, a → b, c → d), every install 0.4 s.
+fn slow_workflow(dir: &Path) -> (PathBuf, PathBuf) {
+    let control = dir.join("control");
+    std::fs::create_dir_all(&control).expect("control");
+    std::fs::write(control.join("install"), "sleep 0.4").expect("control file");
+    let file = dir.join("crash.k");
+    std::fs::write(
+        &file,
+        format!(
+            r#"import drover
+
+workflow = drover.WorkflowDef {{
+    name = "crash"
+    max_parallel = 2
+    variables = {{CONTROL = "{}"}}
+    servers = [drover.ServerDef {{
+        hostname = "c${{i}}"
+        provider = "local"
+        plan = "small"
+        connection = "local"
+        taskservs = ["a", "b", "c", "d"]
+    }} for i in range(4)]
+    operations = [
+        drover.OperationDef {{id = "create", type = "create", target = "server"}}
+        drover.OperationDef {{id = "install", type = "create", target = "taskserv", depends_on = ["create"]}}
+    ]
+}}
+"#,
+            control.display()
+        ),
+    )
+    .expect("workflow");
+    (file, control)
+}
+
+fn test_home() -> PathBuf {
+    repo().join("engine/exec/tests/home")
+}
+
+fn executions(control: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(control.join("executions.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split(' ').map(str::to_string).collect())
+        .collect()
+}
+
+fn wait_for_executions(control: &Path, n: usize, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while executions(control).len() < n {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "drover ended before {n} executions"
+        );
+        assert!(Instant::now() < deadline, "no {n} executions within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn kill_9_then_resume_finishes_the_run_and_never_reruns_a_succeeded_task() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.db");
+    let (file, control) = slow_workflow(dir.path());
+    let spawn = |args: &[&str]| -> Child {
+        drover(dir.path(), &state)
+            .env("DROVER_HOME", test_home())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn drover")
+    };
+
+    // Kill at three different points: early, in the middle, late.
+    let mut child = spawn(&["run", file.to_str().expect("utf-8")]);
+    wait_for_executions(&control, 2, &mut child);
+    child.kill().expect("kill -9");
+    child.wait().expect("reaped");
+    let store = Store::open(&state).expect("state");
+    let id = only_run(&store);
+    assert_eq!(
+        store.run(&id).expect("run").status,
+        RunStatus::Running,
+        "a killed run stays unfinished"
+    );
+
+    for at in [7, 12] {
+        let mut child = spawn(&["run", "--resume", &id]);
+        wait_for_executions(&control, at, &mut child);
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+    }
+    let o = output(
+        drover(dir.path(), &state)
+            .env("DROVER_HOME", test_home())
+            .args(["run", "--resume", &id]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // The journal tells the whole story.
+    let journal = store.journal(&id).expect("journal");
+    let starts: Vec<bool> = journal
+        .iter()
+        .filter_map(|e| match e.event {
+            Event::RunStarted { resumed } => Some(resumed),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts, [false, true, true, true]);
+    assert!(matches!(
+        journal.last().map(|e| &e.event),
+        Some(Event::RunFinished {
+            status: RunStatus::Succeeded
+        })
+    ));
+    assert_eq!(store.run(&id).expect("run").status, RunStatus::Succeeded);
+
+    // Every task succeeded exactly once, and none started again after.
+    let mut succeeded: HashMap<String, usize> = HashMap::new();
+    let mut interrupted: HashMap<String, usize> = HashMap::new();
+    let mut in_flight: HashMap<String, bool> = HashMap::new();
+    for e in &journal {
+        let node = e.node.clone().unwrap_or_default();
+        match &e.event {
+            Event::TaskStarted { .. } => {
+                assert_eq!(succeeded.get(&node), None, "{node} started again after it succeeded");
+                in_flight.insert(node, true);
+            }
+            Event::TaskSucceeded { .. } => {
+                *succeeded.entry(node.clone()).or_default() += 1;
+                in_flight.insert(node, false);
+            }
+            Event::RunStarted { resumed: true } => {
+                for (n, flying) in in_flight.iter_mut() {
+                    if *flying {
+                        *interrupted.entry(n.clone()).or_default() += 1;
+                        *flying = false;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(succeeded.len(), 4 * 5, "4 creates and 16 installs");
+    assert!(succeeded.values().all(|&n| n == 1), "{succeeded:?}");
+    assert!(
+        !interrupted.is_empty(),
+        "the kills interrupted no task: the test proves nothing"
+    );
+
+    // On the servers: a script ran again only when it was in flight at a
+    // kill, and then with the same idempotency key.
+    let execs = executions(&control);
+    let mut by_target: HashMap<String, Vec<Vec<String>>> = HashMap::new();
+    for e in execs {
+        by_target.entry(e[2].clone()).or_default().push(e);
+    }
+    assert_eq!(by_target.len(), 16);
+    for (target, runs) in &by_target {
+        let (ts, server) = target.split_once('@').expect("taskserv@server");
+        let task = format!("install/{ts}@{server}");
+        let allowed = 1 + interrupted.get(&task).copied().unwrap_or(0);
+        assert!(
+            runs.len() <= allowed,
+            "{task} ran {} times but was interrupted only {} times",
+            runs.len(),
+            allowed - 1
+        );
+        assert!(
+            runs.iter().all(|r| r[4] == runs[0][4]),
+            "{task}: idempotency key changed: {runs:?}"
+        );
+        assert!(
+            dir.path()
+                .join("hosts")
+                .join(server)
+                .join("installed")
+                .join(ts)
+                .is_file()
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_stops_cleanly_with_an_aborted_report_and_the_run_resumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.db");
+    let (file, control) = slow_workflow(dir.path());
+    let mut child = drover(dir.path(), &state)
+        .env("DROVER_HOME", test_home())
+        .arg("run")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for_executions(&control, 3, &mut child);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let started = Instant::now();
+    let o = child.wait_with_output().expect("drover ends");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "Ctrl-C took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    let store = Store::open(&state).expect("state");
+    let id = only_run(&store);
+    assert_eq!(store.run(&id).expect("run").status, RunStatus::Aborted);
+    let report = std::fs::read_to_string(dir.path().join("logs").join(&id).join("report.txt")).expect("report");
+    assert!(report.contains(": aborted"), "{report}");
+    assert!(report.contains("cancelled"), "{report}");
+
+    let o = output(
+        drover(dir.path(), &state)
+            .env("DROVER_HOME", test_home())
+            .args(["run", "--resume", &id]),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(store.run(&id).expect("run").status, RunStatus::Succeeded);
+}
+
+#[test]
+fn runs_lists_runs_and_resume_refuses_a_finished_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.db");
+    let o = output(drover(dir.path(), &state).arg("runs"));
+    assert!(text(&o).contains("no runs"), "{}", text(&o));
+    let o = output(drover(dir.path(), &state).args(["run", "--resume", "nope"]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("no run nope"), "{}", text(&o));
+}
