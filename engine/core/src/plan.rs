@@ -380,7 +380,10 @@ impl<'a> Builder<'a> {
                     Diagnostic::new(
                         &file,
                         field,
-                        format!("operations depend on each other in a cycle: {} (each depends on the next)", names.join(" → ")),
+                        format!(
+                            "operations depend on each other in a cycle: {} (each depends on the next)",
+                            names.join(" → ")
+                        ),
                     )
                     .help(help)
                     .at(first)
@@ -680,9 +683,10 @@ impl<'a> Builder<'a> {
                         Action::CreateServer => true,
                         // What it requires, and (for a check, update or
                         // remove) the install of the taskserv itself.
-                        Action::Install => up.taskserv.as_deref().is_some_and(|r| {
-                            required.contains(r) || (r == ts && task.action != Action::Install)
-                        }),
+                        Action::Install => up
+                            .taskserv
+                            .as_deref()
+                            .is_some_and(|r| required.contains(r) || (r == ts && task.action != Action::Install)),
                         _ => false,
                     };
                     if hard {

@@ -267,7 +267,10 @@ impl Validator<'_> {
                     Diagnostic::new(
                         self.file,
                         at("condition"),
-                        format!("operation {} has a condition but depends on no operation, so it has nothing to test", op.id),
+                        format!(
+                            "operation {} has a condition but depends on no operation, so it has nothing to test",
+                            op.id
+                        ),
                     )
                     .help("add depends_on with the operations whose outcome decides whether it runs")
                     .at(&op.id),

@@ -286,7 +286,8 @@ impl Store {
         let conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         Ok(Store {
             conn: Mutex::new(conn),
@@ -469,7 +470,19 @@ mod tests {
                 duration_ms: 5,
             };
             assert_eq!(s.append("r1", &[(10, Some("t"), &started), (11, Some("t"), &ok)])?, 2);
-            assert_eq!(s.append("r1", &[(12, None, &Event::RunFinished { status: RunStatus::Succeeded })])?, 3);
+            assert_eq!(
+                s.append(
+                    "r1",
+                    &[(
+                        12,
+                        None,
+                        &Event::RunFinished {
+                            status: RunStatus::Succeeded
+                        }
+                    )]
+                )?,
+                3
+            );
             s.set_status("r1", RunStatus::Succeeded, 12)?;
         }
         let s = Store::open(&path)?;
