@@ -9,6 +9,7 @@ mod progress;
 mod render;
 mod report;
 mod runs;
+mod secrets;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -82,12 +83,31 @@ enum Command {
         #[command(flatten)]
         state: StateArgs,
     },
+    /// Secrets: check that SOPS files decrypt, without printing values.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Undo what a finished or failed run did, in reverse dependency order.
     Rollback {
         /// The run.
         run_id: String,
         #[command(flatten)]
         state: StateArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Decrypt FILE in memory and list its keys (never values): a SOPS file,
+    /// or a workflow (.k) whose every secrets file is checked with its age key.
+    Check {
+        /// A SOPS file, or a workflow file.
+        file: PathBuf,
+        /// An age identity file (default: the workflow's age_key_file, else
+        /// SOPS_AGE_KEY_FILE or SOPS_AGE_KEY).
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
 }
 
@@ -151,6 +171,9 @@ fn main() -> ExitCode {
             state,
         } => runs::retry(&run_id, operation.as_deref(), &state.target(), &mut out),
         Command::Rollback { run_id, state } => runs::rollback(&run_id, &state.target(), &mut out),
+        Command::Secrets {
+            command: SecretsCommand::Check { file, identity },
+        } => secrets::check(&file, identity.as_deref(), &mut out),
     };
     match result {
         Ok(code) => code,

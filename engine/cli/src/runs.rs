@@ -47,7 +47,10 @@ fn exit_for(status: RunStatus) -> ExitCode {
 
 fn exec_failure(e: ExecError) -> anyhow::Result<ExitCode> {
     match e {
-        ExecError::Unsupported(msg) | ExecError::WrongState(msg) => {
+        ExecError::Unsupported(msg)
+        | ExecError::WrongState(msg)
+        | ExecError::Secrets(msg)
+        | ExecError::Template(msg) => {
             eprintln!("drover: {msg}");
             Ok(ExitCode::from(1))
         }

@@ -332,3 +332,122 @@ fn runs_lists_runs_and_resume_refuses_a_finished_run() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("no run nope"), "{}", text(&o));
 }
+
+/// The plaintext values of workflows/secrets/demo.sops.yaml.
+const DEMO_SECRETS: [&str; 4] = ["Zq8-velvet-Harbor-41", "tok_7f3c9e2a51d84b6c", "svc_app", "db.internal"];
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn the_secrets_workflow_reaches_the_servers_and_no_output_channel_shows_a_secret() {
+    // The list above is what the real sops tool decrypts the file to.
+    let sops = Command::new(repo().join(".venv/bin/sops"))
+        .args(["--decrypt", "workflows/secrets/demo.sops.yaml"])
+        .current_dir(repo())
+        .env("SOPS_AGE_KEY_FILE", repo().join("workflows/secrets/demo-age-key.txt"))
+        .output()
+        .expect("sops runs (make setup installs it)");
+    let plain = String::from_utf8_lossy(&sops.stdout);
+    assert!(DEMO_SECRETS.iter().all(|v| plain.contains(v)), "{plain}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.db");
+    let o = output(
+        drover(dir.path(), &state)
+            .args(["run", "-v"])
+            .arg(repo().join("workflows/secrets.k")),
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+
+    // The secrets reached the servers, through the template.
+    let conf = std::fs::read_to_string(dir.path().join("hosts/app-1/etc/app/app.conf")).expect("app.conf installed");
+    assert!(
+        conf.contains("postgres://svc_app:Zq8-velvet-Harbor-41@db.internal/app"),
+        "{conf}"
+    );
+    assert!(conf.contains("api_token = tok_7f3c9e2a51d84b6c") && conf.contains("listen = 127.0.15.1:8443"));
+
+    // No channel shows them: the live output (install.sh prints the file),
+    // task logs, reports, the journal, and nothing is left in work dirs.
+    for v in DEMO_SECRETS {
+        assert!(!out.contains(v), "{v} in drover's output:\n{out}");
+    }
+    assert!(out.contains("database_url = postgres://****:****@****/app"), "{out}");
+    let mut files = Vec::new();
+    files_under(dir.path(), &mut files);
+    let mut checked = 0;
+    for f in files.iter().filter(|f| !f.starts_with(dir.path().join("hosts"))) {
+        let bytes = std::fs::read(f).expect("readable");
+        let content = String::from_utf8_lossy(&bytes);
+        for v in DEMO_SECRETS {
+            assert!(!content.contains(v), "{v} found in {}", f.display());
+        }
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} files checked");
+    let store = Store::open(&state).expect("state");
+    let id = only_run(&store);
+    let journal = format!("{:?}", store.journal(&id).expect("journal"));
+    assert!(DEMO_SECRETS.iter().all(|v| !journal.contains(v)));
+    let log =
+        std::fs::read_to_string(dir.path().join("logs").join(&id).join("configure_appconfig@app-1.log")).expect("log");
+    assert!(log.contains("api_token = ****"), "{log}");
+
+    let o = output(drover(dir.path(), &state).args(["rollback", &id]));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn a_run_whose_secrets_do_not_decrypt_does_not_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A copy of the secrets workflow whose key is someone else's, and one
+    // whose SOPS file was tampered with.
+    std::fs::create_dir_all(dir.path().join("secrets")).expect("dir");
+    let wf = std::fs::read_to_string(repo().join("workflows/secrets.k")).expect("workflow");
+    std::fs::write(dir.path().join("secrets.k"), &wf).expect("copy");
+    let keygen = Command::new("age-keygen")
+        .arg("-o")
+        .arg(dir.path().join("secrets/demo-age-key.txt"))
+        .output()
+        .expect("age-keygen (make setup installs age)");
+    assert!(keygen.status.success());
+    let sops = std::fs::read_to_string(repo().join("workflows/secrets/demo.sops.yaml")).expect("sops file");
+    std::fs::write(dir.path().join("secrets/demo.sops.yaml"), &sops).expect("copy");
+    let state = dir.path().join("state.db");
+    let o = output(drover(dir.path(), &state).arg("run").arg(dir.path().join("secrets.k")));
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("demo.sops.yaml") && out.contains("no age identity can decrypt this file"),
+        "{out}"
+    );
+    assert!(
+        Store::open(&state).expect("state").runs().expect("runs").is_empty(),
+        "a run was recorded"
+    );
+
+    // Right key, tampered value: the MAC check refuses the file.
+    std::fs::copy(
+        repo().join("workflows/secrets/demo-age-key.txt"),
+        dir.path().join("secrets/demo-age-key.txt"),
+    )
+    .expect("key");
+    let tampered = sops.replacen("tag:", "tag:A", 1);
+    std::fs::write(dir.path().join("secrets/demo.sops.yaml"), tampered).expect("tamper");
+    let o = output(drover(dir.path(), &state).arg("run").arg(dir.path().join("secrets.k")));
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("demo.sops.yaml"), "{out}");
+    assert!(DEMO_SECRETS.iter().all(|v| !out.contains(v)), "{out}");
+    assert!(Store::open(&state).expect("state").runs().expect("runs").is_empty());
+}

@@ -8,16 +8,20 @@
 //! - [`provider`]: the Provider trait and the providers this build drives.
 //! - [`run`]: start, resume, retry and roll back runs.
 //! - [`report`]: the end-of-run report.
+//! - [`mask`]: secret values replaced wherever text leaves the engine.
+//! - [`template`]: taskserv templates rendered per server.
 //!
 //! Architecture invariants: the journal (drover-state) is the source of
 //! truth; every transition is journaled before it is acted on. Only
 //! transports start processes.
 
+pub mod mask;
 pub mod provider;
 pub mod report;
 pub mod run;
 pub mod runner;
 pub mod scheduler;
+pub mod template;
 pub mod transport;
 
 pub use run::{ExecError, Inputs, Options, RunHandle, default_state_path};

@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
+use crate::mask::Masker;
 use crate::provider::{Provider, registry};
 use crate::report::{self, Summary};
-use crate::runner::{Paths, Runner, TaskExecutor, TaskLine};
+use crate::runner::{Paths, RunSecrets, Runner, TaskExecutor, TaskLine};
 use crate::scheduler::{Control, Progress, Scheduler, SchedulerError, Settings, now_ms};
 use crate::transport::local::LocalTransport;
 
@@ -39,6 +40,99 @@ pub enum ExecError {
     /// Writing reports failed.
     #[error("cannot write the report: {0}")]
     Report(std::io::Error),
+    /// The workflow's secrets cannot be decrypted; the run did not start.
+    #[error("{0}")]
+    Secrets(String),
+    /// A template does not render; the run did not start.
+    #[error("{0}")]
+    Template(String),
+}
+
+/// What a run needs besides its plan: its secrets (decrypted in memory
+/// only, again at every resume) and the masker built from them.
+#[derive(Debug, Clone, Default)]
+struct Prepared {
+    secrets: Arc<RunSecrets>,
+    mask: Masker,
+}
+
+/// Decrypt the workflow's SOPS files (paths relative to the workflow
+/// file) with its age identities, and check that every template of the
+/// plan renders. Any failure stops the run before it starts.
+fn prepare(plan: &Plan, inputs: &Inputs) -> Result<Prepared, ExecError> {
+    let wf = &inputs.source.workflow;
+    let mut prepared = Prepared::default();
+    if let Some(sp) = &wf.secrets {
+        let base = inputs.source.file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let ids = match &sp.age_key_file {
+            Some(k) => drover_secrets::Identities::from_file(&base.join(k)),
+            None => drover_secrets::Identities::from_env(),
+        }
+        .map_err(|e| ExecError::Secrets(e.to_string()))?;
+        let mut tree = serde_json::Map::new();
+        let mut env: Vec<(String, String)> = Vec::new();
+        let mut values: Vec<String> = Vec::new();
+        for f in &sp.files {
+            let secrets =
+                drover_secrets::decrypt_file(&base.join(f), &ids).map_err(|e| ExecError::Secrets(e.to_string()))?;
+            if let serde_json::Value::Object(m) = secrets.tree() {
+                tree.extend(m.clone());
+            }
+            for (path, value) in secrets.flatten() {
+                let var = path.to_ascii_uppercase().replace(['.', '-'], "_");
+                if wf
+                    .variables
+                    .keys()
+                    .any(|k| k.to_ascii_uppercase().replace('-', "_") == var)
+                {
+                    return Err(ExecError::Secrets(format!(
+                        "secret {path} in {f} and the workflow variable {var} would both be DROVER_VAR_{var}; rename one"
+                    )));
+                }
+                let name = format!("DROVER_VAR_{var}");
+                env.retain(|(n, _)| *n != name);
+                env.push((name, value));
+            }
+            values.extend(secrets.values());
+        }
+        prepared = Prepared {
+            secrets: Arc::new(RunSecrets {
+                env,
+                tree: serde_json::Value::Object(tree),
+            }),
+            mask: Masker::new(values),
+        };
+    }
+    let mut problems = Vec::new();
+    for n in plan.graph.node_weights() {
+        let Some(t) = n.task() else { continue };
+        let (Some(ts), Some(host)) = (&t.taskserv, &t.server) else {
+            continue;
+        };
+        let Some(dir) = inputs
+            .catalog
+            .taskservs
+            .get(ts)
+            .and_then(|d| crate::template::templates_dir(&d.origin))
+        else {
+            continue;
+        };
+        let Some(server) = wf.servers.iter().find(|s| &s.hostname == host) else {
+            continue;
+        };
+        let ctx = crate::template::context(ts, server, &wf.variables, &prepared.secrets.tree);
+        if let Err(e) = crate::template::render_dir(&dir, &ctx) {
+            let msg = format!("{} (taskserv {ts} on {host})", prepared.mask.mask(&e.to_string()));
+            if !problems.contains(&msg) {
+                problems.push(msg);
+            }
+        }
+    }
+    if !problems.is_empty() {
+        problems.truncate(10);
+        return Err(ExecError::Template(problems.join("\n")));
+    }
+    Ok(prepared)
 }
 
 /// What is stored with a run so it can be planned again identically.
@@ -231,14 +325,20 @@ enum Launch {
 /// Start a new run of `inputs`.
 pub fn start(
     store: Arc<Store>,
-    inputs: Inputs,
+    mut inputs: Inputs,
     opts: &Options,
     executor: Option<Arc<dyn TaskExecutor>>,
 ) -> Result<RunHandle, ExecError> {
+    // Stored absolute, so a resume from another directory finds the
+    // secrets files again.
+    if let Ok(abs) = inputs.source.file.canonicalize() {
+        inputs.source.file = abs;
+    }
     let plan = plan_of(&inputs)?;
     if executor.is_none() {
         preflight(&plan, &registry())?;
     }
+    let prepared = prepare(&plan, &inputs)?;
     let run_id = new_run_id();
     let now = now_ms();
     store.create_run(&RunRecord {
@@ -259,6 +359,7 @@ pub fn start(
         executor,
         Launch::Fresh,
         Vec::new(),
+        prepared,
     )
 }
 
@@ -289,6 +390,7 @@ pub fn resume(
     if executor.is_none() {
         preflight(&plan, &registry())?;
     }
+    let prepared = prepare(&plan, &inputs)?;
     let journal = store.journal(run_id)?;
     store.set_status(run_id, RunStatus::Running, now_ms())?;
     launch(
@@ -300,6 +402,7 @@ pub fn resume(
         executor,
         Launch::Resume,
         journal,
+        prepared,
     )
 }
 
@@ -332,6 +435,7 @@ pub fn retry(
     if executor.is_none() {
         preflight(&plan, &registry())?;
     }
+    let prepared = prepare(&plan, &inputs)?;
     let journal = store.journal(run_id)?;
     store.set_status(run_id, RunStatus::Running, now_ms())?;
     launch(
@@ -343,6 +447,7 @@ pub fn retry(
         executor,
         Launch::Retry(op),
         journal,
+        prepared,
     )
 }
 
@@ -361,10 +466,11 @@ pub async fn rollback(
             record.status.as_str()
         )));
     }
+    let prepared = prepare(&plan, &inputs)?;
     let plan = Arc::new(plan);
     let journal = store.journal(run_id)?;
     let logs = logs_dir(&plan, opts, run_id);
-    let (exec, _) = executor_for(run_id, &plan, inputs.catalog, opts, &logs, executor, false);
+    let (exec, _) = executor_for(run_id, &plan, inputs.catalog, opts, &logs, executor, &prepared);
     let (_ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (progress, _) = broadcast::channel(1024);
     let mut s = Scheduler::new(
@@ -372,7 +478,7 @@ pub async fn rollback(
         run_id.to_string(),
         store.clone(),
         exec,
-        settings(&plan, opts),
+        settings(&plan, opts, &prepared.mask),
         ctl_rx,
         progress,
     );
@@ -401,33 +507,31 @@ pub async fn rollback(
     Ok(summary)
 }
 
-fn settings(plan: &Plan, opts: &Options) -> Settings {
+fn settings(plan: &Plan, opts: &Options, mask: &Masker) -> Settings {
     Settings {
         max_parallel: opts.max_parallel.unwrap_or_else(|| plan.max_parallel()).max(1),
         seed: opts.seed,
+        mask: mask.clone(),
     }
 }
 
 type Executor = (Arc<dyn TaskExecutor>, Option<mpsc::UnboundedReceiver<TaskLine>>);
 
+/// The executor given (tests, benchmarks), else the real runner.
 fn executor_for(
     run_id: &str,
     plan: &Arc<Plan>,
     catalog: Catalog,
     opts: &Options,
     logs: &Path,
-    executor: Option<Arc<dyn TaskExecutor>>,
-    with_lines: bool,
+    given: Option<Arc<dyn TaskExecutor>>,
+    prepared: &Prepared,
 ) -> Executor {
-    if let Some(e) = executor {
+    if let Some(e) = given {
         return (e, None);
     }
-    let (tx, rx) = if with_lines {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Some(tx), Some(rx))
-    } else {
-        (None, None)
-    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = (Some(tx), Some(rx));
     let runner = Runner::new(
         run_id.to_string(),
         plan.clone(),
@@ -440,7 +544,8 @@ fn executor_for(
             logs_dir: logs.to_path_buf(),
         },
         tx,
-    );
+    )
+    .with_secrets(prepared.secrets.clone(), prepared.mask.clone());
     (Arc::new(runner), rx)
 }
 
@@ -454,11 +559,12 @@ fn launch(
     executor: Option<Arc<dyn TaskExecutor>>,
     kind: Launch,
     journal: Vec<drover_state::Entry>,
+    prepared: Prepared,
 ) -> Result<RunHandle, ExecError> {
     let plan = Arc::new(plan);
     let logs = logs_dir(&plan, opts, &run_id);
     std::fs::create_dir_all(&logs).map_err(ExecError::Report)?;
-    let (exec, lines) = executor_for(&run_id, &plan, catalog, opts, &logs, executor, true);
+    let (exec, lines) = executor_for(&run_id, &plan, catalog, opts, &logs, executor, &prepared);
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (progress, _) = broadcast::channel(65_536);
     let mut s = Scheduler::new(
@@ -466,7 +572,7 @@ fn launch(
         run_id.clone(),
         store.clone(),
         exec,
-        settings(&plan, opts),
+        settings(&plan, opts, &prepared.mask),
         ctl_rx,
         progress.clone(),
     );

@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::mask::Masker;
 use crate::provider::{Provider, ProviderContext, ServerFacts, ServerStatus};
 use crate::transport::{Command, LogLine, Outcome, Transport};
 
@@ -69,6 +70,26 @@ pub struct TaskLine {
     pub line: LogLine,
 }
 
+/// The secrets of a run, decrypted in memory only.
+#[derive(Clone, Default)]
+pub struct RunSecrets {
+    /// Each secret as a script sees it: DROVER_VAR_<PATH> (path segments
+    /// upper-cased, joined with '_').
+    pub env: Vec<(String, String)>,
+    /// The decrypted tree, for templates (`secrets.*`).
+    pub tree: serde_json::Value,
+}
+
+impl std::fmt::Debug for RunSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("RunSecrets")
+            .field("names", &names)
+            .field("values", &"<redacted>")
+            .finish()
+    }
+}
+
 /// The real executor: providers for server tasks, scripts through the
 /// local transport for taskserv tasks.
 #[derive(Debug)]
@@ -80,6 +101,8 @@ pub struct Runner {
     transport: Arc<dyn Transport>,
     paths: Paths,
     lines: Option<mpsc::UnboundedSender<TaskLine>>,
+    secrets: Arc<RunSecrets>,
+    mask: Masker,
 }
 
 impl Runner {
@@ -101,7 +124,17 @@ impl Runner {
             transport,
             paths,
             lines,
+            secrets: Arc::new(RunSecrets::default()),
+            mask: Masker::none(),
         }
+    }
+
+    /// Give scripts and templates the run's secrets, and mask them in
+    /// everything the runner writes.
+    pub fn with_secrets(mut self, secrets: Arc<RunSecrets>, mask: Masker) -> Runner {
+        self.secrets = secrets;
+        self.mask = mask;
+        self
     }
 
     /// The idempotency key of a task: the same for every attempt and after
@@ -148,6 +181,8 @@ impl Runner {
     }
 
     async fn log(&self, task: &str, text: &str) {
+        let text = self.mask.mask(text);
+        let text = text.as_str();
         let file = Self::log_file(&self.paths.logs_dir, task);
         let write = async {
             if let Some(dir) = file.parent() {
@@ -200,7 +235,50 @@ impl Runner {
                 v.clone(),
             ));
         }
+        // Secrets travel in the environment, never on a command line.
+        env.extend(self.secrets.env.iter().cloned());
         env
+    }
+
+    /// Render the taskserv's templates for this server into the task's
+    /// working directory (owner-only: they may hold secrets) and return
+    /// the directory, or None when it ships none.
+    async fn render_templates(&self, taskserv: &str, server: &Server) -> Result<Option<PathBuf>, TaskFailure> {
+        let Some(decl) = self.catalog.taskservs.get(taskserv) else {
+            return Ok(None);
+        };
+        let Some(src) = crate::template::templates_dir(&decl.origin) else {
+            return Ok(None);
+        };
+        let ctx = crate::template::context(taskserv, server, &self.plan.workflow.variables, &self.secrets.tree);
+        let rendered =
+            crate::template::render_dir(&src, &ctx).map_err(|e| TaskFailure(self.mask.mask(&e.to_string())))?;
+        let dir = self
+            .paths
+            .work_dir
+            .join(&server.hostname)
+            .join("templates")
+            .join(taskserv);
+        let write = async {
+            use std::os::unix::fs::PermissionsExt;
+            tokio::fs::create_dir_all(&dir).await?;
+            tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).await?;
+            for r in &rendered {
+                let mut f = tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(dir.join(&r.name))
+                    .await?;
+                f.write_all(r.content.as_bytes()).await?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        write
+            .await
+            .map_err(|e| TaskFailure(format!("cannot write rendered templates to {}: {e}", dir.display())))?;
+        Ok(Some(dir))
     }
 
     fn script(&self, taskserv: &str, script: Script) -> Result<PathBuf, TaskFailure> {
@@ -229,6 +307,10 @@ impl Runner {
         cancel: CancellationToken,
     ) -> Result<Outcome, TaskFailure> {
         let On { server, facts } = on;
+        let templates = match &task.taskserv {
+            Some(t) => self.render_templates(t, server).await?,
+            None => None,
+        };
         if server.connection != Connection::Local {
             return Err(TaskFailure(format!(
                 "server {} is reached over SSH, which this build cannot do yet; declare connection = \"local\"",
@@ -242,10 +324,17 @@ impl Runner {
         let cmd = Command {
             program: "/bin/sh".into(),
             args,
-            env: self.env(task, attempt, server, facts),
+            env: {
+                let mut env = self.env(task, attempt, server, facts);
+                if let Some(dir) = &templates {
+                    env.push(("DROVER_TEMPLATES".to_string(), dir.display().to_string()));
+                }
+                env
+            },
             cwd,
             timeout: Some(timeout),
             log: Self::log_file(&self.paths.logs_dir, &task.id),
+            mask: self.mask.clone(),
         };
         let (tx, forward) = match &self.lines {
             Some(out) => {
@@ -262,6 +351,11 @@ impl Runner {
             None => (None, None),
         };
         let result = self.transport.exec(cmd, tx, cancel).await;
+        // The rendered templates may hold secrets: they live only as long
+        // as the script that uses them.
+        if let Some(dir) = &templates {
+            let _ = tokio::fs::remove_dir_all(dir).await;
+        }
         if let Some(f) = forward {
             let _ = f.await;
         }
@@ -514,6 +608,7 @@ impl TaskExecutor for Runner {
             cwd,
             timeout: Some(timeout),
             log: self.paths.logs_dir.join("wait-conditions.log"),
+            mask: self.mask.clone(),
         };
         let outcome = self
             .transport

@@ -224,6 +224,8 @@ pub struct Settings {
     pub max_parallel: u32,
     /// Seed for retry jitter (deterministic tests).
     pub seed: u64,
+    /// Secret values, masked in every journal event.
+    pub mask: crate::mask::Masker,
 }
 
 /// How a scheduler run ended.
@@ -390,6 +392,11 @@ impl Scheduler {
     }
 
     fn record(&mut self, node: Option<NodeIndex>, event: Event) {
+        let event = if self.settings.mask.is_empty() {
+            event
+        } else {
+            mask_event(event, &self.settings.mask)
+        };
         let id = node.map(|n| self.id(n));
         self.journal.push((now_ms(), id, event));
     }
@@ -1385,6 +1392,24 @@ impl Scheduler {
         self.flush()?;
         Ok(complete)
     }
+}
+
+/// The event with every secret in its text replaced: errors and reasons
+/// can quote a script's output or a command line.
+fn mask_event(event: Event, mask: &crate::mask::Masker) -> Event {
+    fn walk(v: &mut serde_json::Value, mask: &crate::mask::Masker) {
+        match v {
+            serde_json::Value::String(s) => *s = mask.mask(s),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| walk(x, mask)),
+            serde_json::Value::Object(o) => o.values_mut().for_each(|x| walk(x, mask)),
+            _ => {}
+        }
+    }
+    let Ok(mut v) = serde_json::to_value(&event) else {
+        return event;
+    };
+    walk(&mut v, mask);
+    serde_json::from_value(v).unwrap_or(event)
 }
 
 fn undo_action(task: &Task) -> String {

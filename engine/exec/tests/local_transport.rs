@@ -31,6 +31,7 @@ fn sh(dir: &Path, script: &str) -> Command {
         cwd: dir.to_path_buf(),
         timeout: None,
         log: dir.join("logs").join("task.log"),
+        mask: drover_exec::mask::Masker::none(),
     }
 }
 

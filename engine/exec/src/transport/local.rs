@@ -37,6 +37,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::mask::Masker;
+
 use super::{Command, LogLine, Outcome, Stream, Transport, TransportError};
 
 /// How long a process group gets between SIGTERM and SIGKILL.
@@ -128,7 +130,7 @@ impl Transport for LocalTransport {
         // The sink ends when every sender is gone, i.e. when both readers
         // have; ours must not keep it waiting.
         drop(tx);
-        let sink = tokio::spawn(write_lines(rx, log, lines));
+        let sink = tokio::spawn(write_lines(rx, log, lines, cmd.mask.clone()));
 
         let timeout = cmd.timeout;
         let expired = async move {
@@ -412,11 +414,15 @@ async fn write_lines(
     mut rx: mpsc::Receiver<LogLine>,
     mut log: BufWriter<File>,
     lines: Option<mpsc::UnboundedSender<LogLine>>,
+    mask: Masker,
 ) -> io::Result<()> {
     let mut failed: Option<io::Error> = None;
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        while let Some(line) = next {
+        while let Some(mut line) = next {
+            if !mask.is_empty() {
+                line.line = mask.mask(&line.line);
+            }
             if failed.is_none() {
                 let written = match log.write_all(line.line.as_bytes()).await {
                     Ok(()) => log.write_all(b"\n").await,

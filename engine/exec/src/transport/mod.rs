@@ -32,6 +32,9 @@ pub struct Command {
     pub timeout: Option<Duration>,
     /// stdout and stderr are appended here, line by line.
     pub log: PathBuf,
+    /// Secrets replaced in every output line before it is logged or
+    /// streamed, including a secret the command echoes back.
+    pub mask: crate::mask::Masker,
 }
 
 /// Which stream a line came from.
