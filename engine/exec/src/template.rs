@@ -123,7 +123,13 @@ pub fn render(file: &Path, source: &str, ctx: &Value) -> Result<String, Template
     env.add_template(&name, source).map_err(to_error)?;
     let tmpl = env.get_template(&name).map_err(to_error)?;
     tmpl.render(ctx).map_err(|e| {
+        // The engine's message says "undefined value" without the name;
+        // the span of the failing expression has it.
+        let expr = e.range().and_then(|r| source.get(r)).map(str::trim).map(str::to_string);
         let mut err = to_error(e);
+        if let Some(expr) = expr.filter(|x| !x.is_empty()) {
+            err.message = format!("{} in `{expr}`", err.message);
+        }
         if err.message.contains("undefined") {
             err.message = format!("{} (in scope: taskserv, server.*, vars.*, secrets.*)", err.message);
         }
@@ -162,6 +168,7 @@ mod tests {
         let text = err.to_string();
         assert_eq!(err.line, Some(2), "{text}");
         assert!(text.contains("t/app.conf.j2:2") && text.contains("undefined"), "{text}");
+        assert!(text.contains("vars.MISSING"), "the variable is named: {text}");
     }
 
     #[test]

@@ -49,7 +49,10 @@ async fn an_undefined_variable_stops_the_run_before_it_starts() {
         panic!("not a template error: {err}")
     };
     assert!(msg.contains("templates/conf.j2:2"), "{msg}");
-    assert!(msg.contains("undefined") && msg.contains("tmpl on t0"), "{msg}");
+    assert!(
+        msg.contains("undefined") && msg.contains("`vars.NEEDED`") && msg.contains("tmpl on t0"),
+        "{msg}"
+    );
     assert!(f.store.runs().expect("runs").is_empty(), "a run was recorded");
     assert!(!f.host("t0").exists(), "something ran");
 }
