@@ -5,6 +5,7 @@
 //! drover's home cannot be found). A closed stdout (e.g. `| head`) is not an
 //! error.
 
+mod inventory;
 mod progress;
 mod render;
 mod report;
@@ -83,6 +84,11 @@ enum Command {
         #[command(flatten)]
         state: StateArgs,
     },
+    /// The servers of a workflow and the groups they are in.
+    Inventory {
+        #[command(subcommand)]
+        command: InventoryCommand,
+    },
     /// Secrets: check that SOPS files decrypt, without printing values.
     Secrets {
         #[command(subcommand)]
@@ -94,6 +100,26 @@ enum Command {
         run_id: String,
         #[command(flatten)]
         state: StateArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum InventoryCommand {
+    /// List servers (all, or those with every --tag and in every --group).
+    List {
+        /// The workflow file (.k).
+        file: PathBuf,
+        /// Only servers with this tag ("!t": without it); repeatable.
+        #[arg(long = "tag", value_name = "T")]
+        tags: Vec<String>,
+        /// Only servers in this group (hierarchy and criteria resolved); repeatable.
+        #[arg(long = "group", value_name = "G")]
+        groups: Vec<String>,
+    },
+    /// List groups: how each is defined and the servers it resolves to now.
+    Groups {
+        /// The workflow file (.k).
+        file: PathBuf,
     },
 }
 
@@ -171,6 +197,12 @@ fn main() -> ExitCode {
             state,
         } => runs::retry(&run_id, operation.as_deref(), &state.target(), &mut out),
         Command::Rollback { run_id, state } => runs::rollback(&run_id, &state.target(), &mut out),
+        Command::Inventory {
+            command: InventoryCommand::List { file, tags, groups },
+        } => inventory::list(&file, &tags, &groups, &mut out),
+        Command::Inventory {
+            command: InventoryCommand::Groups { file },
+        } => inventory::groups(&file, &mut out),
         Command::Secrets {
             command: SecretsCommand::Check { file, identity },
         } => secrets::check(&file, identity.as_deref(), &mut out),

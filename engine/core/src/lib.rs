@@ -7,12 +7,14 @@
 //!
 //! Layout:
 //! - [`model`]: the workflow and declarations as typed data.
+//! - [`inventory`]: group membership and server selection.
 //! - [`validate`]: reference and constraint checks; collects every problem.
 //! - [`plan`]: expansion into a DAG of tasks and gates.
 //! - [`diagnostic`]: a problem, with the file and field it is about.
 
 pub mod diagnostic;
 mod graph;
+pub mod inventory;
 pub mod model;
 pub mod plan;
 pub mod validate;

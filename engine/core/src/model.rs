@@ -25,6 +25,9 @@ pub struct Workflow {
     /// The target infrastructure.
     #[serde(default)]
     pub servers: Vec<Server>,
+    /// The inventory's groups.
+    #[serde(default)]
+    pub groups: Vec<GroupDef>,
     /// The steps of the workflow.
     pub operations: Vec<Operation>,
     /// Edges between parts of the plan beyond `depends_on`.
@@ -265,6 +268,72 @@ pub struct Selector {
     /// Tags, all required; "!t" excludes t.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Conditions, all required.
+    #[serde(default)]
+    pub criteria: Vec<Criterion>,
+}
+
+/// A named set of servers (see GroupDef in schemas/server.k).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupDef {
+    /// The group's name.
+    pub name: String,
+    /// What it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Hostnames in it.
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// Child groups, whose members are in it too.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// When given, every server matching all of them is in it.
+    #[serde(default)]
+    pub criteria: Vec<Criterion>,
+}
+
+/// The server field a criterion tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum CriterionField {
+    Hostname,
+    Provider,
+    Plan,
+    Zone,
+    Address,
+    Tag,
+    Group,
+}
+
+/// How a criterion compares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum CriterionOp {
+    #[default]
+    Equals,
+    Contains,
+    In,
+    Matches,
+}
+
+/// A dynamic condition on a server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Criterion {
+    /// What is tested.
+    pub field: CriterionField,
+    /// How.
+    #[serde(default)]
+    pub op: CriterionOp,
+    /// The value (equals, contains, matches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The values (in).
+    #[serde(default)]
+    pub values: Vec<String>,
 }
 
 /// hard | soft | optional.

@@ -33,6 +33,7 @@ use serde::Serialize;
 
 use crate::diagnostic::{Diagnostic, known};
 use crate::graph::{cycles, cycles_in};
+use crate::inventory::Inventory;
 use crate::model::{
     Catalog, Condition, DependencyType, OnFailure, Operation, OperationType, RetryPolicy, RollingStrategy, Server,
     Source, Target, WaitCondition, Workflow, WorkflowType,
@@ -258,6 +259,7 @@ impl Plan {
 pub fn build(source: &Source, catalog: &Catalog) -> Result<Plan, Vec<Diagnostic>> {
     let mut b = Builder {
         source,
+        inventory: Inventory::new(&source.workflow),
         catalog,
         graph: DiGraph::new(),
         diags: Vec::new(),
@@ -306,6 +308,7 @@ struct OperationOrder {
 
 struct Builder<'a> {
     source: &'a Source,
+    inventory: Inventory<'a>,
     catalog: &'a Catalog,
     graph: DiGraph<Node, Edge>,
     diags: Vec<Diagnostic>,
@@ -408,7 +411,7 @@ impl<'a> Builder<'a> {
             .servers
             .iter()
             .filter(|s| op.providers.is_empty() || op.providers.contains(&s.provider))
-            .filter(|s| op.selector.as_ref().is_none_or(|sel| selector_matches(sel, s)))
+            .filter(|s| op.selector.as_ref().is_none_or(|sel| self.inventory.selects(sel, s)))
             .filter(|s| op.target != Target::Server || op.items.is_empty() || op.items.contains(&s.hostname))
             .collect()
     }
@@ -901,17 +904,4 @@ fn taskserv_action(kind: OperationType) -> Action {
         OperationType::Delete => Action::Remove,
         OperationType::Check => Action::Check,
     }
-}
-
-/// Whether `sel` picks `s`: any name or group (when names or groups are
-/// given), and every tag ("!t": not tagged t).
-pub fn selector_matches(sel: &crate::model::Selector, s: &Server) -> bool {
-    let by_name = sel.servers.is_empty() && sel.groups.is_empty()
-        || sel.servers.contains(&s.hostname)
-        || sel.groups.iter().any(|g| s.groups.contains(g));
-    by_name
-        && sel.tags.iter().all(|t| match t.strip_prefix('!') {
-            Some(neg) => !s.tags.iter().any(|x| x == neg),
-            None => s.tags.contains(t),
-        })
 }

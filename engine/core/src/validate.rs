@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use crate::diagnostic::{Diagnostic, known};
+use crate::inventory::Inventory;
 use crate::model::{Catalog, Condition, OperationType, Script, Server, Source, Target, WorkflowType};
 
 /// Check `source` against `catalog`; an empty result means valid.
@@ -31,6 +32,102 @@ struct Validator<'a> {
 impl Validator<'_> {
     fn push(&mut self, d: Diagnostic) {
         self.diags.push(d);
+    }
+
+    /// The group hierarchy: known children and members, no cycle, valid
+    /// criteria.
+    fn groups(&mut self, wf: &crate::model::Workflow, inventory: &Inventory<'_>) {
+        let hosts: BTreeSet<&str> = wf.servers.iter().map(|s| s.hostname.as_str()).collect();
+        for (i, g) in wf.groups.iter().enumerate() {
+            for (k, child) in g.groups.iter().enumerate() {
+                if !inventory.has_group(child) {
+                    self.push(
+                        Diagnostic::new(
+                            self.file,
+                            format!("groups[{i}].groups[{k}]"),
+                            format!("group {} contains unknown group \"{child}\"", g.name),
+                        )
+                        .help(format!("groups: {}", known(inventory.group_names())))
+                        .at(child)
+                        .within(&g.name),
+                    );
+                }
+            }
+            for (k, m) in g.members.iter().enumerate() {
+                if !hosts.contains(m.as_str()) {
+                    self.push(
+                        Diagnostic::new(
+                            self.file,
+                            format!("groups[{i}].members[{k}]"),
+                            format!("group {} lists unknown server \"{m}\"", g.name),
+                        )
+                        .help(format!("servers of this workflow: {}", known(hosts.iter().copied())))
+                        .at(m)
+                        .within(&g.name),
+                    );
+                }
+            }
+            self.criteria(&format!("groups[{i}]"), &g.criteria, &g.name);
+        }
+        for (i, op) in wf.operations.iter().enumerate() {
+            if let Some(sel) = &op.selector {
+                self.criteria(&format!("operations[{i}].selector"), &sel.criteria, &op.id);
+            }
+        }
+        let names: Vec<&str> = wf.groups.iter().map(|g| g.name.as_str()).collect();
+        let children = |n: &str| -> Vec<&str> {
+            wf.groups
+                .iter()
+                .find(|g| g.name == n)
+                .map(|g| g.groups.iter().map(String::as_str).collect())
+                .unwrap_or_default()
+        };
+        for cycle in crate::graph::cycles(&names, children) {
+            let first = cycle[0];
+            let i = wf.groups.iter().position(|g| g.name == first).unwrap_or(0);
+            let mut path = cycle.clone();
+            path.push(first);
+            self.push(
+                Diagnostic::new(
+                    self.file,
+                    format!("groups[{i}].groups"),
+                    format!(
+                        "groups contain each other in a cycle: {} (each contains the next)",
+                        path.join(" → ")
+                    ),
+                )
+                .help("a group hierarchy must be a tree; remove one of these entries")
+                .at(first),
+            );
+        }
+    }
+
+    fn criteria(&mut self, at: &str, criteria: &[crate::model::Criterion], anchor: &str) {
+        use crate::model::CriterionOp;
+        for (k, c) in criteria.iter().enumerate() {
+            if c.op == CriterionOp::Matches
+                && let Some(p) = &c.value
+                && let Err(e) = regex::Regex::new(p)
+            {
+                let first = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_start_matches("error: ")
+                    .to_string();
+                self.push(
+                    Diagnostic::new(
+                        self.file,
+                        format!("{at}.criteria[{k}].value"),
+                        format!("\"{p}\" is not a valid regular expression: {first}"),
+                    )
+                    .at(p)
+                    .within(anchor),
+                );
+            }
+        }
     }
 
     /// Diagnostics pushed since `before` are about the item named `anchor`.
@@ -114,11 +211,9 @@ impl Validator<'_> {
         }
 
         let servers: BTreeMap<&str, &Server> = wf.servers.iter().map(|s| (s.hostname.as_str(), s)).collect();
-        let groups: BTreeSet<&str> = wf
-            .servers
-            .iter()
-            .flat_map(|s| s.groups.iter().map(String::as_str))
-            .collect();
+        let inventory = Inventory::new(wf);
+        let groups: BTreeSet<&str> = inventory.group_names();
+        self.groups(wf, &inventory);
         let tags: BTreeSet<&str> = wf
             .servers
             .iter()
@@ -178,7 +273,7 @@ impl Validator<'_> {
                             Diagnostic::new(
                                 self.file,
                                 at(&format!("selector.groups[{k}]")),
-                                format!("operation {} selects group \"{g}\", which no server belongs to", op.id),
+                                format!("operation {} selects group \"{g}\", which is neither declared nor named by a server", op.id),
                             )
                             .help(format!("groups in use: {}", known(groups.iter().copied())))
                             .at(g),

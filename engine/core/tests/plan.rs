@@ -402,7 +402,7 @@ fn validation_collects_every_problem() {
         "needs the update.sh script of taskserv os",
         "operation i targets unknown server \"zz\"",
         "operation i names unknown provider \"gcp\"",
-        "group \"g0\", which no server belongs to",
+        "group \"g0\", which is neither declared nor named by a server",
         "tag \"t0\", which no server carries",
     ] {
         assert!(all.contains(want), "missing {want:?} in:\n{all}");
