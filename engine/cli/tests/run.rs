@@ -54,6 +54,8 @@ fn only_run(store: &Store) -> String {
     runs[0].id.clone()
 }
 
+/// The quickstart's servers are real SSH hosts (sshd in their own
+/// namespaces on 127.0.10.1-3), reached over SSH: this needs root.
 #[test]
 fn the_quickstart_runs_for_real_and_rolls_back() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -91,7 +93,19 @@ fn the_quickstart_runs_for_real_and_rolls_back() {
     for addr in ["127.0.10.1:18080", "127.0.10.2:18080", "127.0.10.3:18080"] {
         assert!(http_get(addr).is_none(), "{addr} still serves after rollback");
     }
-    assert!(!dir.path().join("hosts/quick-1").exists(), "host root left behind");
+    assert!(
+        !dir.path().join("fleet/hosts/quick-1").exists(),
+        "host state left behind"
+    );
+    let sshd = Command::new("pgrep")
+        .args(["-f", &dir.path().join("fleet").display().to_string()])
+        .output()
+        .expect("pgrep");
+    assert!(
+        sshd.stdout.is_empty(),
+        "daemons left behind: {}",
+        String::from_utf8_lossy(&sshd.stdout)
+    );
 }
 
 /// A workflow over the deterministic test taskservs, slow enough to be

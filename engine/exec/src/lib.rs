@@ -15,6 +15,7 @@
 //! truth; every transition is journaled before it is acted on. Only
 //! transports start processes.
 
+pub mod hosts;
 pub mod mask;
 pub mod provider;
 pub mod report;

@@ -9,13 +9,17 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use drover_core::model::Server;
+use drover_core::model::{Connection, Server};
 
 /// What a provider call may use.
 #[derive(Debug, Clone)]
 pub struct ProviderContext {
-    /// Where hosts of the `local` provider keep their root directories.
+    /// Where hosts of the `local` provider reached with
+    /// `connection = "local"` keep their root directories.
     pub hosts_dir: PathBuf,
+    /// Where the `local` provider keeps its SSH hosts (sshd daemons, keys,
+    /// known_hosts).
+    pub fleet_dir: PathBuf,
     /// The idempotency key of the task making the call.
     pub idempotency_key: String,
 }
@@ -25,9 +29,25 @@ pub struct ProviderContext {
 pub struct ServerFacts {
     /// The address to reach it on.
     pub address: String,
-    /// The filesystem root taskservs install into, for servers reached
-    /// with a local connection.
+    /// The filesystem root taskservs install into (DROVER_ROOT), as the
+    /// server sees it.
     pub root: PathBuf,
+    /// How to reach it over SSH, when the provider knows (the `local`
+    /// provider's SSH hosts); None: from the server's declaration.
+    pub ssh: Option<SshFacts>,
+}
+
+/// SSH access a provider hands out with a server it made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshFacts {
+    /// TCP port.
+    pub port: u16,
+    /// Login user.
+    pub user: String,
+    /// Private key accepted by the server.
+    pub key_file: PathBuf,
+    /// known_hosts holding the server's host key.
+    pub known_hosts: PathBuf,
 }
 
 /// A server's state as its provider reports it.
@@ -102,14 +122,50 @@ pub fn registry() -> BTreeMap<String, Arc<dyn Provider>> {
     list.into_iter().map(|p| (p.name().to_string(), p)).collect()
 }
 
-/// Hosts on this machine: a host is a root directory under the hosts
-/// directory (its filesystem as taskservs see it, DROVER_ROOT), with a
-/// facts file recording its address. Servers of this provider are reached
-/// with `connection = "local"`.
+/// Hosts on this machine.
+///
+/// With `connection = "ssh"` (the default) a host is real: an OpenSSH
+/// daemon on the server's own loopback address, in its own UTS and mount
+/// namespaces, with its own hostname, host key (recorded in drover's
+/// known_hosts) and writable root ([`crate::hosts::HostFleet`]); drover
+/// reaches it over SSH like any cloud server. This needs root and
+/// openssh-server.
+///
+/// With `connection = "local"` a host is a root directory under the hosts
+/// directory (DROVER_ROOT) with a facts file recording its address, and its
+/// scripts run as processes here: no root needed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LocalProvider;
 
 impl LocalProvider {
+    /// The fleet of `ctx`, opened once per process: opening makes the
+    /// client key on first use, and parallel creates must not each make
+    /// one.
+    fn fleet(&self, ctx: &ProviderContext) -> Result<crate::hosts::HostFleet, ProviderError> {
+        static FLEETS: std::sync::Mutex<BTreeMap<PathBuf, crate::hosts::HostFleet>> =
+            std::sync::Mutex::new(BTreeMap::new());
+        let mut fleets = FLEETS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = fleets.get(&ctx.fleet_dir) {
+            return Ok(f.clone());
+        }
+        let fleet = crate::hosts::HostFleet::new(ctx.fleet_dir.clone()).map_err(|e| self.error(e.to_string()))?;
+        fleets.insert(ctx.fleet_dir.clone(), fleet.clone());
+        Ok(fleet)
+    }
+
+    fn ssh_facts(fleet: &crate::hosts::HostFleet, info: &crate::hosts::HostInfo) -> ServerFacts {
+        ServerFacts {
+            address: info.address.clone(),
+            root: PathBuf::from(&info.root),
+            ssh: Some(SshFacts {
+                port: info.port,
+                user: "root".into(),
+                key_file: fleet.client_key(),
+                known_hosts: fleet.known_hosts(),
+            }),
+        }
+    }
+
     fn root(server: &Server, ctx: &ProviderContext) -> PathBuf {
         ctx.hosts_dir.join(&server.hostname)
     }
@@ -130,6 +186,21 @@ impl Provider for LocalProvider {
     }
 
     async fn create(&self, server: &Server, ctx: &ProviderContext) -> Result<ServerFacts, ProviderError> {
+        if server.connection == Connection::Ssh {
+            let address = server.address.clone().ok_or_else(|| {
+                self.error(format!(
+                    "server {} needs an address: each local SSH host listens on its own loopback address (127.0.x.y)",
+                    server.hostname
+                ))
+            })?;
+            let fleet = self.fleet(ctx)?;
+            let spec = crate::hosts::HostSpec {
+                hostname: server.hostname.clone(),
+                address,
+            };
+            let info = fleet.create(&spec).await.map_err(|e| self.error(e.to_string()))?;
+            return Ok(Self::ssh_facts(&fleet, &info));
+        }
         let root = Self::root(server, ctx);
         let address = Self::address(server);
         let facts = format!(
@@ -153,10 +224,21 @@ impl Provider for LocalProvider {
                 root.display()
             ))
         })?;
-        Ok(ServerFacts { address, root })
+        Ok(ServerFacts {
+            address,
+            root,
+            ssh: None,
+        })
     }
 
     async fn delete(&self, server: &Server, ctx: &ProviderContext) -> Result<(), ProviderError> {
+        if server.connection == Connection::Ssh {
+            return self
+                .fleet(ctx)?
+                .delete(&server.hostname)
+                .await
+                .map_err(|e| self.error(e.to_string()));
+        }
         let root = Self::root(server, ctx);
         match tokio::fs::remove_dir_all(&root).await {
             Ok(()) => Ok(()),
@@ -170,11 +252,28 @@ impl Provider for LocalProvider {
     }
 
     async fn status(&self, server: &Server, ctx: &ProviderContext) -> Result<ServerStatus, ProviderError> {
+        if server.connection == Connection::Ssh {
+            let fleet = self.fleet(ctx)?;
+            return match fleet
+                .status(&server.hostname)
+                .await
+                .map_err(|e| self.error(e.to_string()))?
+            {
+                crate::hosts::HostState::Running(info) => Ok(ServerStatus::Running(Self::ssh_facts(&fleet, &info))),
+                // A stopped host is down, not gone: tasks on it fail (and
+                // retry) rather than being told to create it.
+                crate::hosts::HostState::Stopped => {
+                    Err(self.error(format!("host {} exists but its sshd is not running", server.hostname)))
+                }
+                crate::hosts::HostState::Absent => Ok(ServerStatus::Absent),
+            };
+        }
         let root = Self::root(server, ctx);
         if tokio::fs::try_exists(Self::facts_file(&root)).await.unwrap_or(false) {
             Ok(ServerStatus::Running(ServerFacts {
                 address: Self::address(server),
                 root,
+                ssh: None,
             }))
         } else {
             Ok(ServerStatus::Absent)

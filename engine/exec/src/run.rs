@@ -275,24 +275,25 @@ fn preflight(plan: &Plan, providers: &std::collections::BTreeMap<String, Arc<dyn
                 problems.push(msg);
             }
         }
-        if t.taskserv.is_some()
-            && let Some(s) = server
-            && s.connection != Connection::Local
-        {
-            let msg = format!(
-                "server {} is reached over SSH, which this build cannot do yet; declare connection = \"local\" to run it here",
-                s.hostname
-            );
-            if !problems.contains(&msg) {
-                problems.push(msg);
+        if let Some(s) = server {
+            // Servers of other providers would be reached over SSH with the
+            // access they declare; their providers cannot make them yet, so
+            // they are refused above. Here: what the local provider needs.
+            if s.connection == Connection::Local && s.provider != "local" {
+                let msg = format!("server {}: connection local needs provider local", s.hostname);
+                if !problems.contains(&msg) {
+                    problems.push(msg);
+                }
             }
-        }
-        if t.taskserv.is_some()
-            && let Some(s) = server
-            && s.connection == Connection::Local
-            && s.provider != "local"
-        {
-            problems.push(format!("server {}: connection local needs provider local", s.hostname));
+            if s.provider == "local" && s.connection == Connection::Ssh && s.address.is_none() {
+                let msg = format!(
+                    "server {}: a local SSH host needs an address (its own loopback address, 127.0.x.y)",
+                    s.hostname
+                );
+                if !problems.contains(&msg) {
+                    problems.push(msg);
+                }
+            }
         }
     }
     if problems.is_empty() {
@@ -471,6 +472,7 @@ pub async fn rollback(
     let journal = store.journal(run_id)?;
     let logs = logs_dir(&plan, opts, run_id);
     let (exec, _) = executor_for(run_id, &plan, inputs.catalog, opts, &logs, executor, &prepared);
+    let exec_for_finish = exec.clone();
     let (_ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (progress, _) = broadcast::channel(1024);
     let mut s = Scheduler::new(
@@ -484,6 +486,7 @@ pub async fn rollback(
     );
     s.replay(&journal);
     let complete = s.rollback("rollback requested by an operator", true).await?;
+    exec_for_finish.finish().await;
     let status = if complete {
         RunStatus::RolledBack
     } else {
@@ -540,6 +543,8 @@ fn executor_for(
         Arc::new(LocalTransport),
         Paths {
             hosts_dir: opts.data_dir.join("hosts"),
+            fleet_dir: opts.data_dir.join("fleet"),
+            known_hosts: opts.data_dir.join("known_hosts"),
             work_dir: opts.data_dir.join("work").join(run_id),
             logs_dir: logs.to_path_buf(),
         },
@@ -565,6 +570,7 @@ fn launch(
     let logs = logs_dir(&plan, opts, &run_id);
     std::fs::create_dir_all(&logs).map_err(ExecError::Report)?;
     let (exec, lines) = executor_for(&run_id, &plan, catalog, opts, &logs, executor, &prepared);
+    let exec_for_finish = exec.clone();
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (progress, _) = broadcast::channel(65_536);
     let mut s = Scheduler::new(
@@ -596,6 +602,7 @@ fn launch(
     let (id, plan2, logs2) = (run_id.clone(), plan.clone(), logs.clone());
     let join = tokio::spawn(async move {
         let (finished, nodes) = s.run(timeout).await?;
+        exec_for_finish.finish().await;
         let journal = store.journal(&id)?;
         let summary = report::summarize(&id, &plan2, &nodes, finished.status, finished.reason, &logs2, &journal);
         report::write(&summary, &logs2).map_err(ExecError::Report)?;

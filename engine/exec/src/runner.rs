@@ -4,7 +4,7 @@
 //! The scheduler knows nothing of scripts or providers; it calls a
 //! [`TaskExecutor`]. [`Runner`] is the real one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mask::Masker;
 use crate::provider::{Provider, ProviderContext, ServerFacts, ServerStatus};
+use crate::transport::ssh::{HostKeyPolicy, RunDirs, SshError, SshTarget, SshTransport};
 use crate::transport::{Command, LogLine, Outcome, Transport};
 
 /// Where a run keeps its files.
@@ -29,6 +30,10 @@ pub struct Paths {
     pub work_dir: PathBuf,
     /// Task logs and reports of this run.
     pub logs_dir: PathBuf,
+    /// The `local` provider's SSH hosts (keys, known_hosts, daemons).
+    pub fleet_dir: PathBuf,
+    /// known_hosts for servers the provider does not describe.
+    pub known_hosts: PathBuf,
 }
 
 /// Why an attempt failed.
@@ -59,6 +64,10 @@ pub trait TaskExecutor: Send + Sync + std::fmt::Debug {
 
     /// Run a wait condition once; Ok when it holds.
     async fn probe(&self, condition: &WaitCondition, cancel: CancellationToken) -> Result<(), TaskFailure>;
+
+    /// The run is over (finished, stopped or rolled back): release what
+    /// the executor holds (connections, remote directories).
+    async fn finish(&self) {}
 }
 
 /// A task's output line, for the live view.
@@ -103,6 +112,9 @@ pub struct Runner {
     lines: Option<mpsc::UnboundedSender<TaskLine>>,
     secrets: Arc<RunSecrets>,
     mask: Masker,
+    // One connection per SSH host for the whole run; the cell makes
+    // concurrent first tasks on a host share one connect.
+    ssh: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<HostConn>>>>>,
 }
 
 impl Runner {
@@ -126,6 +138,7 @@ impl Runner {
             lines,
             secrets: Arc::new(RunSecrets::default()),
             mask: Masker::none(),
+            ssh: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -176,6 +189,7 @@ impl Runner {
     fn ctx(&self, task: &str) -> ProviderContext {
         ProviderContext {
             hosts_dir: self.paths.hosts_dir.clone(),
+            fleet_dir: self.paths.fleet_dir.clone(),
             idempotency_key: Self::idempotency_key(&self.run_id, task),
         }
     }
@@ -302,7 +316,7 @@ impl Runner {
         task: &Task,
         attempt: u32,
         on: On<'_>,
-        args: Vec<String>,
+        what: What<'_>,
         timeout: Duration,
         cancel: CancellationToken,
     ) -> Result<Outcome, TaskFailure> {
@@ -311,26 +325,113 @@ impl Runner {
             Some(t) => self.render_templates(t, server).await?,
             None => None,
         };
-        if server.connection != Connection::Local {
-            return Err(TaskFailure(format!(
-                "server {} is reached over SSH, which this build cannot do yet; declare connection = \"local\"",
-                server.hostname
-            )));
+        let result = match server.connection {
+            Connection::Local => {
+                self.shell_here(task, attempt, server, facts, what, &templates, timeout, cancel)
+                    .await
+            }
+            Connection::Ssh => {
+                self.shell_ssh(task, attempt, server, facts, what, &templates, timeout, cancel)
+                    .await
+            }
+        };
+        // The rendered templates may hold secrets: they live only as long
+        // as the script that uses them.
+        if let Some(dir) = &templates {
+            let _ = tokio::fs::remove_dir_all(dir).await;
         }
+        result
+    }
+
+    /// A script of a server with a local connection: a process here.
+    #[allow(clippy::too_many_arguments)]
+    async fn shell_here(
+        &self,
+        task: &Task,
+        attempt: u32,
+        server: &Server,
+        facts: &ServerFacts,
+        what: What<'_>,
+        templates: &Option<PathBuf>,
+        timeout: Duration,
+        cancel: CancellationToken,
+    ) -> Result<Outcome, TaskFailure> {
         let cwd = self.paths.work_dir.join(&server.hostname);
         tokio::fs::create_dir_all(&cwd)
             .await
             .map_err(|e| TaskFailure(format!("cannot create working directory {}: {e}", cwd.display())))?;
+        let args = match what {
+            What::Script(taskserv, script) => vec![self.script(taskserv, script)?.display().to_string()],
+            What::Command(c) => vec!["-c".to_string(), c],
+        };
+        let mut env = self.env(task, attempt, server, facts);
+        if let Some(dir) = templates {
+            env.push(("DROVER_TEMPLATES".to_string(), dir.display().to_string()));
+        }
+        self.exec_on(self.transport.as_ref(), task, args, env, cwd, timeout, cancel)
+            .await
+    }
+
+    /// A script of a server reached over SSH: its taskserv's scripts and
+    /// rendered templates travel into the run's directory on the host
+    /// (/tmp/drover-<run>), over the one connection drover keeps to it.
+    #[allow(clippy::too_many_arguments)]
+    async fn shell_ssh(
+        &self,
+        task: &Task,
+        attempt: u32,
+        server: &Server,
+        facts: &ServerFacts,
+        what: What<'_>,
+        templates: &Option<PathBuf>,
+        timeout: Duration,
+        cancel: CancellationToken,
+    ) -> Result<Outcome, TaskFailure> {
+        let conn = self.conn(server, facts).await?;
+        let fail = |e: SshError| TaskFailure(self.mask.mask(&e.to_string()));
+        let args = match what {
+            What::Script(taskserv, script) => {
+                let dir = self.upload_scripts(&conn, taskserv).await?;
+                vec![format!("{dir}/{}", script.file_name())]
+            }
+            What::Command(c) => vec!["-c".to_string(), c],
+        };
+        let mut env = self.env(task, attempt, server, facts);
+        let remote_templates = match (templates, &task.taskserv) {
+            (Some(local), Some(t)) => {
+                let remote = format!("{}/templates-{t}", conn.run_dir);
+                conn.transport.upload(local, &remote, 0o700).await.map_err(fail)?;
+                env.push(("DROVER_TEMPLATES".to_string(), remote.clone()));
+                Some(remote)
+            }
+            _ => None,
+        };
+        let cwd = PathBuf::from(format!("{}/work", conn.run_dir));
+        let result = self
+            .exec_on(&conn.transport, task, args, env, cwd, timeout, cancel)
+            .await;
+        if let Some(remote) = remote_templates {
+            let _ = conn.transport.remove_dir(&remote).await;
+        }
+        result
+    }
+
+    /// Run through `transport`, streaming lines to the live view.
+    #[allow(clippy::too_many_arguments)]
+    async fn exec_on(
+        &self,
+        transport: &dyn Transport,
+        task: &Task,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: PathBuf,
+        timeout: Duration,
+        cancel: CancellationToken,
+    ) -> Result<Outcome, TaskFailure> {
         let cmd = Command {
             program: "/bin/sh".into(),
             args,
-            env: {
-                let mut env = self.env(task, attempt, server, facts);
-                if let Some(dir) = &templates {
-                    env.push(("DROVER_TEMPLATES".to_string(), dir.display().to_string()));
-                }
-                env
-            },
+            env,
             cwd,
             timeout: Some(timeout),
             log: Self::log_file(&self.paths.logs_dir, &task.id),
@@ -350,16 +451,105 @@ impl Runner {
             }
             None => (None, None),
         };
-        let result = self.transport.exec(cmd, tx, cancel).await;
-        // The rendered templates may hold secrets: they live only as long
-        // as the script that uses them.
-        if let Some(dir) = &templates {
-            let _ = tokio::fs::remove_dir_all(dir).await;
-        }
+        let result = transport.exec(cmd, tx, cancel).await;
         if let Some(f) = forward {
             let _ = f.await;
         }
-        result.map_err(|e| TaskFailure(e.to_string()))
+        result.map_err(|e| TaskFailure(self.mask.mask(&e.to_string())))
+    }
+
+    /// The connection to `server`, made once for the whole run; concurrent
+    /// tasks on one host wait for the same connection.
+    async fn conn(&self, server: &Server, facts: &ServerFacts) -> Result<Arc<HostConn>, TaskFailure> {
+        let cell = {
+            let mut pool = self.ssh.lock().await;
+            pool.entry(server.hostname.clone()).or_default().clone()
+        };
+        let conn = cell
+            .get_or_try_init(|| async {
+                let target = match &facts.ssh {
+                    Some(f) => SshTarget {
+                        host: server.hostname.clone(),
+                        address: facts.address.clone(),
+                        port: f.port,
+                        user: f.user.clone(),
+                        key_file: Some(f.key_file.clone()),
+                        use_agent: false,
+                        known_hosts: f.known_hosts.clone(),
+                        host_key_policy: HostKeyPolicy::Verify,
+                        connect_timeout: Duration::from_secs(10),
+                        keepalive: Duration::from_secs(15),
+                    },
+                    None => SshTarget {
+                        host: server.hostname.clone(),
+                        address: server.address.clone().unwrap_or_else(|| facts.address.clone()),
+                        port: server.ssh.port,
+                        user: server.ssh.user.clone(),
+                        key_file: server.ssh.key_file.as_ref().map(PathBuf::from),
+                        use_agent: server.ssh.key_file.is_none(),
+                        known_hosts: self.paths.known_hosts.clone(),
+                        host_key_policy: HostKeyPolicy::Verify,
+                        connect_timeout: Duration::from_secs(10),
+                        keepalive: Duration::from_secs(15),
+                    },
+                };
+                let transport = SshTransport::connect(&target)
+                    .await
+                    .map_err(|e| TaskFailure(e.to_string()))?;
+                let run_dir = transport
+                    .temp_dir(&self.run_id)
+                    .await
+                    .map_err(|e| TaskFailure(e.to_string()))?;
+                Ok::<_, TaskFailure>(Arc::new(HostConn {
+                    transport,
+                    run_dir,
+                    uploaded: tokio::sync::Mutex::new(HashSet::new()),
+                }))
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
+    /// The taskserv's scripts on the host (uploaded once per run), with
+    /// links resolved: the remote directory holding them.
+    async fn upload_scripts(&self, conn: &HostConn, taskserv: &str) -> Result<String, TaskFailure> {
+        let remote = format!("{}/taskserv-{taskserv}", conn.run_dir);
+        let mut uploaded = conn.uploaded.lock().await;
+        if uploaded.contains(taskserv) {
+            return Ok(remote);
+        }
+        let local = self
+            .script(taskserv, Script::Install)?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| TaskFailure(format!("taskserv {taskserv} has no scripts folder")))?;
+        // Staged with links resolved (fs::copy follows them), then sent as
+        // one directory: the transport refuses links, and sends a tree in
+        // one go.
+        let staged = self.paths.work_dir.join("payload").join(taskserv);
+        let stage = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&staged)?;
+            for e in std::fs::read_dir(&local)?.flatten() {
+                if e.path().is_file() {
+                    let to = staged.join(e.file_name());
+                    std::fs::copy(e.path(), &to)?;
+                    std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+                }
+            }
+            Ok(())
+        };
+        stage().map_err(|e| {
+            TaskFailure(format!(
+                "cannot stage the scripts of {taskserv} from {}: {e}",
+                local.display()
+            ))
+        })?;
+        conn.transport
+            .upload(&staged, &remote, 0o700)
+            .await
+            .map_err(|e| TaskFailure(e.to_string()))?;
+        uploaded.insert(taskserv.to_string());
+        Ok(remote)
     }
 
     async fn run_script(
@@ -374,14 +564,13 @@ impl Runner {
         };
         let server = self.server(server_name)?;
         let facts = self.facts(server, &task.id).await?;
-        let path = self.script(taskserv, script)?;
         let timeout = Duration::from_secs(self.plan.operations[task.operation].timeout);
         let outcome = self
             .shell(
                 task,
                 attempt,
                 On { server, facts: &facts },
-                vec![path.display().to_string()],
+                What::Script(taskserv, script),
                 timeout,
                 cancel.clone(),
             )
@@ -407,7 +596,7 @@ impl Runner {
                         task,
                         attempt,
                         On { server, facts: &facts },
-                        vec!["-c".into(), hc.command.clone()],
+                        What::Command(hc.command.clone()),
                         timeout,
                         cancel.clone(),
                     )
@@ -427,6 +616,29 @@ impl Runner {
             )));
         }
         Ok(())
+    }
+}
+
+/// What a task runs: one of its taskserv's scripts, or a shell command
+/// (health checks, wait conditions).
+enum What<'a> {
+    Script(&'a str, Script),
+    Command(String),
+}
+
+/// The run's connection to one SSH server, with the run's directory on it
+/// and the taskservs whose scripts are already there.
+struct HostConn {
+    transport: SshTransport,
+    run_dir: String,
+    uploaded: tokio::sync::Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for HostConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostConn")
+            .field("run_dir", &self.run_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -575,46 +787,76 @@ impl TaskExecutor for Runner {
 
     async fn probe(&self, condition: &WaitCondition, cancel: CancellationToken) -> Result<(), TaskFailure> {
         let timeout = Duration::from_secs(condition.interval.max(1));
-        let (cwd, env) = match &condition.server {
+        let mut env = vec![("DROVER_RUN_ID".to_string(), self.run_id.clone())];
+        let log = self.paths.logs_dir.join("wait-conditions.log");
+        let args = vec!["-c".to_string(), condition.command.clone()];
+        let outcome = match &condition.server {
             Some(name) => {
                 let server = self.server(name)?;
                 let facts = self.facts(server, "wait").await?;
-                if server.connection != Connection::Local {
-                    return Err(TaskFailure(format!(
-                        "server {name} is reached over SSH, which this build cannot do yet"
-                    )));
+                env.push(("DROVER_SERVER".to_string(), name.clone()));
+                env.push(("DROVER_ROOT".to_string(), facts.root.display().to_string()));
+                match server.connection {
+                    Connection::Local => {
+                        let cwd = self.paths.work_dir.join(name);
+                        tokio::fs::create_dir_all(&cwd)
+                            .await
+                            .map_err(|e| TaskFailure(e.to_string()))?;
+                        let cmd = Command {
+                            program: "/bin/sh".into(),
+                            args,
+                            env,
+                            cwd,
+                            timeout: Some(timeout),
+                            log,
+                            mask: self.mask.clone(),
+                        };
+                        self.transport.exec(cmd, None, cancel).await
+                    }
+                    Connection::Ssh => {
+                        let conn = self.conn(server, &facts).await?;
+                        let cwd = PathBuf::from(format!("{}/work", conn.run_dir));
+                        let cmd = Command {
+                            program: "/bin/sh".into(),
+                            args,
+                            env,
+                            cwd,
+                            timeout: Some(timeout),
+                            log,
+                            mask: self.mask.clone(),
+                        };
+                        conn.transport.exec(cmd, None, cancel).await
+                    }
                 }
-                (
-                    self.paths.work_dir.join(name),
-                    vec![
-                        ("DROVER_SERVER".to_string(), name.clone()),
-                        ("DROVER_ROOT".to_string(), facts.root.display().to_string()),
-                        ("DROVER_RUN_ID".to_string(), self.run_id.clone()),
-                    ],
-                )
             }
-            None => (
-                self.paths.work_dir.clone(),
-                vec![("DROVER_RUN_ID".to_string(), self.run_id.clone())],
-            ),
-        };
-        tokio::fs::create_dir_all(&cwd)
-            .await
-            .map_err(|e| TaskFailure(e.to_string()))?;
-        let cmd = Command {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), condition.command.clone()],
-            env,
-            cwd,
-            timeout: Some(timeout),
-            log: self.paths.logs_dir.join("wait-conditions.log"),
-            mask: self.mask.clone(),
-        };
-        let outcome = self
-            .transport
-            .exec(cmd, None, cancel)
-            .await
-            .map_err(|e| TaskFailure(e.to_string()))?;
+            None => {
+                let cwd = self.paths.work_dir.clone();
+                tokio::fs::create_dir_all(&cwd)
+                    .await
+                    .map_err(|e| TaskFailure(e.to_string()))?;
+                let cmd = Command {
+                    program: "/bin/sh".into(),
+                    args,
+                    env,
+                    cwd,
+                    timeout: Some(timeout),
+                    log,
+                    mask: self.mask.clone(),
+                };
+                self.transport.exec(cmd, None, cancel).await
+            }
+        }
+        .map_err(|e| TaskFailure(self.mask.mask(&e.to_string())))?;
         check_outcome(&outcome, "wait condition", timeout)
+    }
+
+    async fn finish(&self) {
+        // The run's directories on SSH hosts go, and the connections close.
+        let cells: Vec<_> = self.ssh.lock().await.values().cloned().collect();
+        for cell in cells {
+            if let Some(conn) = cell.get() {
+                let _ = conn.transport.cleanup(RunDirs::Remove).await;
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! is not.
 
 pub mod local;
+pub mod ssh;
 
 use std::path::PathBuf;
 use std::time::Duration;

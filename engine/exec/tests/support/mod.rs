@@ -48,7 +48,16 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Fixture::in_dir(tempfile::tempdir().expect("tempdir"))
+    }
+
+    /// A fixture outside /tmp: SSH hosts have a /tmp of their own, and
+    /// the scripts on them must still see the control directory.
+    pub fn outside_tmp() -> Fixture {
+        Fixture::in_dir(tempfile::tempdir_in("/var/tmp").expect("tempdir in /var/tmp"))
+    }
+
+    fn in_dir(dir: tempfile::TempDir) -> Fixture {
         let control = dir.path().join("control");
         std::fs::create_dir_all(&control).expect("control dir");
         let store = Arc::new(Store::open(&dir.path().join("state.db")).expect("store"));
