@@ -30,6 +30,7 @@ test: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
+	sh scripts/check-no-leftovers.sh
 
 ## bench: planning, KCL evaluation and engine-overhead benchmarks (figures in BENCHMARKS.md).
 bench: setup

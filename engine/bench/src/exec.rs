@@ -86,6 +86,7 @@ fn main() -> Result<()> {
             logs_root: Some(dir.path().join("logs")),
             max_parallel: Some(parallel),
             seed: 1,
+            keep_remote_dirs: false,
         };
         let inputs = Inputs {
             source: source.clone(),

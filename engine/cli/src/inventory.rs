@@ -29,17 +29,7 @@ pub fn list(file: &Path, tags: &[String], groups: &[String], out: &mut impl Writ
             return Ok(ExitCode::from(1));
         }
     }
-    let picked: Vec<&Server> = wf
-        .servers
-        .iter()
-        .filter(|s| groups.iter().all(|g| inv.in_group(s, g)))
-        .filter(|s| {
-            tags.iter().all(|t| match t.strip_prefix('!') {
-                Some(neg) => !s.tags.iter().any(|x| x == neg),
-                None => s.tags.contains(t),
-            })
-        })
-        .collect();
+    let picked = select(&inv, &wf.servers, tags, groups);
     let all_groups = inv.group_names();
     let rows: Vec<[String; 7]> = picked
         .iter()
@@ -71,6 +61,79 @@ pub fn list(file: &Path, tags: &[String], groups: &[String], out: &mut impl Writ
     )?;
     writeln!(out, "{} of {} servers", picked.len(), wf.servers.len())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The servers with every tag and in every group.
+fn select<'a>(inv: &Inventory<'a>, servers: &'a [Server], tags: &[String], groups: &[String]) -> Vec<&'a Server> {
+    servers
+        .iter()
+        .filter(|s| groups.iter().all(|g| inv.in_group(s, g)))
+        .filter(|s| {
+            tags.iter().all(|t| match t.strip_prefix('!') {
+                Some(neg) => !s.tags.iter().any(|x| x == neg),
+                None => s.tags.contains(t),
+            })
+        })
+        .collect()
+}
+
+/// `drover ping FILE [--tag T] [--group G]`: a parallel reachability check,
+/// one OK/FAIL line per server with its latency (connect, handshake with
+/// host key verification, `true`).
+pub fn ping(
+    file: &Path,
+    tags: &[String],
+    groups: &[String],
+    target: &crate::runs::Target,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let inputs = match load_inputs(file) {
+        Ok(i) => i,
+        Err(f) => return report_failure(f, ReportFormat::Text, out),
+    };
+    let wf = &inputs.source.workflow;
+    let inv = Inventory::new(wf);
+    for g in groups {
+        if !inv.has_group(g) {
+            eprintln!("drover: no group {g} in {}", file.display());
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let picked: Vec<Server> = select(&inv, &wf.servers, tags, groups).into_iter().cloned().collect();
+    if picked.is_empty() {
+        eprintln!(
+            "drover: no server of {} matches the given --tag and --group",
+            file.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    let opts = drover_exec::Options::for_state(&target.state);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut results = rt.block_on(drover_exec::ping::ping(picked, &opts));
+    results.sort_by(|a, b| a.server.cmp(&b.server));
+    let width = results.iter().map(|p| p.server.len()).max().unwrap_or(0);
+    let mut ok = 0;
+    for p in &results {
+        match &p.result {
+            Ok(d) => {
+                ok += 1;
+                writeln!(
+                    out,
+                    "OK    {:<width$}  {:<15}  {:.1} ms",
+                    p.server,
+                    p.address,
+                    d.as_secs_f64() * 1e3
+                )?;
+            }
+            Err(e) => writeln!(out, "FAIL  {:<width$}  {:<15}  {e}", p.server, p.address)?,
+        }
+    }
+    writeln!(out, "{ok} of {} reachable", results.len())?;
+    Ok(if ok == results.len() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::runs::RUN_FAILED)
+    })
 }
 
 /// `drover inventory groups FILE`.

@@ -21,7 +21,7 @@ use drover_kcl::{LoadError, Loader};
 
 const AFTER_HELP: &str = "\
 Exit status: 0 success, 1 invalid input, 2 usage, 3 environment (KCL engine or drover home missing),
-4 the run failed (or was rolled back), 5 the run was cancelled or aborted.
+4 the run failed (or was rolled back; for ping: a server did not answer), 5 the run was cancelled or aborted.
 
 Environment:
   DROVER_HOME     directory holding schemas/, providers/, taskservs/ (default: the source tree)
@@ -89,6 +89,19 @@ enum Command {
         #[command(subcommand)]
         command: InventoryCommand,
     },
+    /// Check that servers answer over SSH: one OK/FAIL line each, with latency.
+    Ping {
+        /// The workflow file (.k).
+        file: PathBuf,
+        /// Only servers with this tag ("!t": without it); repeatable.
+        #[arg(long = "tag", value_name = "T")]
+        tags: Vec<String>,
+        /// Only servers in this group; repeatable.
+        #[arg(long = "group", value_name = "G")]
+        groups: Vec<String>,
+        #[command(flatten)]
+        state: StateArgs,
+    },
     /// Secrets: check that SOPS files decrypt, without printing values.
     Secrets {
         #[command(subcommand)]
@@ -149,6 +162,10 @@ struct StateArgs {
     /// Print every output line of every task.
     #[arg(long, short)]
     verbose: bool,
+    /// Leave the run's directory on each SSH host (/tmp/drover-RUN_ID: the
+    /// scripts and environment files sent there) for inspection.
+    #[arg(long)]
+    keep_remote_dirs: bool,
 }
 
 impl StateArgs {
@@ -157,6 +174,7 @@ impl StateArgs {
             state: self.state.unwrap_or_else(drover_exec::default_state_path),
             parallel: self.parallel,
             verbose: self.verbose,
+            keep_remote_dirs: self.keep_remote_dirs,
         }
     }
 }
@@ -203,6 +221,12 @@ fn main() -> ExitCode {
         Command::Inventory {
             command: InventoryCommand::Groups { file },
         } => inventory::groups(&file, &mut out),
+        Command::Ping {
+            file,
+            tags,
+            groups,
+            state,
+        } => inventory::ping(&file, &tags, &groups, &state.target(), &mut out),
         Command::Secrets {
             command: SecretsCommand::Check { file, identity },
         } => secrets::check(&file, identity.as_deref(), &mut out),

@@ -22,12 +22,14 @@ pub struct Target {
     pub state: PathBuf,
     pub parallel: Option<u32>,
     pub verbose: bool,
+    pub keep_remote_dirs: bool,
 }
 
 fn open(t: &Target) -> anyhow::Result<(Arc<Store>, Options)> {
     let store = Store::open(&t.state)?;
     let mut opts = Options::for_state(&t.state);
     opts.max_parallel = t.parallel;
+    opts.keep_remote_dirs = t.keep_remote_dirs;
     Ok((Arc::new(store), opts))
 }
 

@@ -87,9 +87,28 @@ fn the_quickstart_runs_for_real_and_rolls_back() {
     let log = std::fs::read_to_string(logs.join("install_webhello@quick-1.log")).expect("task log");
     assert!(log.contains("attempt 1"), "{log}");
 
+    // drover ping reaches each host over SSH, verifying its host key.
+    let o = output(drover(dir.path(), &state).arg("ping").arg(&workflow));
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("OK ")).count(), 3, "{out}");
+    assert!(out.contains("3 of 3 reachable"), "{out}");
+
     let o = output(drover(dir.path(), &state).args(["rollback", &id]));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(store.run(&id).expect("run").status, RunStatus::RolledBack);
+    let o = output(
+        drover(dir.path(), &state)
+            .arg("ping")
+            .arg(&workflow)
+            .args(["--tag", "demo"]),
+    );
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(4), "{out}");
+    assert!(
+        out.lines().filter(|l| l.starts_with("FAIL ")).count() >= 1 && out.contains("does not exist"),
+        "{out}"
+    );
     for addr in ["127.0.10.1:18080", "127.0.10.2:18080", "127.0.10.3:18080"] {
         assert!(http_get(addr).is_none(), "{addr} still serves after rollback");
     }

@@ -19,10 +19,15 @@
 //! - **with its own writable root**, `<state>/hosts/<hostname>/root`
 //!   bind-mounted over [`HOST_ROOT`] (`/srv/drover`): taskservs prefix every
 //!   path with `DROVER_ROOT`, so `DROVER_ROOT=/srv/drover` on such a host,
-//!   and what they install lands in the host's state directory. The host
-//!   also has its own `/etc/hosts` (the machine's plus `<address>
-//!   <hostname>`). Everything else (`/usr`, `/etc`, `/tmp`, `/root`, the
-//!   network namespace) is the machine's, shared by all hosts.
+//!   and what they install lands in the host's state directory. Sessions
+//!   get `HOME=/srv/drover/root`, `TMPDIR=/srv/drover/tmp` and
+//!   `DROVER_ROOT=/srv/drover` (sshd `SetEnv`), so the machine's root
+//!   dotfiles do not run on every command (a `pyenv rehash` in
+//!   `/root/.bashrc` serialised and stalled parallel logins). The host also
+//!   has its own `/etc/hosts` (the machine's plus `<address> <hostname>`).
+//!   Everything else (`/usr`, `/etc`, `/tmp`, `/root`, the network
+//!   namespace) is the machine's, shared by all hosts: mounting over `/tmp`
+//!   or `/root` would hide a state directory that lives there.
 //! - **with its own ed25519 host key** (`ssh-keygen`), recorded in the
 //!   fleet's `<state>/known_hosts` as `127.0.A.B ssh-ed25519 … drover-host:<name>`
 //!   (OpenSSH's form: `[addr]:port` only when the port is not 22; a
@@ -37,6 +42,9 @@
 //! `sshd_config`, `ssh_host_ed25519_key{,.pub}`, `authorized_keys`,
 //! `etc/hosts`, `root/` and `sshd.log`. sshd's own `PidFile` is `none`: in
 //! its PID namespace it would write `1`; drover records the outer pid.
+//!
+//! On the machine itself a fleet only makes `/run/sshd` (sshd's privilege
+//! separation directory) and the empty mount point `/srv/drover`.
 //!
 //! Daemons are started in their own session and survive the process that
 //! created them: an orchestrator that crashed finds them again with
@@ -562,7 +570,9 @@ impl HostFleet {
             address,
             port: self.inner.options.port,
         };
-        let provisioned = self.provision(&record);
+        // An address something else listens on is refused before any
+        // state is made.
+        let provisioned = check_bindable(host, address, record.port).and_then(|()| self.provision(&record));
         locked(&self.inner.reserved).remove(&address);
         provisioned?;
         self.boot(&record)
@@ -773,6 +783,14 @@ impl HostFleet {
                 .mode(mode)
                 .create(dir)
                 .map_err(|e| io_err(host, "create", dir, e))?;
+        }
+        // Root's home and the temporary directory inside the host's root.
+        for (dir, mode) in [(paths.root.join("root"), 0o700), (paths.root.join("tmp"), 0o1777)] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .create(&dir)
+                .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)))
+                .map_err(|e| io_err(host, "create", &dir, e))?;
         }
         let config = sshd_config(&paths, record);
         write_atomic(&paths.config, config.as_bytes(), 0o600).map_err(|e| io_err(host, "write", &paths.config, e))?;
@@ -1210,6 +1228,9 @@ fn sshd_config(paths: &HostPaths, record: &HostRecord) -> String {
          PrintLastLog no\n\
          X11Forwarding no\n\
          AcceptEnv LANG LC_* DROVER_*\n\
+         # Root's home and temporary files are the host's, not the machine's\n\
+         # (whose dotfiles would otherwise run at every command).\n\
+         SetEnv HOME={root}/root TMPDIR={root}/tmp DROVER_ROOT={root}\n\
          Subsystem sftp internal-sftp\n\
          LogLevel INFO\n",
         host = record.hostname,
@@ -1217,6 +1238,7 @@ fn sshd_config(paths: &HostPaths, record: &HostRecord) -> String {
         port = record.port,
         key = paths.key.display(),
         authorized = paths.authorized.display(),
+        root = HOST_ROOT,
     )
 }
 
@@ -1436,6 +1458,39 @@ mod tests {
         assert!(!is_line_of("127.0.200.1 ssh-ed25519 AAAA drover-host:h10", "h1", None));
         assert!(is_line_of("127.0.200.1 ssh-ed25519 AAAA", "h1", Some(&record)));
         assert!(!is_line_of("127.0.200.10 ssh-ed25519 AAAA", "h1", Some(&record)));
+    }
+
+    #[test]
+    fn precondition_errors_name_the_host_and_the_remedy() {
+        let not_root = HostError::NotRoot {
+            host: "web-1".into(),
+            uid: 1000,
+        };
+        assert_eq!(
+            not_root.to_string(),
+            "host web-1: the local provider makes real hosts with namespaces and needs root (running as uid 1000)"
+        );
+        let missing = HostError::MissingTool {
+            host: "web-1".into(),
+            tool: "sshd".into(),
+            hint: "install openssh-server (apt-get install openssh-server)".into(),
+        };
+        assert_eq!(
+            missing.to_string(),
+            "host web-1: sshd not found: install openssh-server (apt-get install openssh-server)"
+        );
+        let start = HostError::Start {
+            host: "web-1".into(),
+            message: "sshd (pid 7) exited".into(),
+            log: PathBuf::from("/s/hosts/web-1/sshd.log"),
+            log_tail: "Bad configuration option: Nope".into(),
+        };
+        assert!(
+            start
+                .to_string()
+                .starts_with("host web-1: sshd did not start: sshd (pid 7) exited")
+        );
+        assert!(start.to_string().ends_with("Bad configuration option: Nope"));
     }
 
     #[test]

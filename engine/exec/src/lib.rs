@@ -17,6 +17,7 @@
 
 pub mod hosts;
 pub mod mask;
+pub mod ping;
 pub mod provider;
 pub mod report;
 pub mod run;

@@ -156,6 +156,9 @@ pub struct Options {
     pub max_parallel: Option<u32>,
     /// Seed of retry jitter.
     pub seed: u64,
+    /// Leave the run's directories on SSH hosts (/tmp/drover-<run>) for
+    /// inspection instead of removing them at the end.
+    pub keep_remote_dirs: bool,
 }
 
 impl Options {
@@ -169,6 +172,7 @@ impl Options {
             logs_root: None,
             max_parallel: None,
             seed: now_ms() as u64,
+            keep_remote_dirs: false,
         }
     }
 }
@@ -545,6 +549,7 @@ fn executor_for(
             hosts_dir: opts.data_dir.join("hosts"),
             fleet_dir: opts.data_dir.join("fleet"),
             known_hosts: opts.data_dir.join("known_hosts"),
+            keep_remote_dirs: opts.keep_remote_dirs,
             work_dir: opts.data_dir.join("work").join(run_id),
             logs_dir: logs.to_path_buf(),
         },

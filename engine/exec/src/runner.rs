@@ -34,6 +34,8 @@ pub struct Paths {
     pub fleet_dir: PathBuf,
     /// known_hosts for servers the provider does not describe.
     pub known_hosts: PathBuf,
+    /// Keep the run's directories on SSH hosts after the run.
+    pub keep_remote_dirs: bool,
 }
 
 /// Why an attempt failed.
@@ -855,7 +857,12 @@ impl TaskExecutor for Runner {
         let cells: Vec<_> = self.ssh.lock().await.values().cloned().collect();
         for cell in cells {
             if let Some(conn) = cell.get() {
-                let _ = conn.transport.cleanup(RunDirs::Remove).await;
+                let dirs = if self.paths.keep_remote_dirs {
+                    RunDirs::Keep
+                } else {
+                    RunDirs::Remove
+                };
+                let _ = conn.transport.cleanup(dirs).await;
             }
         }
     }

@@ -105,6 +105,24 @@ fn memory_kb(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("RssAnon:"))
 }
 
+/// The proportional set size of a process in kB.
+fn pss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The parent of a process.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Checks that nothing of the hosts with these sshd_configs and sshd pids
 /// is left: no process, no state directory.
 fn assert_cleaned(configs: &[std::path::PathBuf], pids: &[u32]) {
@@ -145,6 +163,15 @@ async fn three_hosts_are_separate_machines() {
         assert_eq!(host.root, HOST_ROOT);
         // Its own UTS namespace: its hostname; the machine keeps its own.
         assert_eq!(ssh_ok(&fleet, host, "hostname"), host.hostname);
+        // Its root's home and temporary directory are under its root.
+        assert_eq!(
+            ssh_ok(
+                &fleet,
+                host,
+                "echo $DROVER_ROOT $HOME $TMPDIR; test -d $HOME && test -w $TMPDIR && echo ok"
+            ),
+            format!("{HOST_ROOT} {HOST_ROOT}/root {HOST_ROOT}/tmp\nok")
+        );
         // Its own PID namespace: its sshd is PID 1 and nothing else of the
         // machine shows.
         let ps = ssh_ok(
@@ -473,11 +500,14 @@ async fn batch(count: usize, address: impl Fn(usize) -> String) {
     }
     let checked = checked.elapsed();
 
-    let (mut rss, mut anon) = (0, 0);
+    let (mut rss, mut anon, mut pss) = (0, 0, 0);
     for host in &hosts {
         let (r, a) = memory_kb(host.pid);
         rss += r;
         anon += a;
+        // Proportional set size: shared pages divided among their users,
+        // for the host's sshd and its unshare parent.
+        pss += pss_kb(host.pid) + parent(host.pid).map_or(0, pss_kb);
     }
     let n = hosts.len() as u64;
     let configs: Vec<_> = hosts.iter().map(|h| fleet.sshd_config(&h.hostname)).collect();
@@ -487,11 +517,12 @@ async fn batch(count: usize, address: impl Fn(usize) -> String) {
     let deleted = deleting.elapsed();
     assert_cleaned(&configs, &pids);
     println!(
-        "{count} hosts: created in parallel in {created:.2?} ({:.1} ms/host), ssh hostname on all in {checked:.2?}, \
-         deleted in {deleted:.2?}; per idle sshd VmRSS {} kB, RssAnon {} kB",
+        "{count} hosts: {:.1} ms/host to create, ssh hostname on all in {checked:.2?}, deleted in {deleted:.2?}; \
+         per host: sshd VmRSS {} kB, RssAnon {} kB; PSS of sshd + unshare {} kB",
         created.as_secs_f64() * 1000.0 / count as f64,
         rss / n,
-        anon / n
+        anon / n,
+        pss / n
     );
 }
 

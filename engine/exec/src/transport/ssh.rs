@@ -8,7 +8,9 @@
 //!   the connect timeout, the host key checked against known_hosts, then the
 //!   key file and/or ssh-agent. It then makes a remote directory for this
 //!   transport (`/tmp/drover-ssh.XXXXXXXXXX`, mode 700) holding the wrapper
-//!   script (`remote::WRAPPER`).
+//!   script (`remote::WRAPPER`). `connection` holds what is done on one
+//!   connection below the level of a command (helper scripts, SFTP,
+//!   environment files, ending process groups); `error` the error type.
 //! - Every [`Transport::exec`] opens a session channel on that connection
 //!   (at most [`EXEC_CHANNELS`] at once), uploads the command's environment
 //!   as a mode-600 file over SFTP into the directory, and runs the wrapper,
@@ -27,10 +29,14 @@
 //! Architecture invariant, as for the local transport: a task's processes
 //! do not outlive the task, and no secret appears on a remote command line.
 
+mod connection;
+mod error;
 mod handshake;
 mod output;
 mod remote;
 mod upload;
+
+pub use self::error::SshError;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -39,16 +45,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use russh::client::{self, Msg};
+use russh::client::Msg;
 use russh::{Channel, ChannelMsg, Disconnect, Sig};
-use russh_sftp::client::SftpSession;
-use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use self::connection::{Connection, Finished, GroupGuard, kill_group};
 use self::output::{Sink, Splitter};
 use self::remote::{Group, Header};
 use super::{Command, LogLine, Outcome, Stream, Transport, TransportError};
@@ -117,197 +121,6 @@ pub enum RunDirs {
     Keep,
 }
 
-/// Why the SSH transport could not do something. Every message starts with
-/// the server's name.
-#[derive(Debug, thiserror::Error)]
-pub enum SshError {
-    /// Nothing listens at the address.
-    #[error("{host}: connection to {address} refused: is sshd running and listening there?")]
-    Refused {
-        /// The server.
-        host: String,
-        /// `address:port`.
-        address: String,
-    },
-    /// No answer within the connect timeout.
-    #[error("{host}: no answer from {address} within {after:?} while {during}")]
-    TimedOut {
-        /// The server.
-        host: String,
-        /// `address:port`.
-        address: String,
-        /// The timeout.
-        after: Duration,
-        /// What was going on.
-        during: &'static str,
-    },
-    /// The address cannot be reached (no route, unknown name, ...).
-    #[error("{host}: cannot reach {address}: {source}")]
-    Network {
-        /// The server.
-        host: String,
-        /// `address:port`.
-        address: String,
-        /// Why.
-        source: io::Error,
-    },
-    /// The server accepted none of our keys.
-    #[error(
-        "{host}: the server accepted no key for user {user} (tried {tried}); is the public key in its authorized_keys?"
-    )]
-    AuthFailed {
-        /// The server.
-        host: String,
-        /// The remote user.
-        user: String,
-        /// What was offered.
-        tried: String,
-    },
-    /// known_hosts records other keys for this server: either someone is in
-    /// the middle, or the server was reinstalled.
-    #[error(
-        "{host}: HOST KEY MISMATCH for {known_as}: the server offered {offered}, which is not the key recorded at \
-         {known_hosts}:{line}; someone may be intercepting the connection. If the host was reinstalled, remove that \
-         line and connect again",
-        known_hosts = known_hosts.display()
-    )]
-    HostKeyMismatch {
-        /// The server.
-        host: String,
-        /// Its name in known_hosts.
-        known_as: String,
-        /// The file.
-        known_hosts: PathBuf,
-        /// The (first) line recording this host.
-        line: usize,
-        /// The offered key's algorithm and SHA256 fingerprint.
-        offered: String,
-    },
-    /// With [`HostKeyPolicy::Verify`]: known_hosts does not mention the server.
-    #[error(
-        "{host}: unknown host key for {known_as} ({offered}): it is not in {known_hosts}; add it there (after checking \
-         the fingerprint) or choose trust-on-first-use",
-        known_hosts = known_hosts.display()
-    )]
-    UnknownHostKey {
-        /// The server.
-        host: String,
-        /// Its name in known_hosts.
-        known_as: String,
-        /// The file.
-        known_hosts: PathBuf,
-        /// The offered key's algorithm and SHA256 fingerprint.
-        offered: String,
-    },
-    /// known_hosts cannot be read or written.
-    #[error("{host}: known_hosts file {}: {message}", path.display())]
-    KnownHosts {
-        /// The server.
-        host: String,
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
-    /// The key file cannot be used.
-    #[error("{host}: cannot use key file {}: {message} (encrypted keys must go through ssh-agent)", path.display())]
-    Key {
-        /// The server.
-        host: String,
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
-    /// The ssh-agent cannot be used.
-    #[error("{host}: {message}")]
-    Agent {
-        /// The server.
-        host: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// The connection broke.
-    #[error("{host}: connection lost: {reason}")]
-    Disconnected {
-        /// The server.
-        host: String,
-        /// Why, as far as known.
-        reason: String,
-    },
-    /// The server did something the SSH protocol or this transport does not
-    /// expect.
-    #[error("{host}: SSH protocol error: {message}")]
-    Protocol {
-        /// The server.
-        host: String,
-        /// What.
-        message: String,
-    },
-    /// A helper command on the server failed.
-    #[error("{host}: {what} failed: {message}")]
-    Remote {
-        /// The server.
-        host: String,
-        /// What was being done.
-        what: String,
-        /// Its error output or status.
-        message: String,
-    },
-    /// An SFTP operation failed.
-    #[error("{host}: SFTP {path}: {message}")]
-    Sftp {
-        /// The server.
-        host: String,
-        /// The remote path.
-        path: String,
-        /// Why.
-        message: String,
-    },
-    /// A local file to upload cannot be read or is of a kind not uploaded.
-    #[error("{host}: cannot upload {}: {message}", path.display())]
-    Upload {
-        /// The server.
-        host: String,
-        /// The local path.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
-    /// An argument cannot be passed to the server as it is.
-    #[error("{host}: {message}")]
-    InvalidInput {
-        /// The server.
-        host: String,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-impl SshError {
-    /// The closest I/O error kind, for [`TransportError`]'s `io::Error`s.
-    fn io_kind(&self) -> io::ErrorKind {
-        match self {
-            SshError::Refused { .. } => io::ErrorKind::ConnectionRefused,
-            SshError::TimedOut { .. } => io::ErrorKind::TimedOut,
-            SshError::Network { source, .. } => source.kind(),
-            SshError::AuthFailed { .. }
-            | SshError::HostKeyMismatch { .. }
-            | SshError::UnknownHostKey { .. }
-            | SshError::Key { .. } => io::ErrorKind::PermissionDenied,
-            SshError::Disconnected { .. } => io::ErrorKind::ConnectionAborted,
-            SshError::InvalidInput { .. } => io::ErrorKind::InvalidInput,
-            _ => io::ErrorKind::Other,
-        }
-    }
-
-    /// Wraps the error in an `io::Error` that keeps it as its source, so a
-    /// caller holding a [`TransportError`] can still downcast to it.
-    pub fn into_io(self) -> io::Error {
-        io::Error::new(self.io_kind(), self)
-    }
-}
-
 /// Runs commands on one server over one SSH connection, several at once.
 ///
 /// The connection is opened by [`SshTransport::connect`] and reused for
@@ -344,269 +157,6 @@ impl std::fmt::Debug for SshTransport {
             .field("port", &self.target.port)
             .field("user", &self.target.user)
             .finish_non_exhaustive()
-    }
-}
-
-/// One authenticated connection and what was set up on it.
-struct Connection {
-    host: String,
-    handle: client::Handle<handshake::Client>,
-    /// The transport's remote directory: the wrapper and environment files.
-    dir: String,
-    /// Opened on first use; reset when it fails other than with a status,
-    /// so that a broken SFTP channel does not outlive its first error.
-    sftp: tokio::sync::Mutex<Option<Arc<SftpSession>>>,
-    /// How long the server may take to answer a channel request.
-    answer_within: Duration,
-}
-
-/// How a helper command ended.
-struct Finished {
-    status: Option<u32>,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-impl Connection {
-    /// Connects and sets up the remote directory, all within the connect
-    /// timeout. `previous_dir` is the directory of the connection this one
-    /// replaces, taken back if it is still there.
-    async fn open(target: &SshTarget, previous_dir: Option<&str>) -> Result<Connection, SshError> {
-        let timed_out = |during| SshError::TimedOut {
-            host: target.host.clone(),
-            address: format!("{}:{}", target.address, target.port),
-            after: target.connect_timeout,
-            during,
-        };
-        let deadline = Instant::now() + target.connect_timeout;
-        let handle = tokio::time::timeout_at(deadline, handshake::open(target))
-            .await
-            .map_err(|_| timed_out("connecting"))??;
-        let mut connection = Connection {
-            host: target.host.clone(),
-            handle,
-            dir: String::new(),
-            sftp: tokio::sync::Mutex::new(None),
-            answer_within: target.connect_timeout,
-        };
-        let setup = async {
-            let channel = connection.open_channel().await?;
-            connection
-                .run_on(
-                    channel,
-                    remote::SETUP,
-                    "drover-setup",
-                    &[previous_dir.unwrap_or_default().as_bytes()],
-                    Some(remote::WRAPPER.as_bytes()),
-                )
-                .await
-        };
-        let finished = tokio::time::timeout_at(deadline, setup)
-            .await
-            .map_err(|_| timed_out("running the first command (a slow login shell or shell startup file?)"))??;
-        connection.dir = connection.expect_line(finished, "making the remote directory")?;
-        Ok(connection)
-    }
-
-    /// Opens a session channel. A server that does not answer within the
-    /// connect timeout counts as a lost connection, so that the caller
-    /// reconnects.
-    async fn open_channel(&self) -> Result<Channel<Msg>, SshError> {
-        match tokio::time::timeout(self.answer_within, self.handle.channel_open_session()).await {
-            Ok(Ok(channel)) => Ok(channel),
-            Ok(Err(e)) => Err(handshake::session_error(&self.host, e)),
-            Err(_) => Err(SshError::Disconnected {
-                host: self.host.clone(),
-                reason: format!("no answer to a channel request within {:?}", self.answer_within),
-            }),
-        }
-    }
-
-    /// Runs a helper `script` on `channel` with `args`, feeding it `stdin`,
-    /// and collects its output.
-    async fn run_on(
-        &self,
-        mut channel: Channel<Msg>,
-        script: &str,
-        name: &str,
-        args: &[&[u8]],
-        stdin: Option<&[u8]>,
-    ) -> Result<Finished, SshError> {
-        let lost = |e| handshake::session_error(&self.host, e);
-        channel
-            .exec(true, remote::sh_line(script, name, args))
-            .await
-            .map_err(lost)?;
-        if let Some(mut data) = stdin {
-            channel.data(&mut data).await.map_err(lost)?;
-        }
-        channel.eof().await.map_err(lost)?;
-        let mut finished = Finished {
-            status: None,
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-        };
-        while let Some(msg) = channel.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => finished.stdout.extend_from_slice(&data),
-                ChannelMsg::ExtendedData { data, ext: 1 } => finished.stderr.extend_from_slice(&data),
-                ChannelMsg::ExitStatus { exit_status } => finished.status = Some(exit_status),
-                ChannelMsg::Failure => {
-                    return Err(SshError::Protocol {
-                        host: self.host.clone(),
-                        message: format!("the server refused to run {name}"),
-                    });
-                }
-                ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
-        if finished.status.is_none() && self.handle.is_closed() {
-            return Err(SshError::Disconnected {
-                host: self.host.clone(),
-                reason: format!("while running {name}"),
-            });
-        }
-        Ok(finished)
-    }
-
-    /// The single line a successful helper printed, or its failure.
-    fn expect_line(&self, finished: Finished, what: &str) -> Result<String, SshError> {
-        let stdout = String::from_utf8_lossy(&finished.stdout);
-        let line = stdout.trim_end_matches('\n');
-        if finished.status == Some(0) && line.starts_with('/') && !line.contains('\n') {
-            return Ok(line.to_string());
-        }
-        Err(self.helper_failed(finished, what))
-    }
-
-    fn helper_failed(&self, finished: Finished, what: &str) -> SshError {
-        let stderr = String::from_utf8_lossy(&finished.stderr);
-        SshError::Remote {
-            host: self.host.clone(),
-            what: what.to_string(),
-            message: match finished.status {
-                Some(status) => format!("exit status {status}: {}", stderr.trim()),
-                None => format!("no exit status: {}", stderr.trim()),
-            },
-        }
-    }
-
-    /// The SFTP session, opened on first use.
-    async fn sftp(&self) -> Result<Arc<SftpSession>, SshError> {
-        let mut slot = self.sftp.lock().await;
-        if let Some(sftp) = slot.as_ref() {
-            return Ok(sftp.clone());
-        }
-        let channel = self.open_channel().await?;
-        channel
-            .request_subsystem(true, "sftp")
-            .await
-            .map_err(|e| handshake::session_error(&self.host, e))?;
-        let sftp = SftpSession::new(channel.into_stream())
-            .await
-            .map_err(|e| SshError::Sftp {
-                host: self.host.clone(),
-                path: String::new(),
-                message: format!("cannot start the SFTP subsystem (is it enabled in sshd_config?): {e}"),
-            })?;
-        let sftp = Arc::new(sftp);
-        *slot = Some(sftp.clone());
-        Ok(sftp)
-    }
-
-    /// Maps an SFTP error; one that is not the server's answer means the
-    /// SFTP channel is broken, so the next use opens a new one.
-    async fn sftp_error(&self, path: &str, e: russh_sftp::client::error::Error) -> SshError {
-        if !matches!(e, russh_sftp::client::error::Error::Status(_)) {
-            *self.sftp.lock().await = None;
-        }
-        SshError::Sftp {
-            host: self.host.clone(),
-            path: path.to_string(),
-            message: e.to_string(),
-        }
-    }
-
-    /// Writes a command's environment file (mode 600, created exclusively)
-    /// and returns its remote path.
-    async fn write_env(&self, number: u64, text: &str) -> Result<String, SshError> {
-        let sftp = self.sftp().await?;
-        let path = format!("{}/{number}.env", self.dir);
-        let attrs = FileAttributes {
-            permissions: Some(0o600),
-            ..FileAttributes::default()
-        };
-        let flags = OpenFlags::CREATE | OpenFlags::EXCLUDE | OpenFlags::WRITE;
-        let mut file = match sftp.open_with_flags_and_attributes(path.as_str(), flags, attrs).await {
-            Ok(file) => file,
-            Err(e) => return Err(self.sftp_error(&path, e).await),
-        };
-        let written = match file.write_all(text.as_bytes()).await {
-            Ok(()) => file.shutdown().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            self.remove_env(&path).await;
-            return Err(self.sftp_error(&path, e.into()).await);
-        }
-        Ok(path)
-    }
-
-    /// Removes an environment file the wrapper did not get to unlink
-    /// (best effort: the directory is private and removed by cleanup).
-    async fn remove_env(&self, path: &str) {
-        if let Ok(sftp) = self.sftp().await
-            && let Err(e) = sftp.remove_file(path).await
-        {
-            let not_found =
-                matches!(&e, russh_sftp::client::error::Error::Status(s) if s.status_code == StatusCode::NoSuchFile);
-            if !not_found {
-                let _ = self.sftp_error(path, e).await;
-            }
-        }
-    }
-}
-
-/// Ends process group `group` on `connection`: SIGTERM, up to [`GRACE`],
-/// SIGKILL (see `remote::KILL_GROUP`), on the dedicated kill channel.
-async fn kill_group(connection: Arc<Connection>, slot: Arc<Semaphore>, group: Group) -> Result<(), SshError> {
-    let _permit = slot.acquire_owned().await;
-    let grace_tenths = u32::try_from(GRACE.as_millis() / 100).unwrap_or(20);
-    let args = group.kill_args(grace_tenths);
-    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-    // The script takes at most GRACE; the rest is the round trip.
-    let limit = GRACE + connection.answer_within * 2;
-    let run = async {
-        let channel = connection.open_channel().await?;
-        connection
-            .run_on(channel, remote::KILL_GROUP, "drover-kill", &args, None)
-            .await
-    };
-    match tokio::time::timeout(limit, run).await {
-        Ok(Ok(finished)) if finished.status == Some(0) => Ok(()),
-        Ok(Ok(finished)) => Err(connection.helper_failed(finished, "ending a process group")),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(SshError::Disconnected {
-            host: connection.host.clone(),
-            reason: format!("no answer within {limit:?} while ending process group {}", group.pgid),
-        }),
-    }
-}
-
-/// Ends the remote process group if `exec` is left while the command runs
-/// (its future dropped): supervision ends, so must the processes.
-struct GroupGuard {
-    armed: Option<(Arc<Connection>, Arc<Semaphore>, Group)>,
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some((connection, slot, group)) = self.armed.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(kill_group(connection, slot, group));
-        }
     }
 }
 

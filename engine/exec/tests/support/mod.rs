@@ -75,6 +75,7 @@ impl Fixture {
             logs_root: Some(self.dir.path().join("logs")),
             max_parallel: None,
             seed: 42,
+            keep_remote_dirs: false,
         }
     }
 

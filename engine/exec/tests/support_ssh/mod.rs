@@ -252,6 +252,21 @@ impl Sshd {
             .sum()
     }
 
+    /// Established TCP connections to the server, from /proc/net/tcp (the
+    /// server side of each: local port = ours, state 01).
+    pub fn connections(&self) -> usize {
+        let port = format!(":{:04X}", self.port);
+        fs::read_to_string("/proc/net/tcp")
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                matches!(fields.as_slice(), [_, local, _, "01", ..] if local.ends_with(&port))
+            })
+            .count()
+    }
+
     /// Every start's log, for failure messages.
     pub fn logs(&self) -> String {
         (1..=self.starts)
