@@ -792,63 +792,49 @@ impl TaskExecutor for Runner {
         let mut env = vec![("DROVER_RUN_ID".to_string(), self.run_id.clone())];
         let log = self.paths.logs_dir.join("wait-conditions.log");
         let args = vec!["-c".to_string(), condition.command.clone()];
-        let outcome = match &condition.server {
+        // Where it runs: a server's transport (the local one or its SSH
+        // connection) in its working directory, or here.
+        let mut conn = None;
+        let cwd = match &condition.server {
             Some(name) => {
                 let server = self.server(name)?;
                 let facts = self.facts(server, "wait").await?;
                 env.push(("DROVER_SERVER".to_string(), name.clone()));
                 env.push(("DROVER_ROOT".to_string(), facts.root.display().to_string()));
                 match server.connection {
-                    Connection::Local => {
-                        let cwd = self.paths.work_dir.join(name);
-                        tokio::fs::create_dir_all(&cwd)
-                            .await
-                            .map_err(|e| TaskFailure(e.to_string()))?;
-                        let cmd = Command {
-                            program: "/bin/sh".into(),
-                            args,
-                            env,
-                            cwd,
-                            timeout: Some(timeout),
-                            log,
-                            mask: self.mask.clone(),
-                        };
-                        self.transport.exec(cmd, None, cancel).await
-                    }
+                    Connection::Local => self.paths.work_dir.join(name),
                     Connection::Ssh => {
-                        let conn = self.conn(server, &facts).await?;
-                        let cwd = PathBuf::from(format!("{}/work", conn.run_dir));
-                        let cmd = Command {
-                            program: "/bin/sh".into(),
-                            args,
-                            env,
-                            cwd,
-                            timeout: Some(timeout),
-                            log,
-                            mask: self.mask.clone(),
-                        };
-                        conn.transport.exec(cmd, None, cancel).await
+                        let c = self.conn(server, &facts).await?;
+                        let cwd = PathBuf::from(format!("{}/work", c.run_dir));
+                        conn = Some(c);
+                        cwd
                     }
                 }
             }
-            None => {
-                let cwd = self.paths.work_dir.clone();
-                tokio::fs::create_dir_all(&cwd)
-                    .await
-                    .map_err(|e| TaskFailure(e.to_string()))?;
-                let cmd = Command {
-                    program: "/bin/sh".into(),
-                    args,
-                    env,
-                    cwd,
-                    timeout: Some(timeout),
-                    log,
-                    mask: self.mask.clone(),
-                };
-                self.transport.exec(cmd, None, cancel).await
-            }
+            None => self.paths.work_dir.clone(),
+        };
+        if conn.is_none() {
+            tokio::fs::create_dir_all(&cwd)
+                .await
+                .map_err(|e| TaskFailure(e.to_string()))?;
         }
-        .map_err(|e| TaskFailure(self.mask.mask(&e.to_string())))?;
+        let cmd = Command {
+            program: "/bin/sh".into(),
+            args,
+            env,
+            cwd,
+            timeout: Some(timeout),
+            log,
+            mask: self.mask.clone(),
+        };
+        let transport: &dyn Transport = match &conn {
+            Some(c) => &c.transport,
+            None => self.transport.as_ref(),
+        };
+        let outcome = transport
+            .exec(cmd, None, cancel)
+            .await
+            .map_err(|e| TaskFailure(self.mask.mask(&e.to_string())))?;
         check_outcome(&outcome, "wait condition", timeout)
     }
 

@@ -59,10 +59,21 @@ async fn a_multi_operation_workflow_runs_per_server_pipelines_over_one_connectio
                 {"id": "install", "type": "create", "target": "taskserv", "depends_on": ["create"]},
                 {"id": "check", "type": "check", "target": "taskserv", "depends_on": ["install"]},
             ],
+            // The checks also wait for a condition probed on f0, over SSH.
+            "dependencies": [{
+                "source": "operation.check", "target": "operation.install", "type": "hard",
+                "wait_condition": {"command": "test -f \"$DROVER_ROOT/installed/d\" && test \"$(hostname)\" = f0", "server": "f0", "timeout": 10, "interval": 1},
+            }],
         }))
         .await;
     assert_eq!(s.status, RunStatus::Succeeded, "{}", s.reason);
     assert_eq!(s.tasks.len(), 3 + 12 + 12);
+    let journal = f.store.journal(&s.run_id).expect("journal");
+    assert!(
+        journal
+            .iter()
+            .any(|e| e.node.as_deref() == Some("dependencies[0]") && e.event == drover_state::Event::GateOpened)
+    );
     for n in names {
         // The scripts ran on the host: their effects are in its own root.
         for t in ["a", "b", "c", "d"] {
