@@ -68,6 +68,8 @@ enum Command {
         resume: Option<String>,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// List the runs in the state store, newest first.
     Runs {
@@ -83,6 +85,8 @@ enum Command {
         operation: Option<String>,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// The servers of a workflow and the groups they are in.
     Inventory {
@@ -156,6 +160,11 @@ struct StateArgs {
     /// The state database.
     #[arg(long, env = "DROVER_STATE", value_name = "PATH")]
     state: Option<PathBuf>,
+}
+
+/// How a run is carried out.
+#[derive(Debug, Default, clap::Args)]
+struct RunArgs {
     /// At most this many tasks at once (overrides the workflow's max_parallel).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     parallel: Option<u32>,
@@ -170,11 +179,15 @@ struct StateArgs {
 
 impl StateArgs {
     fn target(self) -> runs::Target {
+        self.target_with(RunArgs::default())
+    }
+
+    fn target_with(self, run: RunArgs) -> runs::Target {
         runs::Target {
             state: self.state.unwrap_or_else(drover_exec::default_state_path),
-            parallel: self.parallel,
-            verbose: self.verbose,
-            keep_remote_dirs: self.keep_remote_dirs,
+            parallel: run.parallel,
+            verbose: run.verbose,
+            keep_remote_dirs: run.keep_remote_dirs,
         }
     }
 }
@@ -205,15 +218,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { file, format } => validate(&file, format, &mut out),
         Command::Plan { file, format, timings } => plan(&file, format, timings, &mut out),
-        Command::Run { file, resume, state } => {
-            runs::run(file.as_deref(), resume.as_deref(), &state.target(), &mut out)
-        }
+        Command::Run {
+            file,
+            resume,
+            state,
+            run,
+        } => runs::run(file.as_deref(), resume.as_deref(), &state.target_with(run), &mut out),
         Command::Runs { state } => runs::list(&state.target(), &mut out),
         Command::Retry {
             run_id,
             operation,
             state,
-        } => runs::retry(&run_id, operation.as_deref(), &state.target(), &mut out),
+            run,
+        } => runs::retry(&run_id, operation.as_deref(), &state.target_with(run), &mut out),
         Command::Rollback { run_id, state } => runs::rollback(&run_id, &state.target(), &mut out),
         Command::Inventory {
             command: InventoryCommand::List { file, tags, groups },
