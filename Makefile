@@ -32,11 +32,14 @@ test: setup
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
 	sh scripts/check-no-leftovers.sh
 
-## bench: planning, KCL evaluation and engine-overhead benchmarks (figures in BENCHMARKS.md).
+## bench: planning, KCL evaluation, engine-overhead and fleet fan-out benchmarks (figures in BENCHMARKS.md).
+## The fleet benchmark (drover vs pdsh, parallel-ssh, ansible on real sshd hosts) needs root; ~20 min.
 bench: setup
-	$(CARGO) build --release -p drover-bench
+	$(CARGO) build --release -p drover-bench -p drover-cli
 	target/release/drover-bench-plan
 	target/release/drover-bench-exec
+	@if [ "$$(id -u)" -eq 0 ]; then target/release/drover-bench-fleet; \
+	else echo "drover-bench-fleet skipped: it makes real hosts (sshd in namespaces) and needs root"; fi
 
 clean:
 	rm -rf $(VENV) target
