@@ -5,18 +5,21 @@
 //! drover's home cannot be found). A closed stdout (e.g. `| head`) is not an
 //! error.
 
+mod batch;
 mod inventory;
 mod progress;
 mod render;
-mod report;
 mod runs;
 mod secrets;
+mod serve;
+mod sse;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use drover_kcl::problems as report;
 use drover_kcl::{LoadError, Loader};
 
 const AFTER_HELP: &str = "\
@@ -118,6 +121,11 @@ enum Command {
         #[command(flatten)]
         state: StateArgs,
     },
+    /// The orchestrator: HTTP API, run queue and scheduler on the embedded state store.
+    Serve(serve::ServeArgs),
+    /// Submit, watch and steer runs on a drover server (`drover serve`) over its HTTP API.
+    #[command(after_help = batch::AFTER_HELP)]
+    Batch(batch::BatchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +255,13 @@ fn main() -> ExitCode {
         Command::Secrets {
             command: SecretsCommand::Check { file, identity },
         } => secrets::check(&file, identity.as_deref(), &mut out),
+        Command::Batch(args) => batch::main(args, &mut out),
+        Command::Serve(args) => {
+            // The server's workers log to stdout: holding its lock here
+            // would block them forever.
+            drop(out);
+            serve::main(args)
+        }
     };
     match result {
         Ok(code) => code,

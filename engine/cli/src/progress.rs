@@ -2,10 +2,14 @@
 //! counts (running / ok / failed / retrying / skipped) and the servers in
 //! flight, and a line per notable transition. Without a terminal it prints
 //! one line per transition instead.
+//!
+//! The view is driven by a channel of [`Update`]s and a [`Layout`], so the
+//! same view follows a run executing in this process (`drover run`, fed
+//! from the scheduler's broadcast) and a run on `drover serve` (`drover
+//! batch submit --watch`, fed from the API's event stream).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::sync::Arc;
 
 use drover_core::Plan;
 use drover_exec::Progress;
@@ -13,6 +17,70 @@ use drover_exec::runner::TaskLine;
 use drover_state::Event;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{broadcast, mpsc};
+
+/// What the view shows bars for: the operations in plan order, each with
+/// its tasks and their servers.
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    /// Operations in plan order.
+    pub operations: Vec<OperationLayout>,
+}
+
+/// One operation of a [`Layout`].
+#[derive(Debug, Clone)]
+pub struct OperationLayout {
+    /// Operation id.
+    pub id: String,
+    /// Its tasks: id and server.
+    pub tasks: Vec<(String, Option<String>)>,
+}
+
+impl Layout {
+    /// The layout of a plan compiled in this process.
+    pub fn of_plan(plan: &Plan) -> Layout {
+        Layout {
+            operations: plan
+                .operations
+                .iter()
+                .map(|op| OperationLayout {
+                    id: op.id.clone(),
+                    tasks: op
+                        .tasks
+                        .iter()
+                        .filter_map(|&n| plan.graph[n].task().map(|t| (t.id.clone(), t.server.clone())))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What drives the view.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// A journal transition.
+    Progress(Progress),
+    /// A line shown as it is (e.g. the connection to the API was lost).
+    Note(String),
+}
+
+/// Feed the view from an in-process run's broadcast of transitions; ends
+/// when the run drops its sender or the view goes away.
+pub async fn bridge(mut events: broadcast::Receiver<Progress>, tx: mpsc::UnboundedSender<Update>) {
+    loop {
+        match events.recv().await {
+            Ok(p) => {
+                if tx.send(Update::Progress(p)).is_err() {
+                    break;
+                }
+            }
+            // The view only loses counts, as it did when it read the
+            // broadcast itself.
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+}
 
 #[derive(Default, Clone)]
 struct Counts {
@@ -24,10 +92,10 @@ struct Counts {
     cancelled: u64,
 }
 
-/// Follow a run until its journal says it finished.
+/// Follow a run until its journal says it finished, or `updates` closes.
 pub async fn watch(
-    plan: Arc<Plan>,
-    mut events: broadcast::Receiver<Progress>,
+    layout: Layout,
+    mut updates: mpsc::UnboundedReceiver<Update>,
     mut lines: Option<mpsc::UnboundedReceiver<TaskLine>>,
     verbose: bool,
 ) {
@@ -41,23 +109,23 @@ pub async fn watch(
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("█▉ ");
     let mut bars = Vec::new();
-    for op in &plan.operations {
+    for op in &layout.operations {
         let pb = mp.add(ProgressBar::new(op.tasks.len() as u64));
         pb.set_style(style.clone());
         pb.set_prefix(op.id.clone());
         bars.push(pb);
     }
-    let op_of: HashMap<String, usize> = plan
-        .graph
-        .node_weights()
-        .filter_map(|n| n.task().map(|t| (t.id.clone(), t.operation)))
-        .collect();
-    let server_of: HashMap<String, String> = plan
-        .graph
-        .node_weights()
-        .filter_map(|n| n.task().and_then(|t| t.server.clone().map(|s| (t.id.clone(), s))))
-        .collect();
-    let mut counts = vec![Counts::default(); plan.operations.len()];
+    let mut op_of: HashMap<String, usize> = HashMap::new();
+    let mut server_of: HashMap<String, String> = HashMap::new();
+    for (i, op) in layout.operations.iter().enumerate() {
+        for (task, server) in &op.tasks {
+            op_of.insert(task.clone(), i);
+            if let Some(s) = server {
+                server_of.insert(task.clone(), s.clone());
+            }
+        }
+    }
+    let mut counts = vec![Counts::default(); layout.operations.len()];
     let say = |mp: &MultiProgress, text: String| {
         if tty {
             let _ = mp.println(text);
@@ -66,8 +134,8 @@ pub async fn watch(
         }
     };
     loop {
-        let progress = tokio::select! {
-            p = events.recv() => p,
+        let update = tokio::select! {
+            u = updates.recv() => u,
             l = async {
                 match lines.as_mut() {
                     Some(rx) => rx.recv().await,
@@ -82,14 +150,18 @@ pub async fn watch(
                 continue;
             }
         };
-        let p = match progress {
-            Ok(p) => p,
-            Err(broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(broadcast::error::RecvError::Closed) => break,
+        let p = match update {
+            Some(Update::Progress(p)) => p,
+            Some(Update::Note(text)) => {
+                say(&mp, text);
+                continue;
+            }
+            None => break,
         };
         let Some(node) = p.node.clone() else {
             match &p.event {
                 Event::RunFinished { .. } => break,
+                Event::RunStarted { resumed: true } => say(&mp, "run continues from its journal".into()),
                 Event::RunPaused => say(&mp, "run paused".into()),
                 Event::RunUnpaused => say(&mp, "run resumed".into()),
                 Event::CancelRequested => say(&mp, "stopping: running tasks are being cancelled".into()),

@@ -37,13 +37,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-fn exit_for(status: RunStatus) -> ExitCode {
-    match status {
-        RunStatus::Succeeded => ExitCode::SUCCESS,
-        RunStatus::Cancelled | RunStatus::Aborted | RunStatus::Paused | RunStatus::Running => {
+/// What a followed run is expected to end as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// A run (start, resume, retry): success is `succeeded`.
+    Run,
+    /// A rollback by hand: success is `rolled_back`.
+    Rollback,
+}
+
+/// The exit status for a run that ended with `status`.
+pub fn exit_for(status: RunStatus, ending: Ending) -> ExitCode {
+    match (status, ending) {
+        (RunStatus::Succeeded, Ending::Run) | (RunStatus::RolledBack, Ending::Rollback) => ExitCode::SUCCESS,
+        (RunStatus::Cancelled | RunStatus::Aborted | RunStatus::Paused | RunStatus::Running | RunStatus::Queued, _) => {
             ExitCode::from(RUN_STOPPED)
         }
-        RunStatus::Failed | RunStatus::RolledBack => ExitCode::from(RUN_FAILED),
+        _ => ExitCode::from(RUN_FAILED),
     }
 }
 
@@ -86,7 +96,7 @@ pub fn run(file: Option<&Path>, resume: Option<&str>, t: &Target, out: &mut impl
         Ok(h) => h,
         Err(e) => return exec_failure(e),
     };
-    follow(&rt, handle, t, out)
+    follow(&rt, handle, t, out, Ending::Run)
 }
 
 /// `drover retry ID [--operation OP]`.
@@ -94,7 +104,7 @@ pub fn retry(id: &str, operation: Option<&str>, t: &Target, out: &mut impl Write
     let (store, opts) = open(t)?;
     let rt = runtime()?;
     match rt.block_on(async { drover_exec::run::retry(store, id, operation, &opts, None) }) {
-        Ok(h) => follow(&rt, h, t, out),
+        Ok(h) => follow(&rt, h, t, out, Ending::Run),
         Err(e) => exec_failure(e),
     }
 }
@@ -103,14 +113,8 @@ pub fn retry(id: &str, operation: Option<&str>, t: &Target, out: &mut impl Write
 pub fn rollback(id: &str, t: &Target, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let (store, opts) = open(t)?;
     let rt = runtime()?;
-    match rt.block_on(drover_exec::run::rollback(store, id, &opts, None)) {
-        Ok(summary) => {
-            print_summary(&summary, out)?;
-            Ok(exit_for(match summary.status {
-                RunStatus::RolledBack => RunStatus::Succeeded,
-                s => s,
-            }))
-        }
+    match rt.block_on(async { drover_exec::run::rollback(store, id, &opts, None) }) {
+        Ok(h) => follow(&rt, h, t, out, Ending::Rollback),
         Err(e) => exec_failure(e),
     }
 }
@@ -142,6 +146,7 @@ fn follow(
     mut handle: RunHandle,
     t: &Target,
     out: &mut impl Write,
+    ending: Ending,
 ) -> anyhow::Result<ExitCode> {
     eprintln!(
         "run {} of {}: {} tasks; logs in {}",
@@ -152,7 +157,7 @@ fn follow(
     );
     let events = handle.subscribe();
     let lines = handle.lines.take();
-    let plan = handle.plan.clone();
+    let layout = crate::progress::Layout::of_plan(&handle.plan);
     let ctl = handle.controller();
     let verbose = t.verbose;
     let summary = rt.block_on(async move {
@@ -164,7 +169,9 @@ fn follow(
                 let _ = ctl.send(Control::Abort);
             }
         });
-        let view = tokio::spawn(crate::progress::watch(plan, events, lines, verbose));
+        let (tx, updates) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(crate::progress::bridge(events, tx));
+        let view = tokio::spawn(crate::progress::watch(layout, updates, lines, verbose));
         let summary = handle.wait().await;
         let _ = view.await;
         summary
@@ -172,7 +179,7 @@ fn follow(
     match summary {
         Ok(s) => {
             print_summary(&s, out)?;
-            Ok(exit_for(s.status))
+            Ok(exit_for(s.status, ending))
         }
         Err(e) => exec_failure(e),
     }

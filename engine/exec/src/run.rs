@@ -219,6 +219,11 @@ impl RunHandle {
         self.progress.subscribe()
     }
 
+    /// The sender of its journal events, to subscribe to later.
+    pub fn progress(&self) -> broadcast::Sender<Progress> {
+        self.progress.clone()
+    }
+
     /// Wait for the end; the summary has been written as a report.
     pub async fn wait(self) -> Result<Summary, ExecError> {
         match self.join.await {
@@ -313,7 +318,8 @@ fn plan_of(inputs: &Inputs) -> Result<Plan, ExecError> {
         .map_err(|d| ExecError::Invalid(d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))
 }
 
-fn logs_dir(plan: &Plan, opts: &Options, run_id: &str) -> PathBuf {
+/// Where a run's task logs and reports are.
+pub fn logs_dir(plan: &Plan, opts: &Options, run_id: &str) -> PathBuf {
     opts.logs_root
         .clone()
         .unwrap_or_else(|| PathBuf::from(&plan.workflow.logging.dir))
@@ -327,20 +333,21 @@ enum Launch {
     Retry(Option<usize>),
 }
 
-/// Start a new run of `inputs`.
-pub fn start(
-    store: Arc<Store>,
+/// Check that `inputs` can run (plan, providers, secrets, templates) and
+/// record a new run of it with `status`.
+fn record(
+    store: &Store,
     mut inputs: Inputs,
-    opts: &Options,
-    executor: Option<Arc<dyn TaskExecutor>>,
-) -> Result<RunHandle, ExecError> {
+    check_providers: bool,
+    status: RunStatus,
+) -> Result<(String, Plan, Catalog, Prepared), ExecError> {
     // Stored absolute, so a resume from another directory finds the
     // secrets files again.
     if let Ok(abs) = inputs.source.file.canonicalize() {
         inputs.source.file = abs;
     }
     let plan = plan_of(&inputs)?;
-    if executor.is_none() {
+    if check_providers {
         preflight(&plan, &registry())?;
     }
     let prepared = prepare(&plan, &inputs)?;
@@ -350,16 +357,34 @@ pub fn start(
         id: run_id.clone(),
         workflow: plan.workflow.name.clone(),
         file: inputs.source.file.display().to_string(),
-        status: RunStatus::Running,
+        status,
         created_at_ms: now,
         updated_at_ms: now,
         inputs: serde_json::to_value(&inputs).map_err(|e| ExecError::WrongState(e.to_string()))?,
     })?;
+    Ok((run_id, plan, inputs.catalog, prepared))
+}
+
+/// Accept a run of `inputs` without starting it: everything that would
+/// stop it from starting (plan, providers, secrets, templates) is checked
+/// now, and the run is recorded as queued. [`resume`] starts it.
+pub fn enqueue(store: &Store, inputs: Inputs) -> Result<String, ExecError> {
+    record(store, inputs, true, RunStatus::Queued).map(|(id, ..)| id)
+}
+
+/// Start a new run of `inputs`.
+pub fn start(
+    store: Arc<Store>,
+    inputs: Inputs,
+    opts: &Options,
+    executor: Option<Arc<dyn TaskExecutor>>,
+) -> Result<RunHandle, ExecError> {
+    let (run_id, plan, catalog, prepared) = record(&store, inputs, executor.is_none(), RunStatus::Running)?;
     launch(
         store,
         run_id,
         plan,
-        inputs.catalog,
+        catalog,
         opts,
         executor,
         Launch::Fresh,
@@ -378,7 +403,7 @@ fn load(store: &Store, run_id: &str) -> Result<(RunRecord, Inputs, Plan), ExecEr
 
 /// Continue an unfinished run from its journal: finished tasks are not run
 /// again; tasks that were in flight run again with the same idempotency
-/// key.
+/// key. A queued run starts.
 pub fn resume(
     store: Arc<Store>,
     run_id: &str,
@@ -398,6 +423,11 @@ pub fn resume(
     let prepared = prepare(&plan, &inputs)?;
     let journal = store.journal(run_id)?;
     store.set_status(run_id, RunStatus::Running, now_ms())?;
+    let kind = if record.status == RunStatus::Queued {
+        Launch::Fresh
+    } else {
+        Launch::Resume
+    };
     launch(
         store,
         run_id.to_string(),
@@ -405,7 +435,7 @@ pub fn resume(
         inputs.catalog,
         opts,
         executor,
-        Launch::Resume,
+        kind,
         journal,
         prepared,
     )
@@ -423,7 +453,7 @@ pub fn retry(
     let (record, inputs, plan) = load(&store, run_id)?;
     if record.status.is_unfinished() {
         return Err(ExecError::WrongState(format!(
-            "run {run_id} is {}; resume it with `drover run --resume {run_id}`",
+            "run {run_id} is {}; only a finished run can be retried (an unfinished one resumes)",
             record.status.as_str()
         )));
     }
@@ -457,13 +487,14 @@ pub fn retry(
 }
 
 /// Undo, by hand, everything a finished or failed run did that can be
-/// undone, in reverse dependency order.
-pub async fn rollback(
+/// undone, in reverse dependency order. The run ends rolled back, or
+/// failed when some compensation failed.
+pub fn rollback(
     store: Arc<Store>,
     run_id: &str,
     opts: &Options,
     executor: Option<Arc<dyn TaskExecutor>>,
-) -> Result<Summary, ExecError> {
+) -> Result<RunHandle, ExecError> {
     let (record, inputs, plan) = load(&store, run_id)?;
     if record.status.is_unfinished() && record.status != RunStatus::Aborted {
         return Err(ExecError::WrongState(format!(
@@ -475,10 +506,11 @@ pub async fn rollback(
     let plan = Arc::new(plan);
     let journal = store.journal(run_id)?;
     let logs = logs_dir(&plan, opts, run_id);
-    let (exec, _) = executor_for(run_id, &plan, inputs.catalog, opts, &logs, executor, &prepared);
+    std::fs::create_dir_all(&logs).map_err(ExecError::Report)?;
+    let (exec, lines) = executor_for(run_id, &plan, inputs.catalog, opts, &logs, executor, &prepared);
     let exec_for_finish = exec.clone();
-    let (_ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-    let (progress, _) = broadcast::channel(1024);
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let (progress, _) = broadcast::channel(65_536);
     let mut s = Scheduler::new(
         plan.clone(),
         run_id.to_string(),
@@ -486,32 +518,64 @@ pub async fn rollback(
         exec,
         settings(&plan, opts, &prepared.mask),
         ctl_rx,
-        progress,
+        progress.clone(),
     );
     s.replay(&journal);
-    let complete = s.rollback("rollback requested by an operator", true).await?;
-    exec_for_finish.finish().await;
-    let status = if complete {
-        RunStatus::RolledBack
-    } else {
-        RunStatus::Failed
-    };
-    store.set_status(run_id, status, now_ms())?;
-    let summary = report::summarize(
-        run_id,
-        &plan,
-        &s.nodes,
-        status,
-        if complete {
-            "rolled back by hand".into()
+    let (id, plan2, logs2) = (run_id.to_string(), plan.clone(), logs.clone());
+    let join = tokio::spawn(async move {
+        let complete = s.rollback("rollback requested by an operator", true).await?;
+        exec_for_finish.finish().await;
+        let status = if complete {
+            RunStatus::RolledBack
         } else {
-            "rollback by hand incomplete".into()
-        },
-        &logs,
-        &store.journal(run_id)?,
-    );
-    report::write(&summary, &logs).map_err(ExecError::Report)?;
-    Ok(summary)
+            RunStatus::Failed
+        };
+        store.set_status(&id, status, now_ms())?;
+        let reason = if complete {
+            "rolled back by hand"
+        } else {
+            "rollback by hand incomplete"
+        };
+        let summary = report::summarize(
+            &id,
+            &plan2,
+            &s.nodes,
+            status,
+            reason.into(),
+            &logs2,
+            &store.journal(&id)?,
+        );
+        report::write(&summary, &logs2).map_err(ExecError::Report)?;
+        Ok(summary)
+    });
+    Ok(RunHandle {
+        run_id: run_id.to_string(),
+        plan,
+        logs_dir: logs,
+        control: ctl_tx,
+        progress,
+        lines,
+        join,
+    })
+}
+
+/// The state of a run as its journal tells it, whether it is running,
+/// finished, or was interrupted: what status views show.
+pub fn status(store: &Store, run_id: &str, opts: &Options) -> Result<(RunRecord, Arc<Plan>, Summary), ExecError> {
+    let (record, _, plan) = load(store, run_id)?;
+    let journal = store.journal(run_id)?;
+    let nodes = crate::scheduler::nodes_from_journal(&plan, &journal);
+    let logs = logs_dir(&plan, opts, run_id);
+    let reason = journal
+        .iter()
+        .rev()
+        .find_map(|e| match &e.event {
+            drover_state::Event::RunFinished { status } => Some(format!("finished {}", status.as_str())),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let summary = report::summarize(run_id, &plan, &nodes, record.status, reason, &logs, &journal);
+    Ok((record, Arc::new(plan), summary))
 }
 
 fn settings(plan: &Plan, opts: &Options, mask: &Masker) -> Settings {

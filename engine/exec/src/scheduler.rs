@@ -84,6 +84,8 @@ pub enum Control {
 /// written.
 #[derive(Debug, Clone)]
 pub struct Progress {
+    /// Its position in the run's journal.
+    pub seq: i64,
     /// The node it is about (None: the run).
     pub node: Option<String>,
     /// What happened.
@@ -408,67 +410,22 @@ impl Scheduler {
         }
         let batch = std::mem::take(&mut self.journal);
         let refs: Vec<(i64, Option<&str>, &Event)> = batch.iter().map(|(t, n, e)| (*t, n.as_deref(), e)).collect();
-        self.store.append(&self.run_id, &refs)?;
-        for (_, node, event) in batch {
-            let _ = self.progress.send(Progress { node, event });
+        let last = self.store.append(&self.run_id, &refs)?;
+        let first = last - batch.len() as i64 + 1;
+        for (i, (_, node, event)) in batch.into_iter().enumerate() {
+            let _ = self.progress.send(Progress {
+                seq: first + i as i64,
+                node,
+                event,
+            });
         }
         Ok(())
     }
 
     /// Restore node states from a journal (resume, retry, rollback).
     pub fn replay(&mut self, entries: &[drover_state::Entry]) {
-        let index: HashMap<&str, NodeIndex> = self
-            .plan
-            .graph
-            .node_indices()
-            .map(|n| (self.plan.graph[n].id(), n))
-            .collect();
-        for e in entries {
-            let Some(n) = e.node.as_deref().and_then(|id| index.get(id).copied()) else {
-                if let Event::Checkpoint { operations_completed } = &e.event {
-                    self.safe_point = operations_completed.clone();
-                }
-                continue;
-            };
-            let rt = &mut self.nodes[n.index()];
-            match &e.event {
-                Event::TaskStarted { attempt, .. } => {
-                    rt.status = Status::Running;
-                    rt.attempt = *attempt;
-                    rt.interrupted = false;
-                }
-                Event::TaskSucceeded { duration_ms, .. } => {
-                    rt.status = Status::Succeeded;
-                    rt.duration_ms += duration_ms;
-                }
-                Event::TaskFailed {
-                    duration_ms,
-                    error,
-                    will_retry,
-                    ..
-                } => {
-                    rt.status = if *will_retry { Status::Waiting } else { Status::Failed };
-                    rt.duration_ms += duration_ms;
-                    rt.error = Some(error.clone());
-                }
-                Event::TaskRetrying { .. } => rt.status = Status::Waiting,
-                Event::TaskSkipped { reason } => {
-                    rt.status = Status::Skipped;
-                    rt.error = Some(reason.clone());
-                }
-                Event::TaskCancelled { reason } => {
-                    rt.interrupted = rt.status == Status::Running;
-                    rt.status = Status::Cancelled;
-                    rt.error = Some(reason.clone());
-                }
-                Event::GateOpened => rt.status = Status::Succeeded,
-                Event::GateBlocked { reason } => {
-                    rt.status = Status::Skipped;
-                    rt.error = Some(reason.clone());
-                }
-                Event::UndoSucceeded { .. } | Event::NotUndoable { .. } => rt.undone = true,
-                _ => {}
-            }
+        if let Some(sp) = replay_into(&self.plan, &mut self.nodes, entries) {
+            self.safe_point = sp;
         }
     }
 
@@ -806,12 +763,17 @@ impl Scheduler {
                 if !self.paused {
                     self.paused = true;
                     self.record(None, Event::RunPaused);
+                    // The status column is what listings show; the journal
+                    // (RunPaused) stays the truth, so a failed update only
+                    // makes a listing stale until the next change.
+                    let _ = self.store.set_status(&self.run_id, RunStatus::Paused, now_ms());
                 }
             }
             Msg::Control(Control::Resume) => {
                 if self.paused {
                     self.paused = false;
                     self.record(None, Event::RunUnpaused);
+                    let _ = self.store.set_status(&self.run_id, RunStatus::Running, now_ms());
                 }
             }
             Msg::Control(Control::Cancel) => {
@@ -1447,6 +1409,69 @@ async fn sleep_until(t: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
     }
+}
+
+/// The state of every node of `plan` after `entries`, as the journal tells
+/// it: what `drover batch status` and the API show, and where a resume
+/// starts from.
+pub fn nodes_from_journal(plan: &Plan, entries: &[drover_state::Entry]) -> Vec<NodeRt> {
+    let mut nodes = vec![NodeRt::default(); plan.graph.node_count()];
+    replay_into(plan, &mut nodes, entries);
+    nodes
+}
+
+/// Apply `entries` to `nodes`; returns the last safe point recorded, if any.
+fn replay_into(plan: &Plan, nodes: &mut [NodeRt], entries: &[drover_state::Entry]) -> Option<Vec<String>> {
+    let mut safe_point = None;
+    let index: HashMap<&str, NodeIndex> = plan.graph.node_indices().map(|n| (plan.graph[n].id(), n)).collect();
+    for e in entries {
+        let Some(n) = e.node.as_deref().and_then(|id| index.get(id).copied()) else {
+            if let Event::Checkpoint { operations_completed } = &e.event {
+                safe_point = Some(operations_completed.clone());
+            }
+            continue;
+        };
+        let rt = &mut nodes[n.index()];
+        match &e.event {
+            Event::TaskStarted { attempt, .. } => {
+                rt.status = Status::Running;
+                rt.attempt = *attempt;
+                rt.interrupted = false;
+            }
+            Event::TaskSucceeded { duration_ms, .. } => {
+                rt.status = Status::Succeeded;
+                rt.duration_ms += duration_ms;
+            }
+            Event::TaskFailed {
+                duration_ms,
+                error,
+                will_retry,
+                ..
+            } => {
+                rt.status = if *will_retry { Status::Waiting } else { Status::Failed };
+                rt.duration_ms += duration_ms;
+                rt.error = Some(error.clone());
+            }
+            Event::TaskRetrying { .. } => rt.status = Status::Waiting,
+            Event::TaskSkipped { reason } => {
+                rt.status = Status::Skipped;
+                rt.error = Some(reason.clone());
+            }
+            Event::TaskCancelled { reason } => {
+                rt.interrupted = rt.status == Status::Running;
+                rt.status = Status::Cancelled;
+                rt.error = Some(reason.clone());
+            }
+            Event::GateOpened => rt.status = Status::Succeeded,
+            Event::GateBlocked { reason } => {
+                rt.status = Status::Skipped;
+                rt.error = Some(reason.clone());
+            }
+            Event::UndoSucceeded { .. } | Event::NotUndoable { .. } => rt.undone = true,
+            _ => {}
+        }
+    }
+    safe_point
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod diagnostics;
 pub mod engine;
 pub mod load;
 pub mod locate;
+pub mod problems;
 
 pub use diagnostics::{KclDiagnostic, KclLocation};
 pub use engine::{Engine, ExternalPackage, KclError};

@@ -3,11 +3,12 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::KclDiagnostic;
 use drover_core::Diagnostic;
-use drover_kcl::KclDiagnostic;
 use serde::Serialize;
 
 /// Problems from one of the two stages.
+#[derive(Debug)]
 pub enum Problems {
     /// The KCL engine rejected a file.
     Kcl(Vec<KclDiagnostic>),

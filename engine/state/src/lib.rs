@@ -48,9 +48,12 @@ pub enum StateError {
 }
 
 /// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Accepted by the orchestrator, waiting for a free slot; nothing has
+    /// run yet.
+    Queued,
     /// Being executed (or interrupted by a crash: resume it).
     Running,
     /// Dispatching is paused.
@@ -71,6 +74,7 @@ impl RunStatus {
     /// The name stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
+            RunStatus::Queued => "queued",
             RunStatus::Running => "running",
             RunStatus::Paused => "paused",
             RunStatus::Succeeded => "succeeded",
@@ -83,6 +87,7 @@ impl RunStatus {
 
     fn parse(s: &str) -> RunStatus {
         match s {
+            "queued" => RunStatus::Queued,
             "paused" => RunStatus::Paused,
             "succeeded" => RunStatus::Succeeded,
             "failed" => RunStatus::Failed,
@@ -95,8 +100,23 @@ impl RunStatus {
 
     /// Whether the run can still make progress by resuming it.
     pub fn is_unfinished(self) -> bool {
-        matches!(self, RunStatus::Running | RunStatus::Paused | RunStatus::Aborted)
+        matches!(
+            self,
+            RunStatus::Queued | RunStatus::Running | RunStatus::Paused | RunStatus::Aborted
+        )
     }
+
+    /// Every status, in the order they are shown.
+    pub const ALL: [RunStatus; 8] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Paused,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::Aborted,
+        RunStatus::RolledBack,
+    ];
 }
 
 /// One journal event. The on-disk format: JSON with an `event` tag.
@@ -411,9 +431,17 @@ impl Store {
 
     /// A run's journal, in order.
     pub fn journal(&self, run_id: &str) -> Result<Vec<Entry>, StateError> {
+        self.journal_since(run_id, 0, i64::MAX)
+    }
+
+    /// At most `limit` entries of a run's journal after `after_seq`, in
+    /// order: what a stream resuming from an event id reads.
+    pub fn journal_since(&self, run_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Entry>, StateError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT seq, at_ms, node, event FROM journal WHERE run_id = ?1 ORDER BY seq")?;
-        let rows = stmt.query_map(params![run_id], |r| {
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, at_ms, node, event FROM journal WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![run_id, after_seq, limit], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,

@@ -38,6 +38,12 @@ mod upload;
 
 pub use self::error::SshError;
 
+/// SSH connections this process holds open now (every transport, every
+/// run): the orchestrator's `drover_ssh_connections` gauge.
+pub fn open_connections() -> i64 {
+    connection::OPEN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;

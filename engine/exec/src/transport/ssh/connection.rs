@@ -26,6 +26,27 @@ pub(super) struct Connection {
     pub(super) sftp: tokio::sync::Mutex<Option<Arc<SftpSession>>>,
     /// How long the server may take to answer a channel request.
     pub(super) answer_within: Duration,
+    /// Counts this connection in [`OPEN`] while it lives.
+    _open: OpenGuard,
+}
+
+/// SSH connections open in this process, for the orchestrator's metrics.
+pub(super) static OPEN: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Holds one count of [`OPEN`].
+struct OpenGuard;
+
+impl OpenGuard {
+    fn new() -> OpenGuard {
+        OPEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenGuard
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// How a helper command ended.
@@ -56,6 +77,7 @@ impl Connection {
             dir: String::new(),
             sftp: tokio::sync::Mutex::new(None),
             answer_within: target.connect_timeout,
+            _open: OpenGuard::new(),
         };
         let setup = async {
             let channel = connection.open_channel().await?;

@@ -1,0 +1,349 @@
+//! API load: N workflow submissions at once against a real `drover serve`
+//! on loopback, bounded by its queue, while API latency is probed.
+//!
+//! Starts `drover serve` (the binary next to this one) on a fresh state
+//! store with `--max-running R --max-pending P`, then:
+//!
+//! 1. N clients submit `workflows/examples/sequential.k` at the same time
+//!    (`POST /workflows/batch {"path": ...}`); a client refused with 429
+//!    waits for Retry-After (capped at 1 s here) and submits again, so
+//!    every submission is eventually accepted;
+//! 2. meanwhile one prober times `GET /workflows/{id}/status`,
+//!    `GET /workflows` and `GET /healthz` in turn, back to back;
+//! 3. it waits until every accepted run has finished, and checks that
+//!    each one is in the store, succeeded: none lost, none duplicated.
+//!
+//! Prints submissions/s (accepted runs over the time until the last was
+//! accepted), 429 refusals, the time until every run finished, p50/p99/max
+//! API latency while runs execute, and the server's peak RSS. The
+//! physical limit of a submission is one KCL evaluation of the workflow
+//! (measured here with `drover validate`): the server does one per
+//! submission.
+//!
+//! Usage: drover-bench-api [--runs N] [--max-running R] [--max-pending P]
+//!        [--json FILE]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn drover_binary() -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let bin = me.with_file_name("drover");
+    if !bin.is_file() {
+        bail!(
+            "{} not found: build it (cargo build --release -p drover-cli)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn start(dir: &std::path::Path, max_running: usize, max_pending: usize) -> Result<Server> {
+    let mut child = Command::new(drover_binary()?)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .arg("--state")
+        .arg(dir.join("state.db"))
+        .arg("--logs")
+        .arg(dir.join("logs"))
+        .args(["--max-running", &max_running.to_string()])
+        .args(["--max-pending", &max_pending.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting drover serve")?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let Some(line) = lines.next() else {
+            bail!("drover serve exited before listening");
+        };
+        let line = line?;
+        if let Some(rest) = line.strip_prefix("drover: listening on ") {
+            break rest.trim().to_string();
+        }
+    };
+    // Keep draining stderr so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Server { child, url })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let mut runs = 200usize;
+    let mut max_running = 8usize;
+    let mut max_pending = 50usize;
+    let mut json_out: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--runs" => runs = args.next().context("--runs N")?.parse()?,
+            "--max-running" => max_running = args.next().context("--max-running R")?.parse()?,
+            "--max-pending" => max_pending = args.next().context("--max-pending P")?.parse()?,
+            "--json" => json_out = Some(args.next().context("--json FILE")?.into()),
+            other => bail!(
+                "unknown argument {other}; usage: drover-bench-api [--runs N] [--max-running R] [--max-pending P] [--json FILE]"
+            ),
+        }
+    }
+    let root = std::env::current_dir()?;
+    let workflow = root.join("workflows/examples/sequential.k");
+    if !workflow.is_file() {
+        bail!("run from the repository root ({} not found)", workflow.display());
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("drover-bench-api")
+        .tempdir_in("/var/tmp")?;
+
+    // The limit: one KCL evaluation per submission.
+    let mut evals = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let st = Command::new(drover_binary()?)
+            .arg("validate")
+            .arg(&workflow)
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("drover validate {} failed", workflow.display());
+        }
+        evals.push(t.elapsed().as_secs_f64());
+    }
+    evals.sort_by(f64::total_cmp);
+    let eval_s = evals[evals.len() / 2];
+
+    let server = start(dir.path(), max_running, max_pending)?;
+    let pid = server.child.id();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+    let url = Arc::new(server.url.clone());
+    println!(
+        "API load: {runs} submissions at once of {} to drover serve --max-running {max_running} --max-pending {max_pending} ({})",
+        workflow.strip_prefix(&root).unwrap_or(&workflow).display(),
+        server.url
+    );
+
+    let started = Instant::now();
+    let mut submitters = Vec::new();
+    for _ in 0..runs {
+        let (client, url, path) = (client.clone(), url.clone(), workflow.display().to_string());
+        submitters.push(tokio::spawn(async move {
+            let mut refused = 0u32;
+            loop {
+                let t = Instant::now();
+                let r = client
+                    .post(format!("{url}/workflows/batch"))
+                    .json(&json!({ "path": path }))
+                    .send()
+                    .await?;
+                let latency = t.elapsed().as_secs_f64();
+                match r.status().as_u16() {
+                    202 => {
+                        let v: Value = r.json().await?;
+                        let id = v["run_id"].as_str().context("no run_id")?.to_string();
+                        return anyhow::Ok((id, refused, latency, Instant::now()));
+                    }
+                    429 => {
+                        refused += 1;
+                        let wait = r
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .unwrap_or(1)
+                            .min(1);
+                        tokio::time::sleep(Duration::from_secs(wait)).await;
+                    }
+                    s => bail!("submission answered {s}: {}", r.text().await.unwrap_or_default()),
+                }
+            }
+        }));
+    }
+
+    // The prober: API latency while runs execute.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let (client, url, done) = (client.clone(), url.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut lat: Vec<(&'static str, f64)> = Vec::new();
+            let mut some_id: Option<String> = None;
+            let mut i = 0usize;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let (name, path) = match (i % 3, &some_id) {
+                    (0, Some(id)) => ("status", format!("/workflows/{id}/status")),
+                    (1, _) | (0, None) => ("list", "/workflows?limit=20".to_string()),
+                    _ => ("healthz", "/healthz".to_string()),
+                };
+                i += 1;
+                let t = Instant::now();
+                let r = client.get(format!("{url}{path}")).send().await;
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                if let Ok(r) = r
+                    && r.status().is_success()
+                {
+                    if name == "list"
+                        && let Ok(v) = r.json::<Value>().await
+                        && let Some(id) = v["runs"][0]["run_id"].as_str()
+                    {
+                        some_id = Some(id.to_string());
+                    }
+                    lat.push((name, ms));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            lat
+        })
+    };
+
+    let mut ids = BTreeSet::new();
+    let mut refused = 0u32;
+    let mut submit_lat = Vec::new();
+    let mut last_accept = started;
+    for s in submitters {
+        let (id, r, l, at) = s.await??;
+        if !ids.insert(id.clone()) {
+            bail!("run id {id} was handed out twice");
+        }
+        refused += r;
+        submit_lat.push(l * 1e3);
+        last_accept = last_accept.max(at);
+    }
+    let accept_s = last_accept.duration_since(started).as_secs_f64();
+
+    // Wait for every run to finish.
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let finished = loop {
+        let v: Value = client.get(format!("{url}/workflows")).send().await?.json().await?;
+        let listed = v["runs"].as_array().cloned().unwrap_or_default();
+        let unfinished = listed
+            .iter()
+            .filter(|r| matches!(r["status"].as_str(), Some("queued" | "running" | "paused")))
+            .count();
+        if unfinished == 0 {
+            break listed;
+        }
+        if Instant::now() > deadline {
+            bail!("{unfinished} runs still unfinished after 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let all_s = started.elapsed().as_secs_f64();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let lat = prober.await?;
+    let rss = peak_rss_mib(pid);
+
+    // None lost, none duplicated, every one succeeded.
+    let stored: BTreeSet<String> = finished
+        .iter()
+        .filter_map(|r| r["run_id"].as_str().map(str::to_string))
+        .collect();
+    if stored != ids {
+        bail!(
+            "the store has {} runs, {} were accepted; missing: {:?}",
+            stored.len(),
+            ids.len(),
+            ids.difference(&stored).take(5).collect::<Vec<_>>()
+        );
+    }
+    let failed: Vec<&Value> = finished.iter().filter(|r| r["status"] != "succeeded").collect();
+    if !failed.is_empty() {
+        bail!("{} runs did not succeed, e.g. {}", failed.len(), failed[0]);
+    }
+
+    let mut all: Vec<f64> = lat.iter().map(|(_, ms)| *ms).collect();
+    all.sort_by(f64::total_cmp);
+    submit_lat.sort_by(f64::total_cmp);
+    let by = |name: &str| {
+        let mut v: Vec<f64> = lat.iter().filter(|(n, _)| *n == name).map(|(_, ms)| *ms).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let rate = ids.len() as f64 / accept_s;
+    println!(
+        "  accepted {} runs in {accept_s:.1} s: {rate:.1} submissions/s ({refused} refusals with 429 along the way)",
+        ids.len()
+    );
+    println!("  every run finished (succeeded, none lost) {all_s:.1} s after the first submission");
+    println!(
+        "  submission latency, ms: p50 {:.0}, p99 {:.0}, max {:.0}",
+        percentile(&submit_lat, 0.5),
+        percentile(&submit_lat, 0.99),
+        percentile(&submit_lat, 1.0)
+    );
+    println!(
+        "  API latency while runs execute ({} requests), ms: p50 {:.1}, p99 {:.1}, max {:.1}",
+        all.len(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        percentile(&all, 1.0)
+    );
+    for name in ["status", "list", "healthz"] {
+        let v = by(name);
+        println!(
+            "    {name:<8} n={:<5} p50 {:.1}, p99 {:.1}",
+            v.len(),
+            percentile(&v, 0.5),
+            percentile(&v, 0.99)
+        );
+    }
+    println!("  server peak RSS {rss:.1} MiB");
+    println!(
+        "  limit: one KCL evaluation per submission, `drover validate` {:.0} ms (whole process) -> at most {:.1} submissions/s per core",
+        eval_s * 1e3,
+        1.0 / eval_s
+    );
+    if let Some(path) = json_out {
+        let v = json!({
+            "runs": ids.len(),
+            "max_running": max_running,
+            "max_pending": max_pending,
+            "accept_s": accept_s,
+            "submissions_per_s": rate,
+            "refusals_429": refused,
+            "all_finished_s": all_s,
+            "submit_latency_ms": {"p50": percentile(&submit_lat, 0.5), "p99": percentile(&submit_lat, 0.99)},
+            "api_latency_ms": {"n": all.len(), "p50": percentile(&all, 0.5), "p99": percentile(&all, 0.99), "max": percentile(&all, 1.0)},
+            "server_peak_rss_mib": rss,
+            "validate_s": eval_s,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&v)?)?;
+    }
+    drop(server);
+    Ok(())
+}

@@ -1,0 +1,710 @@
+//! The HTTP API: routes, handlers, server-sent event streams and the
+//! OpenAPI document (served at `/openapi.json`).
+//!
+//! Architecture invariant: only this crate knows HTTP. Handlers translate
+//! between the wire types ([`crate::wire`]) and the orchestrator; run state
+//! shown here is rebuilt from the journal.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use drover_exec::Status;
+use drover_state::{RunRecord, RunStatus};
+use futures_util::Stream;
+use utoipa::OpenApi;
+
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiJson, ApiQuery};
+use crate::logs::{StreamReader, stream_file};
+use crate::orchestrator::{Orchestrator, exec_error};
+use crate::wire::*;
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "drover orchestrator API",
+        description = "Submit workflows, follow their runs (status, live events and logs as server-sent events), control them (pause, resume, cancel, retry, rollback) and scrape metrics. Every endpoint but /healthz takes `Authorization: Bearer <token>` when the server requires a token. Errors are JSON: {code, message}.",
+        version = "1"
+    ),
+    paths(
+        submit, list, status, logs, events, rollback, retry, pause, resume, cancel, run_metrics, metrics, healthz
+    ),
+    components(schemas(
+        SubmitRequest, SubmitResponse, OperationPlan, TaskRef, RunInfo, RunList, RunState, RunStatusView, NotUndone,
+        OperationStatus, TaskStatus, LogEvent, LogStreamEvent, JournalEvent, TransitionStreamEvent, RetryRequest, ActionResponse, RunMetrics,
+        OperationMetrics, ApiErrorBody, Health
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The router, with authentication and request metrics.
+pub fn router(orch: Arc<Orchestrator>, auth: Auth) -> Router {
+    let api = Router::new()
+        .route("/workflows/batch", post(submit))
+        .route("/workflows", get(list))
+        .route("/workflows/{id}/status", get(status))
+        .route("/workflows/{id}/logs", get(logs))
+        .route("/workflows/{id}/events", get(events))
+        .route("/workflows/{id}/rollback", post(rollback))
+        .route("/workflows/{id}/retry", post(retry))
+        .route("/workflows/{id}/pause", post(pause))
+        .route("/workflows/{id}/resume", post(resume))
+        .route("/workflows/{id}/cancel", post(cancel))
+        .route("/workflows/{id}/metrics", get(run_metrics))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(orch.clone());
+    api.layer(axum::middleware::from_fn_with_state(auth, crate::auth::check))
+        .layer(axum::middleware::from_fn_with_state(orch, timing))
+}
+
+/// Request durations by route, for /metrics.
+async fn timing(State(orch): State<Arc<Orchestrator>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "other".into());
+    let resp = next.run(req).await;
+    orch.metrics
+        .request(&method, &route, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+fn info(r: &RunRecord) -> RunInfo {
+    RunInfo {
+        run_id: r.id.clone(),
+        workflow: r.workflow.clone(),
+        file: r.file.clone(),
+        status: r.status.as_str().into(),
+        created_at_ms: r.created_at_ms,
+        updated_at_ms: r.updated_at_ms,
+    }
+}
+
+fn status_name(s: Status) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{s:?}").to_lowercase())
+}
+
+/// Submit a workflow.
+#[utoipa::path(
+    post, path = "/workflows/batch", request_body = SubmitRequest,
+    responses(
+        (status = 202, description = "Accepted and queued", body = SubmitResponse),
+        (status = 200, description = "Validated or planned (validate_only, dry_run); nothing recorded", body = SubmitResponse),
+        (status = 400, description = "The request or the workflow is wrong", body = ApiErrorBody),
+        (status = 401, description = "No or wrong token", body = ApiErrorBody),
+        (status = 415, description = "Not JSON", body = ApiErrorBody),
+        (status = 429, description = "The queue is full", body = ApiErrorBody),
+        (status = 503, description = "Shutting down, or no KCL engine", body = ApiErrorBody),
+    )
+)]
+async fn submit(
+    State(orch): State<Arc<Orchestrator>>,
+    ApiJson(req): ApiJson<SubmitRequest>,
+) -> Result<Response, ApiError> {
+    let (queued, resp) = orch.submit(req).await?;
+    let code = if queued { StatusCode::ACCEPTED } else { StatusCode::OK };
+    Ok((code, Json(resp)).into_response())
+}
+
+/// List runs, newest first.
+#[utoipa::path(
+    get, path = "/workflows", params(ListQuery),
+    responses(
+        (status = 200, body = RunList),
+        (status = 400, description = "Bad filter", body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody),
+    )
+)]
+async fn list(
+    State(orch): State<Arc<Orchestrator>>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<RunList>, ApiError> {
+    let want = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(RunStatus::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(|| {
+            let known: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::bad_request(format!("unknown status {s:?}; one of {}", known.join(", ")))
+        })?),
+    };
+    if q.limit == Some(0) {
+        return Err(ApiError::bad_request("limit must be at least 1"));
+    }
+    let runs: Vec<RunInfo> = orch
+        .store()
+        .runs()?
+        .iter()
+        .filter(|r| want.is_none_or(|w| r.status == w))
+        .take(q.limit.map_or(usize::MAX, |l| l as usize))
+        .map(info)
+        .collect();
+    Ok(Json(RunList {
+        runs,
+        queue_depth: orch.counts().1,
+    }))
+}
+
+fn summary_of(
+    orch: &Orchestrator,
+    id: &str,
+) -> Result<(RunRecord, Arc<drover_core::Plan>, drover_exec::report::Summary), ApiError> {
+    drover_exec::run::status(orch.store(), id, orch.options()).map_err(exec_error)
+}
+
+/// A run's state: per operation and per task.
+#[utoipa::path(
+    get, path = "/workflows/{id}/status", params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 200, body = RunStatusView),
+        (status = 401, body = ApiErrorBody),
+        (status = 404, description = "No such run", body = ApiErrorBody),
+    )
+)]
+async fn status(
+    State(orch): State<Arc<Orchestrator>>,
+    Path(id): Path<String>,
+) -> Result<Json<RunStatusView>, ApiError> {
+    let (record, plan, summary) = summary_of(&orch, &id)?;
+    let by_task: HashMap<&str, &drover_exec::report::TaskSummary> =
+        summary.tasks.iter().map(|t| (t.task.as_str(), t)).collect();
+    let operations = plan
+        .operations
+        .iter()
+        .map(|op| {
+            let tasks: Vec<TaskStatus> = op
+                .tasks
+                .iter()
+                .filter_map(|&n| plan.graph[n].task())
+                .filter_map(|t| by_task.get(t.id.as_str()))
+                .map(|t| TaskStatus {
+                    id: t.task.clone(),
+                    action: t.action.clone(),
+                    server: t.server.clone(),
+                    status: status_name(t.status),
+                    attempts: t.attempts,
+                    duration_ms: t.duration_ms,
+                    error: t.error.clone(),
+                    rollback: t.rollback.clone(),
+                })
+                .collect();
+            OperationStatus {
+                id: op.id.clone(),
+                status: operation_status(&tasks),
+                tasks,
+            }
+        })
+        .collect();
+    Ok(Json(RunStatusView {
+        run: info(&record),
+        reason: summary.reason,
+        operations,
+        not_undone: summary
+            .not_undone
+            .into_iter()
+            .map(|(task, reason)| NotUndone { task, reason })
+            .collect(),
+    }))
+}
+
+fn operation_status(tasks: &[TaskStatus]) -> String {
+    let any = |s: &str| tasks.iter().any(|t| t.status == s);
+    let all = |s: &str| !tasks.is_empty() && tasks.iter().all(|t| t.status == s);
+    if any("running") || any("waiting") || any("ready") {
+        "running"
+    } else if any("failed") {
+        "failed"
+    } else if all("succeeded") {
+        "succeeded"
+    } else if all("skipped") {
+        "skipped"
+    } else if any("cancelled") {
+        "cancelled"
+    } else if any("succeeded") && !any("pending") {
+        "succeeded"
+    } else if any("succeeded") {
+        "running"
+    } else {
+        "pending"
+    }
+    .into()
+}
+
+/// Whether a stream over `id` should go on waiting: the run executes or is
+/// queued here.
+struct Follow {
+    orch: Arc<Orchestrator>,
+    id: String,
+    follow: bool,
+    /// One more read after the run was found over: what it wrote last.
+    last_read_done: bool,
+}
+
+impl Follow {
+    /// Wait for something new. False: end the stream.
+    async fn wait(&mut self, hub: &mut Option<tokio::sync::broadcast::Receiver<()>>, logs: bool) -> bool {
+        if !self.follow || self.orch.stopping.is_cancelled() {
+            return false;
+        }
+        let live = self.orch.is_active(&self.id) || self.orch.is_queued(&self.id);
+        if !live {
+            if self.last_read_done {
+                return false;
+            }
+            self.last_read_done = true;
+            return true;
+        }
+        self.last_read_done = false;
+        let mut progress = if logs { None } else { self.orch.subscribe(&self.id) };
+        if logs && hub.is_none() {
+            *hub = self.orch.log_hub(&self.id).map(|h| h.subscribe());
+        }
+        tokio::select! {
+            _ = async {
+                match (&mut progress, hub.as_mut()) {
+                    (Some(rx), _) => { let _ = rx.recv().await; }
+                    (None, Some(rx)) => {
+                        if let Err(tokio::sync::broadcast::error::RecvError::Closed) = rx.recv().await {
+                            *hub = None;
+                        }
+                    }
+                    (None, None) => std::future::pending::<()>().await,
+                }
+            } => {}
+            // A bound on the wait: covers a run that starts after the
+            // stream began, and keeps the stream's cost low.
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = self.orch.stopping.cancelled() => return false,
+        }
+        true
+    }
+}
+
+fn last_event_id(headers: &HeaderMap, q: &StreamQuery) -> Result<i64, ApiError> {
+    // Checked even when the header wins: a wrong parameter is an error.
+    if q.after.is_some_and(|n| n < 0) {
+        return Err(ApiError::bad_request("after must be a non-negative event id"));
+    }
+    if let Some(v) = headers.get("last-event-id") {
+        return v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a non-negative event id"));
+    }
+    Ok(q.after.unwrap_or(0))
+}
+
+type EventStream = Sse<
+    axum::response::sse::KeepAliveStream<std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>>>,
+>;
+
+fn sse(stream: impl Stream<Item = SseEvent> + Send + 'static) -> EventStream {
+    use futures_util::StreamExt;
+    let boxed: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> = Box::pin(stream.map(Ok));
+    Sse::new(boxed).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// A run's task output as server-sent events (`event: log`, data:
+/// LogEvent, id: its position).
+#[utoipa::path(
+    get, path = "/workflows/{id}/logs",
+    params(("id" = String, Path, description = "Run id"), StreamQuery, ResumeHeader),
+    responses(
+        (status = 200, description = "text/event-stream of `log` events", content_type = "text/event-stream", body = LogStreamEvent),
+        (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody),
+    )
+)]
+async fn logs(
+    State(orch): State<Arc<Orchestrator>>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<EventStream, ApiError> {
+    let after = last_event_id(&headers, &q)?;
+    let (_, plan, _) = summary_of(&orch, &id)?;
+    let path = stream_file(&drover_exec::run::logs_dir(&plan, orch.options(), &id));
+    let state = (
+        StreamReader::new(path),
+        Follow {
+            orch,
+            id,
+            follow: q.follow,
+            last_read_done: false,
+        },
+        None::<tokio::sync::broadcast::Receiver<()>>,
+        q.task,
+        q.server,
+        after,
+    );
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            let (reader, follow, hub, task, server, after) = &mut st;
+            let batch: Vec<SseEvent> = reader
+                .read_new(1000)
+                .into_iter()
+                .filter(|e| e.seq > *after)
+                .filter(|e| task.as_ref().is_none_or(|t| *t == e.task))
+                .filter(|e| server.as_ref().is_none_or(|s| Some(s) == e.server.as_ref()))
+                .map(|e| {
+                    SseEvent::default()
+                        .id(e.seq.to_string())
+                        .event("log")
+                        .json_data(&e)
+                        .unwrap_or_default()
+                })
+                .collect();
+            if !batch.is_empty() {
+                return Some((futures_util::stream::iter(batch), st));
+            }
+            if !follow.wait(hub, true).await {
+                return None;
+            }
+        }
+    });
+    use futures_util::StreamExt;
+    Ok(sse(stream.flatten()))
+}
+
+/// A run's journal (state transitions) as server-sent events (`event:
+/// transition`, data: JournalEvent, id: its position).
+#[utoipa::path(
+    get, path = "/workflows/{id}/events",
+    params(("id" = String, Path, description = "Run id"), StreamQuery, ResumeHeader),
+    responses(
+        (status = 200, description = "text/event-stream of `transition` events", content_type = "text/event-stream", body = TransitionStreamEvent),
+        (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody),
+    )
+)]
+async fn events(
+    State(orch): State<Arc<Orchestrator>>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<EventStream, ApiError> {
+    let after = last_event_id(&headers, &q)?;
+    orch.store().run(&id)?;
+    let state = (
+        Follow {
+            orch,
+            id,
+            follow: q.follow,
+            last_read_done: false,
+        },
+        after,
+    );
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            let (follow, after) = &mut st;
+            let entries = match follow.orch.store().journal_since(&follow.id, *after, 1000) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the journal for a stream");
+                    return None;
+                }
+            };
+            if let Some(last) = entries.last() {
+                *after = last.seq;
+                let batch: Vec<SseEvent> = entries
+                    .into_iter()
+                    .map(|e| {
+                        let data = JournalEvent {
+                            seq: e.seq,
+                            at_ms: e.at_ms,
+                            node: e.node,
+                            event: serde_json::to_value(&e.event).unwrap_or_default(),
+                        };
+                        SseEvent::default()
+                            .id(e.seq.to_string())
+                            .event("transition")
+                            .json_data(&data)
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                return Some((futures_util::stream::iter(batch), st));
+            }
+            let mut none = None;
+            if !follow.wait(&mut none, false).await {
+                return None;
+            }
+        }
+    });
+    use futures_util::StreamExt;
+    Ok(sse(stream.flatten()))
+}
+
+fn action(id: String, action: &str, status: RunStatus) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(ActionResponse {
+            run_id: id,
+            action: action.into(),
+            status: status.as_str().into(),
+        }),
+    )
+        .into_response()
+}
+
+/// Roll a finished, failed or interrupted run back.
+#[utoipa::path(
+    post, path = "/workflows/{id}/rollback", params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 202, body = ActionResponse),
+        (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody),
+        (status = 409, description = "The run is executing or queued", body = ApiErrorBody),
+        (status = 503, body = ApiErrorBody),
+    )
+)]
+async fn rollback(State(orch): State<Arc<Orchestrator>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let s = orch.rollback(&id)?;
+    Ok(action(id, "rollback", s))
+}
+
+/// Retry the failed and cancelled tasks of a finished run (or one
+/// operation's). The body is optional.
+#[utoipa::path(
+    post, path = "/workflows/{id}/retry", params(("id" = String, Path, description = "Run id")),
+    request_body(content = Option<RetryRequest>, description = "Optionally one operation"),
+    responses(
+        (status = 202, body = ActionResponse),
+        (status = 400, body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody),
+        (status = 503, body = ApiErrorBody),
+    )
+)]
+async fn retry(
+    State(orch): State<Arc<Orchestrator>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    // No body, and a JSON null (what the optional body's schema allows),
+    // both mean every failed and cancelled task.
+    let req: RetryRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RetryRequest::default()
+    } else {
+        serde_json::from_slice::<Option<RetryRequest>>(&body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))?
+            .unwrap_or_default()
+    };
+    let s = orch.retry(&id, req.operation.as_deref())?;
+    Ok(action(id, "retry", s))
+}
+
+/// Pause dispatching of a running run; running tasks go on.
+#[utoipa::path(
+    post, path = "/workflows/{id}/pause", params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 202, body = ActionResponse),
+        (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody),
+    )
+)]
+async fn pause(State(orch): State<Arc<Orchestrator>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let s = orch.pause(&id)?;
+    Ok(action(id, "pause", s))
+}
+
+/// Resume a paused run, or take up an interrupted one.
+#[utoipa::path(
+    post, path = "/workflows/{id}/resume", params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 202, body = ActionResponse),
+        (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody),
+    )
+)]
+async fn resume(State(orch): State<Arc<Orchestrator>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let s = orch.resume(&id)?;
+    Ok(action(id, "resume", s))
+}
+
+/// Cancel a queued, running or paused run.
+#[utoipa::path(
+    post, path = "/workflows/{id}/cancel", params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 202, body = ActionResponse),
+        (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody),
+        (status = 409, body = ApiErrorBody),
+    )
+)]
+async fn cancel(State(orch): State<Arc<Orchestrator>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let s = orch.cancel(&id)?;
+    Ok(action(id, "cancel", s))
+}
+
+/// A run's counters and durations, from its journal.
+#[utoipa::path(
+    get, path = "/workflows/{id}/metrics", params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 200, body = RunMetrics),
+        (status = 401, body = ApiErrorBody),
+        (status = 404, body = ApiErrorBody),
+    )
+)]
+async fn run_metrics(
+    State(orch): State<Arc<Orchestrator>>,
+    Path(id): Path<String>,
+) -> Result<Json<RunMetrics>, ApiError> {
+    let (record, plan, summary) = summary_of(&orch, &id)?;
+    let journal = orch.store().journal(&id)?;
+    let mut attempts = 0u64;
+    let mut retries = 0u64;
+    let mut undone = 0u64;
+    for e in &journal {
+        match &e.event {
+            drover_state::Event::TaskStarted { attempt, .. } => {
+                attempts += 1;
+                if *attempt > 1 {
+                    retries += 1;
+                }
+            }
+            drover_state::Event::UndoSucceeded { .. } => undone += 1,
+            _ => {}
+        }
+    }
+    let mut tasks: BTreeMap<String, usize> = BTreeMap::new();
+    for t in &summary.tasks {
+        *tasks.entry(status_name(t.status)).or_default() += 1;
+    }
+    let operations = plan
+        .operations
+        .iter()
+        .map(|op| {
+            let ts: Vec<&drover_exec::report::TaskSummary> =
+                summary.tasks.iter().filter(|t| t.operation == op.id).collect();
+            OperationMetrics {
+                id: op.id.clone(),
+                tasks: ts.len(),
+                succeeded: ts.iter().filter(|t| t.status == Status::Succeeded).count(),
+                failed: ts.iter().filter(|t| t.status == Status::Failed).count(),
+                task_time_ms: ts.iter().map(|t| t.duration_ms).sum(),
+                max_task_ms: ts.iter().map(|t| t.duration_ms).max().unwrap_or(0),
+            }
+        })
+        .collect();
+    let elapsed_ms = match (journal.first(), journal.last()) {
+        (Some(a), Some(b)) => b.at_ms - a.at_ms,
+        _ => 0,
+    };
+    Ok(Json(RunMetrics {
+        run_id: record.id,
+        status: record.status.as_str().into(),
+        tasks_total: summary.tasks.len(),
+        tasks,
+        attempts,
+        retries,
+        undone,
+        events: journal.len(),
+        elapsed_ms,
+        task_time_ms: summary.tasks.iter().map(|t| t.duration_ms).sum(),
+        operations,
+    }))
+}
+
+/// Prometheus metrics (text exposition format 0.0.4).
+#[utoipa::path(
+    get, path = "/metrics",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 401, body = ApiErrorBody),
+    )
+)]
+async fn metrics(State(orch): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
+    let mut by_status = HashMap::new();
+    for r in orch.store().runs()? {
+        *by_status.entry(r.status).or_insert(0usize) += 1;
+    }
+    let (active, queued) = orch.counts();
+    let text = text_format(&orch.metrics.render(&by_status, queued, active));
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response())
+}
+
+/// Prometheus's text format 0.0.4 from the OpenMetrics text the client
+/// library encodes. They differ in what 0.0.4 parsers (promtool, scrapers
+/// reading `text/plain`) check: a counter's HELP and TYPE name its samples,
+/// `_total` suffix included, and there is no `# EOF` or `# UNIT` line.
+fn text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {rest}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// Liveness: answers without a token.
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, body = Health)))]
+async fn healthz(State(orch): State<Arc<Orchestrator>>) -> Json<Health> {
+    let (running, queued) = orch.counts();
+    Json(Health {
+        status: "ok".into(),
+        running,
+        queued,
+    })
+}

@@ -1,0 +1,158 @@
+//! A run's output stream: every output line of its tasks, numbered, kept
+//! in `<run logs>/stream.jsonl` (one [`LogEvent`] per line) so a client can
+//! resume from an event id, also after a restart of the server. Lines are
+//! masked before they get here (the transport masks secrets).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use drover_core::Plan;
+use drover_exec::runner::TaskLine;
+use drover_exec::transport::Stream;
+use tokio::sync::broadcast;
+
+use crate::wire::LogEvent;
+
+/// The file of a run's output stream.
+pub fn stream_file(logs_dir: &Path) -> PathBuf {
+    logs_dir.join("stream.jsonl")
+}
+
+/// Writes a run's output stream and tells followers when it grows.
+pub struct LogHub {
+    path: PathBuf,
+    state: Mutex<HubState>,
+    server_of: HashMap<String, String>,
+    grew: broadcast::Sender<()>,
+}
+
+impl std::fmt::Debug for LogHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHub")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct HubState {
+    file: Option<File>,
+    seq: i64,
+}
+
+impl LogHub {
+    /// The stream of the run logging into `logs_dir`; numbering goes on
+    /// from what an earlier server process wrote.
+    pub fn open(logs_dir: &Path, plan: &Plan) -> LogHub {
+        let path = stream_file(logs_dir);
+        let seq = File::open(&path)
+            .map(|f| BufReader::new(f).lines().map_while(Result::ok).count() as i64)
+            .unwrap_or(0);
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+        if let Err(e) = &file {
+            tracing::warn!(file = %path.display(), error = %e, "cannot write the run's output stream");
+        }
+        let server_of = plan
+            .graph
+            .node_weights()
+            .filter_map(|n| n.task().and_then(|t| t.server.clone().map(|s| (t.id.clone(), s))))
+            .collect();
+        let (grew, _) = broadcast::channel(16);
+        LogHub {
+            path,
+            state: Mutex::new(HubState { file: file.ok(), seq }),
+            server_of,
+            grew,
+        }
+    }
+
+    /// Append a line.
+    pub fn push(&self, l: &TaskLine) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.seq += 1;
+        let ev = LogEvent {
+            seq: st.seq,
+            task: l.task.clone(),
+            server: self.server_of.get(&l.task).cloned(),
+            stream: match l.line.stream {
+                Stream::Stdout => "stdout".into(),
+                Stream::Stderr => "stderr".into(),
+            },
+            line: l.line.line.clone(),
+        };
+        if let (Some(f), Ok(mut text)) = (st.file.as_mut(), serde_json::to_string(&ev)) {
+            text.push('\n');
+            if let Err(e) = f.write_all(text.as_bytes()) {
+                tracing::warn!(error = %e, "cannot append to the run's output stream");
+            }
+        }
+        drop(st);
+        let _ = self.grew.send(());
+    }
+
+    /// Woken when lines are added.
+    pub fn subscribe(&self) -> broadcast::Receiver<()> {
+        self.grew.subscribe()
+    }
+}
+
+/// Reads a stream file incrementally: each call returns the whole lines
+/// added since the last one.
+#[derive(Debug)]
+pub struct StreamReader {
+    path: PathBuf,
+    file: Option<BufReader<File>>,
+    partial: String,
+}
+
+impl StreamReader {
+    /// A reader of `path` (which may not exist yet).
+    pub fn new(path: PathBuf) -> StreamReader {
+        StreamReader {
+            path,
+            file: None,
+            partial: String::new(),
+        }
+    }
+
+    /// New complete lines, parsed; unparsable lines are skipped.
+    pub fn read_new(&mut self, limit: usize) -> Vec<LogEvent> {
+        if self.file.is_none() {
+            match File::open(&self.path) {
+                Ok(f) => self.file = Some(BufReader::new(f)),
+                Err(_) => return Vec::new(),
+            }
+        }
+        let mut out = Vec::new();
+        let Some(r) = self.file.as_mut() else { return out };
+        while out.len() < limit {
+            let mut buf = String::new();
+            match r.read_line(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {
+                    if !buf.ends_with('\n') {
+                        // Half a line: the writer is mid-write.
+                        self.partial.push_str(&buf);
+                        break;
+                    }
+                    let line = if self.partial.is_empty() {
+                        buf
+                    } else {
+                        std::mem::take(&mut self.partial) + &buf
+                    };
+                    if let Ok(ev) = serde_json::from_str::<LogEvent>(line.trim_end()) {
+                        out.push(ev);
+                    }
+                }
+                Err(_) => {
+                    // Not UTF-8 or unreadable: skip to the end of what is there.
+                    let _ = r.seek(SeekFrom::End(0));
+                    break;
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,789 @@
+//! The orchestrator: a FIFO queue of runs in front of the executor.
+//!
+//! At most `max_running` runs execute at once and at most `max_pending`
+//! wait; a submission beyond that is refused (429). Accepted runs are
+//! recorded in the state store as `queued` before the client hears about
+//! them, so a crash loses none: on start, every unfinished run is taken up
+//! again from the journal (interrupted ones first, then the queued, oldest
+//! first).
+//!
+//! One supervisor task per executing run pumps its journal events into the
+//! metrics and its output lines into the run's log stream, and on the end
+//! frees the slot. Operator commands (pause, resume, cancel) go to the
+//! run's scheduler; retry and rollback start at once, outside the queue.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_core::Plan;
+use drover_exec::run::{self, Inputs};
+use drover_exec::{Control, ExecError, Options, Progress, RunHandle};
+use drover_kcl::problems::Problems;
+use drover_kcl::{LoadError, Loader};
+use drover_state::{Event, RunStatus, Store};
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::logs::LogHub;
+use crate::metrics::Metrics;
+use crate::wire::{OperationPlan, SubmitRequest, SubmitResponse, TaskRef};
+
+/// Queue limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Runs executing at once.
+    pub max_running: usize,
+    /// Runs waiting at most; more are refused.
+    pub max_pending: usize,
+}
+
+/// A run executing in this process.
+struct Active {
+    control: tokio::sync::mpsc::UnboundedSender<Control>,
+    progress: broadcast::Sender<Progress>,
+    logs: Arc<LogHub>,
+    /// Tasks running now (from the journal events), so a shutdown can wait
+    /// for them.
+    running_tasks: Arc<AtomicUsize>,
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<String>,
+    /// Submissions being evaluated that already hold a place in `pending`.
+    reserved: usize,
+    active: HashMap<String, Active>,
+    /// Runs that were paused when the server stopped: paused again when
+    /// they resume.
+    keep_paused: HashSet<String>,
+}
+
+/// The orchestrator. Shared by the API handlers (`Arc`).
+pub struct Orchestrator {
+    store: Arc<Store>,
+    opts: Options,
+    loader: Option<Arc<Loader>>,
+    limits: Limits,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    /// Set on shutdown: nothing new starts, streams end.
+    pub stopping: CancellationToken,
+    /// The metrics registry.
+    pub metrics: Metrics,
+    /// Where submitted sources are kept.
+    submissions: PathBuf,
+    /// Log directories in use and their retention in days (the server's,
+    /// and each workflow's logging.dir), for the cleanup.
+    log_dirs: Mutex<HashMap<PathBuf, u32>>,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("state", &self.store.path())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the orchestrator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state store failed.
+    #[error(transparent)]
+    State(#[from] drover_state::StateError),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Holds a place in the queue while a submission is evaluated.
+struct Reservation<'a>(&'a Orchestrator);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut q = lock(&self.0.queue);
+        q.reserved = q.reserved.saturating_sub(1);
+    }
+}
+
+impl Orchestrator {
+    /// An orchestrator on `store`. `loader` evaluates submitted workflows
+    /// (None: submissions are refused, e.g. no KCL engine).
+    pub fn new(store: Arc<Store>, opts: Options, loader: Option<Arc<Loader>>, limits: Limits) -> Arc<Orchestrator> {
+        let submissions = opts.data_dir.join("submissions");
+        Arc::new(Orchestrator {
+            store,
+            opts,
+            loader,
+            limits: Limits {
+                max_running: limits.max_running.max(1),
+                max_pending: limits.max_pending,
+            },
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            stopping: CancellationToken::new(),
+            metrics: Metrics::new(),
+            submissions,
+            log_dirs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Run options.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    /// Take up every unfinished run of the store: interrupted ones first
+    /// (they resume from their journals), then queued ones, oldest first.
+    /// Returns how many were taken up.
+    pub fn recover(&self) -> Result<usize, StartError> {
+        let mut runs = self.store.runs()?;
+        runs.reverse();
+        let mut q = lock(&self.queue);
+        let mut interrupted = Vec::new();
+        let mut queued = Vec::new();
+        for r in runs {
+            match r.status {
+                RunStatus::Running | RunStatus::Aborted => interrupted.push(r.id),
+                RunStatus::Paused => {
+                    q.keep_paused.insert(r.id.clone());
+                    interrupted.push(r.id);
+                }
+                RunStatus::Queued => queued.push(r.id),
+                _ => {}
+            }
+        }
+        let n = interrupted.len() + queued.len();
+        q.pending.extend(interrupted);
+        q.pending.extend(queued);
+        drop(q);
+        if n > 0 {
+            tracing::info!(runs = n, "taking up unfinished runs from the journal");
+        }
+        self.wake.notify_one();
+        Ok(n)
+    }
+
+    /// Start queued runs while there are free slots; until shutdown.
+    pub async fn dispatch(self: Arc<Self>) {
+        loop {
+            self.start_ready();
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = self.stopping.cancelled() => return,
+            }
+        }
+    }
+
+    fn start_ready(self: &Arc<Self>) {
+        loop {
+            let id = {
+                let mut q = lock(&self.queue);
+                if self.stopping.is_cancelled() || q.active.len() >= self.limits.max_running {
+                    return;
+                }
+                match q.pending.pop_front() {
+                    Some(id) => id,
+                    None => return,
+                }
+            };
+            match run::resume(self.store.clone(), &id, &self.opts, None) {
+                Ok(handle) => {
+                    let pause = lock(&self.queue).keep_paused.remove(&id);
+                    if pause {
+                        handle.control(Control::Pause);
+                    }
+                    self.adopt(handle);
+                }
+                Err(e) => {
+                    // It was checked when accepted; what changed since
+                    // (a secrets file, a provider) is the operator's to fix.
+                    tracing::error!(run_id = %id, error = %e, "a queued run cannot start; marked failed");
+                    let _ = self.store.append(
+                        &id,
+                        &[(
+                            drover_exec::scheduler::now_ms(),
+                            None,
+                            &Event::RunFinished {
+                                status: RunStatus::Failed,
+                            },
+                        )],
+                    );
+                    let _ = self
+                        .store
+                        .set_status(&id, RunStatus::Failed, drover_exec::scheduler::now_ms());
+                }
+            }
+        }
+    }
+
+    /// Track an executing run until it ends.
+    fn adopt(self: &Arc<Self>, mut handle: RunHandle) {
+        let id = handle.run_id.clone();
+        let plan = handle.plan.clone();
+        let logs = Arc::new(LogHub::open(&handle.logs_dir, &plan));
+        let running_tasks = Arc::new(AtomicUsize::new(0));
+        let logging = &plan.workflow.logging;
+        if let Some(root) = handle.logs_dir.parent() {
+            lock(&self.log_dirs).insert(root.to_path_buf(), logging.retention_days);
+        }
+        let trace_id = crate::logging::trace_id();
+        crate::logging::register_run_in(&id, &handle.logs_dir, logging.level, logging.format);
+        let span = tracing::info_span!("run", run_id = %id, workflow = %plan.workflow.name, trace_id = %trace_id);
+        let mut events = handle.subscribe();
+        let lines = handle.lines.take();
+        lock(&self.queue).active.insert(
+            id.clone(),
+            Active {
+                control: handle.controller(),
+                progress: handle.progress(),
+                logs: logs.clone(),
+                running_tasks: running_tasks.clone(),
+            },
+        );
+        let this = self.clone();
+        let operation_of: HashMap<String, String> = plan
+            .graph
+            .node_weights()
+            .filter_map(|n| {
+                n.task()
+                    .map(|t| (t.id.clone(), plan.operations[t.operation].id.clone()))
+            })
+            .collect();
+        let server_of: HashMap<String, String> = plan
+            .graph
+            .node_weights()
+            .filter_map(|n| n.task().and_then(|t| t.server.clone().map(|s| (t.id.clone(), s))))
+            .collect();
+        tracing::info!(parent: &span, tasks = plan.task_count(), "run started");
+        let pump_span = span.clone();
+        let ended = CancellationToken::new();
+        let pump_ended = ended.clone();
+        let pump = tokio::spawn(
+            async move {
+                let mut lines = lines;
+                loop {
+                    tokio::select! {
+                        biased;
+                        p = events.recv() => match p {
+                            Ok(p) => {
+                                this.metrics.observe(&operation_of, &p);
+                                count_running(&running_tasks, &operation_of, &p);
+                                log_transition(&p, &operation_of, &server_of);
+                            }
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                tracing::warn!(missed = n, "metrics missed journal events (the journal has them)");
+                            }
+                            Err(broadcast::error::RecvError::Closed) => break,
+                        },
+                        l = async {
+                            match lines.as_mut() {
+                                Some(rx) => rx.recv().await,
+                                None => std::future::pending().await,
+                            }
+                        } => match l {
+                            Some(l) => logs.push(&l),
+                            None => lines = None,
+                        },
+                        _ = pump_ended.cancelled() => break,
+                    }
+                }
+                // The run is over: what is left in the channels is all
+                // there will be.
+                while let Ok(p) = events.try_recv() {
+                    this.metrics.observe(&operation_of, &p);
+                }
+                if let Some(mut rx) = lines {
+                    while let Ok(l) = rx.try_recv() {
+                        logs.push(&l);
+                    }
+                }
+            }
+            .instrument(pump_span),
+        );
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                let result = handle.wait().await;
+                // Every event and line is in the channels now; once the
+                // pump has them, the run leaves `active` (streams then
+                // read the rest from the journal and the log file).
+                ended.cancel();
+                let _ = pump.await;
+                let active = lock(&this.queue).active.remove(&id);
+                drop(active);
+                match result {
+                    Ok(summary) => {
+                        tracing::info!(status = summary.status.as_str(), reason = %summary.reason, "run ended")
+                    }
+                    Err(e) => tracing::error!(error = %e, "run ended abnormally"),
+                }
+                crate::logging::unregister_run(&id);
+                this.wake.notify_one();
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Runs executing and waiting.
+    pub fn counts(&self) -> (usize, usize) {
+        let q = lock(&self.queue);
+        (q.active.len(), q.pending.len())
+    }
+
+    /// Whether `id` is executing here.
+    pub fn is_active(&self, id: &str) -> bool {
+        lock(&self.queue).active.contains_key(id)
+    }
+
+    /// Whether `id` waits in the queue.
+    pub fn is_queued(&self, id: &str) -> bool {
+        lock(&self.queue).pending.iter().any(|p| p == id)
+    }
+
+    /// Journal events of an executing run as they are written.
+    pub fn subscribe(&self, id: &str) -> Option<broadcast::Receiver<Progress>> {
+        lock(&self.queue).active.get(id).map(|a| a.progress.subscribe())
+    }
+
+    /// The live log stream of an executing run.
+    pub fn log_hub(&self, id: &str) -> Option<Arc<LogHub>> {
+        lock(&self.queue).active.get(id).map(|a| a.logs.clone())
+    }
+
+    /// Log directories in use with their retention, for the cleanup.
+    pub fn log_dirs(&self) -> Vec<(PathBuf, u32)> {
+        lock(&self.log_dirs).iter().map(|(d, r)| (d.clone(), *r)).collect()
+    }
+
+    /// Register the server's own log directory for the cleanup.
+    pub fn add_log_dir(&self, dir: &Path, retention_days: u32) {
+        lock(&self.log_dirs).insert(dir.to_path_buf(), retention_days);
+    }
+
+    /// Evaluate and check a submission; queue it unless it only asks for
+    /// validation or a plan.
+    pub async fn submit(self: &Arc<Self>, req: SubmitRequest) -> Result<(bool, SubmitResponse), ApiError> {
+        if self.stopping.is_cancelled() {
+            return Err(ApiError::unavailable(
+                "the server is shutting down; submit again when it is back",
+            ));
+        }
+        let file_given = match (&req.source, &req.path) {
+            (Some(_), Some(_)) => return Err(ApiError::bad_request("give either source or path, not both")),
+            (None, None) => {
+                return Err(ApiError::bad_request(
+                    "give the workflow: source (its KCL text) or path (a file on the server)",
+                ));
+            }
+            (None, Some(p)) if p.trim().is_empty() => return Err(ApiError::bad_request("path is empty")),
+            (None, Some(p)) => Some(PathBuf::from(p)),
+            (Some(_), None) => None,
+        };
+        let executes = !req.validate_only && !req.dry_run;
+        let reservation = if executes {
+            let mut q = lock(&self.queue);
+            if q.pending.len() + q.reserved >= self.limits.max_pending {
+                self.metrics.submission("rejected");
+                return Err(ApiError::queue_full(format!(
+                    "the queue is full ({} runs waiting, at most {}); retry later",
+                    q.pending.len() + q.reserved,
+                    self.limits.max_pending
+                )));
+            }
+            q.reserved += 1;
+            drop(q);
+            Some(Reservation(self))
+        } else {
+            None
+        };
+        let Some(loader) = self.loader.clone() else {
+            return Err(ApiError::unavailable(
+                "this server has no KCL engine; run `make setup` or set DROVER_VENV",
+            ));
+        };
+        // A submitted source becomes a file next to the state, kept for
+        // runs (their record names it); validations leave nothing behind.
+        let (file, temporary) = match (file_given, &req.source) {
+            (Some(f), _) => (f, false),
+            (None, Some(src)) => {
+                let name = format!("{}.k", crate::logging::trace_id());
+                let f = self.submissions.join(name);
+                std::fs::create_dir_all(&self.submissions).map_err(ApiError::internal)?;
+                std::fs::write(&f, src).map_err(ApiError::internal)?;
+                (f, !executes)
+            }
+            (None, None) => return Err(ApiError::bad_request("no workflow given")),
+        };
+        let file2 = file.clone();
+        let evaluated = tokio::task::spawn_blocking(move || evaluate(&loader, &file2))
+            .await
+            .map_err(ApiError::internal)?;
+        let result = self.after_evaluation(evaluated, executes);
+        if temporary || (result.is_err() && req.source.is_some()) {
+            let _ = std::fs::remove_file(&file);
+        }
+        drop(reservation);
+        let (queued, resp) = result?;
+        if queued {
+            self.wake.notify_one();
+        }
+        Ok((queued, resp))
+    }
+
+    fn after_evaluation(
+        &self,
+        evaluated: Result<(Inputs, Plan), ApiError>,
+        executes: bool,
+    ) -> Result<(bool, SubmitResponse), ApiError> {
+        let (inputs, plan) = match evaluated {
+            Ok(x) => x,
+            Err(e) => {
+                self.metrics.submission("invalid");
+                return Err(e);
+            }
+        };
+        let mut resp = SubmitResponse {
+            run_id: None,
+            status: None,
+            workflow: plan.workflow.name.clone(),
+            servers: plan.workflow.servers.len(),
+            tasks: plan.task_count(),
+            operations: plan
+                .operations
+                .iter()
+                .map(|op| OperationPlan {
+                    id: op.id.clone(),
+                    tasks: op
+                        .tasks
+                        .iter()
+                        .filter_map(|&n| plan.graph[n].task())
+                        .map(|t| TaskRef {
+                            id: t.id.clone(),
+                            server: t.server.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        if !executes {
+            self.metrics.submission("validated");
+            return Ok((false, resp));
+        }
+        let id = match run::enqueue(&self.store, inputs) {
+            Ok(id) => id,
+            Err(e) => {
+                self.metrics.submission("invalid");
+                return Err(exec_error(e));
+            }
+        };
+        // The submission's reservation is given back by its guard after
+        // this; until then the run counts twice, which errs on the safe
+        // side of the limit.
+        lock(&self.queue).pending.push_back(id.clone());
+        self.metrics.submission("accepted");
+        tracing::info!(run_id = %id, workflow = %resp.workflow, tasks = resp.tasks, "run queued");
+        resp.run_id = Some(id);
+        resp.status = Some(RunStatus::Queued.as_str().into());
+        Ok((true, resp))
+    }
+
+    /// Pause an executing run.
+    pub fn pause(&self, id: &str) -> Result<RunStatus, ApiError> {
+        let status = self.store.run(id)?.status;
+        let q = lock(&self.queue);
+        match q.active.get(id) {
+            Some(a) if status == RunStatus::Running || status == RunStatus::Paused => {
+                let _ = a.control.send(Control::Pause);
+                Ok(RunStatus::Paused)
+            }
+            _ => Err(ApiError::conflict(format!(
+                "run {id} is {}; only a running run can be paused",
+                status.as_str()
+            ))),
+        }
+    }
+
+    /// Resume a paused run, or take up an interrupted one.
+    pub fn resume(&self, id: &str) -> Result<RunStatus, ApiError> {
+        let status = self.store.run(id)?.status;
+        let mut q = lock(&self.queue);
+        if let Some(a) = q.active.get(id) {
+            let _ = a.control.send(Control::Resume);
+            return Ok(RunStatus::Running);
+        }
+        if q.pending.iter().any(|p| p == id) {
+            return Err(ApiError::conflict(format!("run {id} is queued already")));
+        }
+        if matches!(status, RunStatus::Aborted | RunStatus::Paused | RunStatus::Running) {
+            q.keep_paused.remove(id);
+            q.pending.push_front(id.to_string());
+            drop(q);
+            self.wake.notify_one();
+            return Ok(RunStatus::Queued);
+        }
+        Err(ApiError::conflict(format!(
+            "run {id} is {}; only a paused or interrupted run resumes (use retry for a finished one)",
+            status.as_str()
+        )))
+    }
+
+    /// Cancel a run: an executing one stops its tasks; a queued one never
+    /// starts.
+    pub fn cancel(&self, id: &str) -> Result<RunStatus, ApiError> {
+        let status = self.store.run(id)?.status;
+        let mut q = lock(&self.queue);
+        if let Some(a) = q.active.get(id) {
+            let _ = a.control.send(Control::Cancel);
+            return Ok(RunStatus::Cancelled);
+        }
+        if let Some(pos) = q.pending.iter().position(|p| p == id) {
+            q.pending.remove(pos);
+            drop(q);
+            let now = drover_exec::scheduler::now_ms();
+            self.store.append(
+                id,
+                &[
+                    (now, None, &Event::CancelRequested),
+                    (
+                        now,
+                        None,
+                        &Event::RunFinished {
+                            status: RunStatus::Cancelled,
+                        },
+                    ),
+                ],
+            )?;
+            self.store.set_status(id, RunStatus::Cancelled, now)?;
+            return Ok(RunStatus::Cancelled);
+        }
+        if status == RunStatus::Aborted {
+            let now = drover_exec::scheduler::now_ms();
+            self.store.set_status(id, RunStatus::Cancelled, now)?;
+            return Ok(RunStatus::Cancelled);
+        }
+        Err(ApiError::conflict(format!(
+            "run {id} is {}; only a queued, running, paused or interrupted run can be cancelled",
+            status.as_str()
+        )))
+    }
+
+    /// Re-run the failed and cancelled tasks of a finished run.
+    pub fn retry(self: &Arc<Self>, id: &str, operation: Option<&str>) -> Result<RunStatus, ApiError> {
+        self.not_busy(id)?;
+        let handle = run::retry(self.store.clone(), id, operation, &self.opts, None).map_err(exec_error)?;
+        self.adopt(handle);
+        Ok(RunStatus::Running)
+    }
+
+    /// Undo what a finished, failed or interrupted run did.
+    pub fn rollback(self: &Arc<Self>, id: &str) -> Result<RunStatus, ApiError> {
+        self.not_busy(id)?;
+        let handle = run::rollback(self.store.clone(), id, &self.opts, None).map_err(exec_error)?;
+        self.adopt(handle);
+        Ok(self.store.run(id)?.status)
+    }
+
+    fn not_busy(&self, id: &str) -> Result<(), ApiError> {
+        let status = self.store.run(id)?.status;
+        if self.stopping.is_cancelled() {
+            return Err(ApiError::unavailable("the server is shutting down"));
+        }
+        let q = lock(&self.queue);
+        if q.active.contains_key(id) || q.pending.iter().any(|p| p == id) {
+            return Err(ApiError::conflict(format!(
+                "run {id} is {}; cancel it or let it finish first",
+                status.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stop: nothing new starts; running tasks get `grace` to finish, then
+    /// every run is aborted (journaled, resumable at the next start).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stopping.cancel();
+        let ids: Vec<String> = {
+            let q = lock(&self.queue);
+            for a in q.active.values() {
+                let _ = a.control.send(Control::Pause);
+            }
+            q.active.keys().cloned().collect()
+        };
+        if ids.is_empty() {
+            return;
+        }
+        tracing::info!(
+            runs = ids.len(),
+            grace_s = grace.as_secs(),
+            "shutting down: letting running tasks finish"
+        );
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let busy: usize = lock(&self.queue)
+                .active
+                .values()
+                .map(|a| a.running_tasks.load(Ordering::Relaxed))
+                .sum();
+            if busy == 0 || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        {
+            let q = lock(&self.queue);
+            for a in q.active.values() {
+                let _ = a.control.send(Control::Abort);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !lock(&self.queue).active.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!("every run checkpointed; they resume at the next start");
+    }
+}
+
+fn count_running(n: &AtomicUsize, operation_of: &HashMap<String, String>, p: &Progress) {
+    if !p.node.as_deref().is_some_and(|id| operation_of.contains_key(id)) {
+        return;
+    }
+    match p.event {
+        Event::TaskStarted { .. } => {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        Event::TaskSucceeded { .. } | Event::TaskFailed { .. } | Event::TaskCancelled { .. } => {
+            let _ = n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(1)));
+        }
+        _ => {}
+    }
+}
+
+/// One structured log line per notable transition (the journal has all).
+fn log_transition(p: &Progress, operation_of: &HashMap<String, String>, server_of: &HashMap<String, String>) {
+    let task = p.node.as_deref().unwrap_or("");
+    let server = server_of.get(task).map(String::as_str).unwrap_or("");
+    let operation = operation_of.get(task).map(String::as_str).unwrap_or("");
+    match &p.event {
+        Event::TaskStarted { attempt, .. } => {
+            tracing::debug!(task, server, operation, attempt, "task started")
+        }
+        Event::TaskSucceeded { duration_ms, .. } => {
+            tracing::info!(task, server, operation, duration_ms, "task succeeded")
+        }
+        Event::TaskFailed {
+            error,
+            will_retry,
+            attempt,
+            ..
+        } => {
+            tracing::warn!(task, server, operation, attempt, will_retry, error = %error, "task failed")
+        }
+        Event::TaskSkipped { reason } => tracing::info!(task, server, operation, reason = %reason, "task skipped"),
+        Event::TaskCancelled { reason } => {
+            tracing::info!(task, server, operation, reason = %reason, "task cancelled")
+        }
+        Event::RollbackStarted { reason } => tracing::warn!(reason = %reason, "rollback started"),
+        Event::UndoFailed { error } => tracing::warn!(task, server, error = %error, "undo failed"),
+        Event::RunFinished { status } => tracing::info!(status = status.as_str(), "run finished"),
+        Event::RunPaused => tracing::info!("run paused"),
+        Event::RunUnpaused => tracing::info!("run resumed"),
+        Event::CancelRequested => tracing::info!("cancel requested"),
+        _ => {}
+    }
+}
+
+/// The evaluated declarations of the home (providers, taskservs), kept
+/// while no KCL file under schemas/, providers/ or taskservs/ changes:
+/// evaluating them is most of a submission's cost (77 of 87 ms for a
+/// small workflow), and they change only when an operator edits them.
+#[derive(Default)]
+struct CatalogCache {
+    fingerprint: Vec<(PathBuf, std::time::SystemTime, u64)>,
+    catalog: Option<drover_core::model::Catalog>,
+}
+
+static CATALOG: Mutex<CatalogCache> = Mutex::new(CatalogCache {
+    fingerprint: Vec::new(),
+    catalog: None,
+});
+
+/// Every KCL file of the home with its mtime and size.
+fn fingerprint(loader: &Loader) -> Vec<(PathBuf, std::time::SystemTime, u64)> {
+    let home = loader.home();
+    let mut out = Vec::new();
+    let mut stack = vec![home.schemas(), home.providers(), home.taskservs()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            if meta.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "k" || x == "mod") {
+                out.push((path, meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn catalog(loader: &Loader) -> Result<drover_core::model::Catalog, LoadError> {
+    let now = fingerprint(loader);
+    {
+        let cache = lock(&CATALOG);
+        if let Some(c) = &cache.catalog
+            && cache.fingerprint == now
+        {
+            return Ok(c.clone());
+        }
+    }
+    let c = loader.load_catalog()?;
+    let mut cache = lock(&CATALOG);
+    cache.fingerprint = now;
+    cache.catalog = Some(c.clone());
+    Ok(c)
+}
+
+/// Evaluate and plan a workflow file (blocking: the KCL engine).
+fn evaluate(loader: &Loader, file: &Path) -> Result<(Inputs, Plan), ApiError> {
+    let invalid = |problems: Problems| {
+        let located = problems.locate();
+        let lines: Vec<String> = located.iter().map(|l| l.to_string().trim_end().to_string()).collect();
+        ApiError::invalid_workflow(format!("the workflow has {} problem(s)", lines.len()), lines)
+    };
+    let problem = |e| match e {
+        LoadError::Engine(e) => ApiError::unavailable(format!("the KCL engine failed: {e}")),
+        LoadError::Kcl(d) => invalid(Problems::Kcl(d)),
+        LoadError::Model(d) => invalid(Problems::Model(d)),
+    };
+    let source = loader.load_workflow(file).map_err(problem)?;
+    let catalog = catalog(loader).map_err(problem)?;
+    let plan = drover_core::compile(&source, &catalog).map_err(|d| invalid(Problems::Model(d)))?;
+    Ok((Inputs { source, catalog }, plan))
+}
+
+/// An executor refusal as an API error.
+pub fn exec_error(e: ExecError) -> ApiError {
+    match e {
+        ExecError::State(s) => s.into(),
+        ExecError::WrongState(m) => ApiError::conflict(m),
+        ExecError::Invalid(m) | ExecError::Unsupported(m) | ExecError::Secrets(m) | ExecError::Template(m) => {
+            ApiError::invalid_workflow(m.clone(), m.lines().map(str::to_string).collect())
+        }
+        other => ApiError::internal(other),
+    }
+}

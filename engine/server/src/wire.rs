@@ -1,0 +1,441 @@
+//! The API's wire format: every request and response body. Internal types
+//! (the executor's summaries, the state store's records) are converted to
+//! these explicitly, so the API changes only when this file does. The
+//! OpenAPI document is generated from these types.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// Submit a workflow: its KCL source, or the path of a file on the server.
+///
+/// Its schema is written by hand (below): exactly one of `source` and
+/// `path` must be given, which a derived schema cannot say.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The workflow's KCL source (it may import the `drover` package). Give
+    /// this or `path`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The path of a workflow file on the server. Give this or `source`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Only evaluate and validate; nothing is recorded.
+    #[serde(default)]
+    pub validate_only: bool,
+    /// Evaluate, validate and plan; return the plan without running it.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl utoipa::PartialSchema for SubmitRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+        let flag = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .default(Some(false.into()))
+                .description(Some(description))
+        };
+        // One object per way of giving the workflow; with no other
+        // properties allowed, a body with both matches neither.
+        let variant = |field: &str, title: &str, description: &str| {
+            ObjectBuilder::new()
+                .title(Some(title))
+                .property(
+                    field,
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .min_length(Some(1))
+                        .description(Some(description)),
+                )
+                .required(field)
+                .property("validate_only", flag("Only evaluate and validate; nothing is recorded."))
+                .property(
+                    "dry_run",
+                    flag("Evaluate, validate and plan; return the plan without running it."),
+                )
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        };
+        OneOfBuilder::new()
+            .description(Some(
+                "Submit a workflow: its KCL source, or the path of a file on the server (exactly one of them).",
+            ))
+            .item(variant(
+                "source",
+                "source",
+                "The workflow's KCL source (it may import the `drover` package).",
+            ))
+            .item(variant("path", "path", "The path of a workflow file on the server."))
+            .into()
+    }
+}
+
+impl ToSchema for SubmitRequest {}
+
+/// What a submission produced.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SubmitResponse {
+    /// The new run (absent for validate_only and dry_run).
+    pub run_id: Option<String>,
+    /// Its status (queued), absent for validate_only and dry_run.
+    pub status: Option<String>,
+    /// The workflow's name.
+    pub workflow: String,
+    /// Servers declared.
+    pub servers: usize,
+    /// Tasks in the plan.
+    pub tasks: usize,
+    /// The plan's operations in order, with their tasks.
+    pub operations: Vec<OperationPlan>,
+}
+
+/// One operation of a plan.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OperationPlan {
+    /// Operation id.
+    pub id: String,
+    /// Its tasks: id and server.
+    pub tasks: Vec<TaskRef>,
+}
+
+/// A task's identity.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskRef {
+    /// Task id.
+    pub id: String,
+    /// The server it runs on, if any.
+    pub server: Option<String>,
+}
+
+/// A run in a listing.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunInfo {
+    /// Run id.
+    pub run_id: String,
+    /// Workflow name.
+    pub workflow: String,
+    /// Workflow file (on the server).
+    pub file: String,
+    /// queued, running, paused, succeeded, failed, cancelled, aborted or
+    /// rolled_back.
+    pub status: String,
+    /// Created, ms since the Unix epoch.
+    pub created_at_ms: i64,
+    /// Last status change, ms since the Unix epoch.
+    pub updated_at_ms: i64,
+}
+
+/// Every run, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunList {
+    /// The runs.
+    pub runs: Vec<RunInfo>,
+    /// Runs waiting in the queue.
+    pub queue_depth: usize,
+}
+
+/// A run's status, as the API names it (the status query of the run
+/// listing takes these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Accepted, waiting for a slot.
+    Queued,
+    /// Executing.
+    Running,
+    /// Dispatching paused.
+    Paused,
+    /// Every task succeeded.
+    Succeeded,
+    /// A task failed.
+    Failed,
+    /// Cancelled by an operator.
+    Cancelled,
+    /// Interrupted (shutdown, crash); it can be resumed.
+    Aborted,
+    /// Rolled back.
+    RolledBack,
+}
+
+/// Filters of the run listing.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only runs with this status.
+    #[param(value_type = Option<RunState>, inline)]
+    pub status: Option<String>,
+    /// At most this many runs.
+    // Documented as what a u32 holds (a derived u32 says int32, whose
+    // maximum is half that).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 4_294_967_295_i64)]
+    pub limit: Option<u32>,
+}
+
+/// A run's state, rebuilt from its journal.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunStatusView {
+    /// The run.
+    #[serde(flatten)]
+    pub run: RunInfo,
+    /// How it ended, when it did.
+    pub reason: String,
+    /// Its operations, in plan order.
+    pub operations: Vec<OperationStatus>,
+    /// What a rollback could not undo: task and why.
+    pub not_undone: Vec<NotUndone>,
+}
+
+/// A task a rollback could not undo.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NotUndone {
+    /// The task.
+    pub task: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// One operation's state.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OperationStatus {
+    /// Operation id.
+    pub id: String,
+    /// pending, running, succeeded, failed, skipped or cancelled.
+    pub status: String,
+    /// Its tasks.
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// One task's state.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskStatus {
+    /// Task id.
+    pub id: String,
+    /// What it does (create, install, ...).
+    pub action: String,
+    /// Its server.
+    pub server: Option<String>,
+    /// pending, ready, running, waiting, succeeded, failed, skipped or
+    /// cancelled.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Time spent in attempts, ms.
+    pub duration_ms: u64,
+    /// Why it failed, was skipped or cancelled.
+    pub error: Option<String>,
+    /// What rollback did with it.
+    pub rollback: Option<String>,
+}
+
+/// Which output lines, or journal events, to stream.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// Keep streaming until the run ends (default: what exists now, then
+    /// end).
+    #[serde(default)]
+    pub follow: bool,
+    /// Only this task's lines (logs only).
+    pub task: Option<String>,
+    /// Only lines of tasks on this server (logs only).
+    pub server: Option<String>,
+    /// Start after this event id (as the Last-Event-ID header does).
+    #[param(minimum = 0)]
+    pub after: Option<i64>,
+}
+
+/// The header a reconnecting SSE client sends to resume a stream.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct ResumeHeader {
+    /// Resume after this event id.
+    #[serde(rename = "Last-Event-ID")]
+    #[param(minimum = 0)]
+    pub last_event_id: Option<i64>,
+}
+
+/// One output line (the `data` of a `log` event).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogEvent {
+    /// Position in the run's output (the event id).
+    pub seq: i64,
+    /// The task.
+    pub task: String,
+    /// Its server.
+    pub server: Option<String>,
+    /// stdout or stderr.
+    pub stream: String,
+    /// The line, secrets masked.
+    pub line: String,
+}
+
+/// One `log` event of a run's logs stream, as an SSE client reads it: its
+/// `data` is a [`LogEvent`] as JSON.
+#[derive(Debug)]
+pub struct LogStreamEvent;
+
+impl utoipa::PartialSchema for LogStreamEvent {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        stream_event("log", "LogEvent")
+    }
+}
+
+impl ToSchema for LogStreamEvent {}
+
+/// One `transition` event of a run's events stream, as an SSE client reads
+/// it: its `data` is a [`JournalEvent`] as JSON.
+#[derive(Debug)]
+pub struct TransitionStreamEvent;
+
+impl utoipa::PartialSchema for TransitionStreamEvent {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        stream_event("transition", "JournalEvent")
+    }
+}
+
+impl ToSchema for TransitionStreamEvent {}
+
+/// The schema of one server-sent event (OpenAPI 3.1 has a
+/// `text/event-stream` schema describe each event: its `event`, `id` and
+/// `data` fields) whose data is the JSON of the component `data_schema`.
+fn stream_event(event: &str, data_schema: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::extensions::Extensions;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    // contentSchema is JSON Schema's keyword for what an encoded string
+    // holds; utoipa has no field for it, and extensions are written out
+    // as given.
+    let content_schema: Extensions = [(
+        "contentSchema",
+        serde_json::json!({ "$ref": format!("#/components/schemas/{data_schema}") }),
+    )]
+    .into_iter()
+    .collect();
+    ObjectBuilder::new()
+        .description(Some(format!("An `{event}` event; its data is a {data_schema} as JSON.")))
+        .property(
+            "event",
+            ObjectBuilder::new().schema_type(Type::String).enum_values(Some([event])),
+        )
+        .required("event")
+        .property(
+            "id",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9]+$"))
+                .description(Some("The event id (its position; resume after it with Last-Event-ID).")),
+        )
+        .required("id")
+        .property(
+            "data",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .content_media_type("application/json")
+                .extensions(Some(content_schema)),
+        )
+        .required("data")
+        .into()
+}
+
+/// One journal entry (the `data` of a `transition` event).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JournalEvent {
+    /// Position in the run's journal (the event id).
+    pub seq: i64,
+    /// When, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// The task or gate (absent for run-level events).
+    pub node: Option<String>,
+    /// The event, as journaled: `{"event": "task_started", ...}`.
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+}
+
+/// Retry a finished run: all its failed and cancelled tasks, or one
+/// operation's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// Only this operation's tasks (and what follows from them).
+    #[serde(default)]
+    pub operation: Option<String>,
+}
+
+/// An operator command was accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ActionResponse {
+    /// The run.
+    pub run_id: String,
+    /// The command: rollback, retry, pause, resume or cancel.
+    pub action: String,
+    /// The run's status after accepting it.
+    pub status: String,
+}
+
+/// A run's counters and durations.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunMetrics {
+    /// The run.
+    pub run_id: String,
+    /// Its status.
+    pub status: String,
+    /// Tasks in the plan.
+    pub tasks_total: usize,
+    /// Tasks by status.
+    pub tasks: std::collections::BTreeMap<String, usize>,
+    /// Attempts started.
+    pub attempts: u64,
+    /// Attempts that were retries.
+    pub retries: u64,
+    /// Compensations run by rollbacks.
+    pub undone: u64,
+    /// Journal entries.
+    pub events: usize,
+    /// From the first to the last journal entry, ms.
+    pub elapsed_ms: i64,
+    /// Sum of task attempt durations, ms.
+    pub task_time_ms: u64,
+    /// Per operation: tasks, succeeded, failed, total and longest task time.
+    pub operations: Vec<OperationMetrics>,
+}
+
+/// One operation's figures.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OperationMetrics {
+    /// Operation id.
+    pub id: String,
+    /// Tasks.
+    pub tasks: usize,
+    /// Tasks that succeeded.
+    pub succeeded: usize,
+    /// Tasks that failed.
+    pub failed: usize,
+    /// Sum of its tasks' attempt durations, ms.
+    pub task_time_ms: u64,
+    /// Its longest task, ms.
+    pub max_task_ms: u64,
+}
+
+/// An error: a stable code for programs and a message for people.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiErrorBody {
+    /// invalid_request, invalid_workflow, unauthorized, not_found,
+    /// conflict, queue_full, unavailable or internal.
+    pub code: String,
+    /// What is wrong and what to do about it.
+    pub message: String,
+    /// Each problem found in a workflow (invalid_workflow), with where.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// Health.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// "ok".
+    pub status: String,
+    /// Runs executing.
+    pub running: usize,
+    /// Runs waiting.
+    pub queued: usize,
+}
