@@ -530,7 +530,10 @@ pub fn rollback(
         } else {
             RunStatus::Failed
         };
-        store.set_status(&id, status, now_ms())?;
+        let now = now_ms();
+        // The journal says how the run ended, as after any run.
+        store.append(&id, &[(now, None, &drover_state::Event::RunFinished { status })])?;
+        store.set_status(&id, status, now)?;
         let reason = if complete {
             "rolled back by hand"
         } else {

@@ -814,7 +814,10 @@ impl Scheduler {
             q.clear();
         }
         for n in idle {
-            self.finish(n, Status::Cancelled, Event::TaskCancelled { reason: reason.clone() });
+            // Cancelling one node may already have cancelled its successors.
+            if !self.nodes[n.index()].status.is_terminal() {
+                self.finish(n, Status::Cancelled, Event::TaskCancelled { reason: reason.clone() });
+            }
         }
     }
 
@@ -1072,6 +1075,11 @@ impl Scheduler {
 
     /// All predecessors have finished: skip, open, or queue the node.
     fn make_ready(&mut self, n: NodeIndex) {
+        // A stop cancels every idle node at once; their successors then
+        // become "ready" as those finish, and must not end twice.
+        if self.nodes[n.index()].status.is_terminal() {
+            return;
+        }
         if let Some((_, reason)) = &self.stopping {
             let reason = reason.clone();
             self.finish(n, Status::Cancelled, Event::TaskCancelled { reason });

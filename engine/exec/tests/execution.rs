@@ -832,9 +832,18 @@ async fn cancel_kills_what_runs_and_cancels_what_waits() {
     }));
     let (pid, child) = f.wait_hanging("b@s0").await;
     let logs = h.logs_dir.clone();
+    let id = h.run_id.clone();
     h.control(Control::Cancel);
     let s = h.wait().await.expect("run finishes");
     assert_eq!(s.status, RunStatus::Cancelled, "{}", s.reason);
+    // Each node ends once in the journal.
+    let mut ended = std::collections::HashMap::new();
+    for e in f.store.journal(&id).expect("journal") {
+        if matches!(e.event, Event::TaskCancelled { .. } | Event::TaskSucceeded { .. }) {
+            *ended.entry(e.node.clone()).or_insert(0) += 1;
+        }
+    }
+    assert!(ended.values().all(|&n| n == 1), "a node ended twice: {ended:?}");
     assert_eq!(status_of(&s, "install/b@s0"), Status::Cancelled);
     assert_eq!(status_of(&s, "more/d@s0"), Status::Cancelled);
     assert_eq!(status_of(&s, "install/a@s0"), Status::Succeeded);
