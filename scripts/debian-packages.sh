@@ -10,11 +10,18 @@ command -v ssh-keygen >/dev/null 2>&1 || need="$need openssh-client"
 # Peers of the fleet fan-out benchmark (drover-bench-fleet).
 command -v pdsh >/dev/null 2>&1 || need="$need pdsh"
 command -v parallel-ssh >/dev/null 2>&1 || need="$need pssh"
-[ -z "$need" ] && exit 0
+# promtool, shipped by the prometheus package: the conformance test checks
+# /metrics with it. Installed without its recommends (node-exporter, a
+# daemon the tests do not need).
+slim=""
+command -v promtool >/dev/null 2>&1 || slim="$slim prometheus"
+[ -z "$need$slim" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
-    echo "missing Debian packages:$need (install them as root: apt-get install$need)" >&2
+    echo "missing Debian packages:$need$slim (install them as root: apt-get install$need$slim)" >&2
     exit 0
 fi
 apt-get update -qq
 # shellcheck disable=SC2086
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+[ -z "$need" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+# shellcheck disable=SC2086
+[ -z "$slim" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $slim >/dev/null

@@ -457,6 +457,11 @@ pub fn retry(
             record.status.as_str()
         )));
     }
+    if record.status == RunStatus::RolledBack {
+        return Err(ExecError::WrongState(format!(
+            "run {run_id} is rolled back; submit the workflow again to run it anew"
+        )));
+    }
     let op = match operation {
         None => None,
         Some(id) => Some(plan.operations.iter().position(|o| o.id == id).ok_or_else(|| {
@@ -501,6 +506,9 @@ pub fn rollback(
             "run {run_id} is {}; cancel it or let it finish before rolling it back",
             record.status.as_str()
         )));
+    }
+    if record.status == RunStatus::RolledBack {
+        return Err(ExecError::WrongState(format!("run {run_id} is rolled back already")));
     }
     let prepared = prepare(&plan, &inputs)?;
     let plan = Arc::new(plan);

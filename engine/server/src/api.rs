@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -41,8 +41,8 @@ use crate::wire::*;
     ),
     components(schemas(
         SubmitRequest, SubmitResponse, OperationPlan, TaskRef, RunInfo, RunList, RunState, RunStatusView, NotUndone,
-        OperationStatus, TaskStatus, LogEvent, LogStreamEvent, JournalEvent, TransitionStreamEvent, RetryRequest, ActionResponse, RunMetrics,
-        OperationMetrics, ApiErrorBody, Health
+        OperationStatus, TaskStatus, LogEvent, LogStreamEvent, JournalEvent, TransitionStreamEvent, RetryRequest,
+        ActionResponse, RunMetrics, OperationMetrics, ApiErrorBody, Health
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -87,10 +87,30 @@ pub fn router(orch: Arc<Orchestrator>, auth: Auth) -> Router {
         .layer(axum::middleware::from_fn_with_state(orch, timing))
 }
 
+const STANDARD_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::CONNECT,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::PATCH,
+];
+
 /// Request durations by route, for /metrics.
 async fn timing(State(orch): State<Arc<Orchestrator>>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_string();
+    // The client picks the method, before authentication: only the
+    // standard ones become label values, so no request can add series
+    // without bound.
+    let method = if STANDARD_METHODS.contains(req.method()) {
+        req.method().as_str()
+    } else {
+        "other"
+    }
+    .to_string();
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -524,13 +544,17 @@ async fn retry(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     // No body, and a JSON null (what the optional body's schema allows),
-    // both mean every failed and cancelled task.
+    // both mean every failed and cancelled task. Anything else must be an
+    // object: serde would also take a struct from an array.
+    let invalid = |e: &dyn std::fmt::Display| ApiError::bad_request(format!("the request body is not valid: {e}"));
     let req: RetryRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RetryRequest::default()
     } else {
-        serde_json::from_slice::<Option<RetryRequest>>(&body)
-            .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))?
-            .unwrap_or_default()
+        match serde_json::from_slice::<serde_json::Value>(&body).map_err(|e| invalid(&e))? {
+            serde_json::Value::Null => RetryRequest::default(),
+            v @ serde_json::Value::Object(_) => serde_json::from_value(v).map_err(|e| invalid(&e))?,
+            _ => return Err(invalid(&"expected a JSON object, or null")),
+        }
     };
     let s = orch.retry(&id, req.operation.as_deref())?;
     Ok(action(id, "retry", s))
@@ -688,9 +712,7 @@ fn text_format(openmetrics: &str) -> String {
         }
         let renamed = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
             let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {rest}"))
+            counters.contains(name).then(|| format!("{prefix}{name}_total {rest}"))
         });
         out.push_str(renamed.as_deref().unwrap_or(line));
         out.push('\n');

@@ -50,7 +50,10 @@ impl utoipa::PartialSchema for SubmitRequest {
                         .description(Some(description)),
                 )
                 .required(field)
-                .property("validate_only", flag("Only evaluate and validate; nothing is recorded."))
+                .property(
+                    "validate_only",
+                    flag("Only evaluate and validate; nothing is recorded."),
+                )
                 .property(
                     "dry_run",
                     flag("Evaluate, validate and plan; return the plan without running it."),
@@ -250,8 +253,10 @@ pub struct StreamQuery {
 #[into_params(parameter_in = Header)]
 pub struct ResumeHeader {
     /// Resume after this event id.
+    // Optional, but not nullable: utoipa makes an Option header nullable,
+    // and a header has no null.
     #[serde(rename = "Last-Event-ID")]
-    #[param(minimum = 0)]
+    #[param(value_type = i64, required = false, minimum = 0)]
     pub last_event_id: Option<i64>,
 }
 
@@ -312,10 +317,14 @@ fn stream_event(event: &str, data_schema: &str) -> utoipa::openapi::RefOr<utoipa
     .into_iter()
     .collect();
     ObjectBuilder::new()
-        .description(Some(format!("An `{event}` event; its data is a {data_schema} as JSON.")))
+        .description(Some(format!(
+            "One `{event}` event; its data is a {data_schema} as JSON."
+        )))
         .property(
             "event",
-            ObjectBuilder::new().schema_type(Type::String).enum_values(Some([event])),
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some([event])),
         )
         .required("event")
         .property(
