@@ -159,8 +159,17 @@ fn status_name(s: Status) -> String {
 )]
 async fn submit(
     State(orch): State<Arc<Orchestrator>>,
-    ApiJson(req): ApiJson<SubmitRequest>,
+    ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
+    // serde would also build the struct from a JSON array; only an object
+    // is a submission.
+    if !body.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object: {\"source\": ...} or {\"path\": ...}",
+        ));
+    }
+    let req: SubmitRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))?;
     let (queued, resp) = orch.submit(req).await?;
     let code = if queued { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok((code, Json(resp)).into_response())
@@ -688,36 +697,12 @@ async fn metrics(State(orch): State<Arc<Orchestrator>>) -> Result<Response, ApiE
         *by_status.entry(r.status).or_insert(0usize) += 1;
     }
     let (active, queued) = orch.counts();
-    let text = text_format(&orch.metrics.render(&by_status, queued, active));
+    let text = orch.metrics.render(&by_status, queued, active);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         text,
     )
         .into_response())
-}
-
-/// Prometheus's text format 0.0.4 from the OpenMetrics text the client
-/// library encodes. They differ in what 0.0.4 parsers (promtool, scrapers
-/// reading `text/plain`) check: a counter's HELP and TYPE name its samples,
-/// `_total` suffix included, and there is no `# EOF` or `# UNIT` line.
-fn text_format(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
-            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
-            counters.contains(name).then(|| format!("{prefix}{name}_total {rest}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
 }
 
 /// Liveness: answers without a token.

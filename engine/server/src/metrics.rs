@@ -241,7 +241,7 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// The exposition text, with run counts, queue depth and active runs as
+    /// The exposition text (Prometheus text format 0.0.4), with run counts, queue depth and active runs as
     /// of now.
     pub fn render(&self, runs_by_status: &HashMap<RunStatus, usize>, queued: usize, active: usize) -> String {
         for s in RunStatus::ALL {
@@ -258,6 +258,30 @@ impl Metrics {
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        text_format(&out)
     }
+}
+
+/// Prometheus's text format 0.0.4 from the OpenMetrics text the client
+/// library encodes. They differ in what 0.0.4 parsers (promtool, scrapers
+/// reading `text/plain`) check: a counter's HELP and TYPE name its samples,
+/// `_total` suffix included, and there is no `# EOF` or `# UNIT` line.
+fn text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {rest}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }

@@ -431,6 +431,19 @@ impl Orchestrator {
         let evaluated = tokio::task::spawn_blocking(move || evaluate(&loader, &file2))
             .await
             .map_err(ApiError::internal)?;
+        // Problems in a submitted source name it as the client knows it,
+        // not as the server's file.
+        let evaluated = match (evaluated, &req.source) {
+            (Err(mut e), Some(_)) => {
+                let shown = file.display().to_string();
+                for p in &mut e.body.problems {
+                    *p = p.replace(&shown, "<source>");
+                }
+                e.body.message = e.body.message.replace(&shown, "<source>");
+                Err(e)
+            }
+            (other, _) => other,
+        };
         let result = self.after_evaluation(evaluated, executes);
         if temporary || (result.is_err() && req.source.is_some()) {
             let _ = std::fs::remove_file(&file);
