@@ -50,9 +50,15 @@ pub enum Ending {
 pub fn exit_for(status: RunStatus, ending: Ending) -> ExitCode {
     match (status, ending) {
         (RunStatus::Succeeded, Ending::Run) | (RunStatus::RolledBack, Ending::Rollback) => ExitCode::SUCCESS,
-        (RunStatus::Cancelled | RunStatus::Aborted | RunStatus::Paused | RunStatus::Running | RunStatus::Queued, _) => {
-            ExitCode::from(RUN_STOPPED)
-        }
+        (
+            RunStatus::Cancelled
+            | RunStatus::Aborted
+            | RunStatus::Paused
+            | RunStatus::Running
+            | RunStatus::Queued
+            | RunStatus::RollingBack,
+            _,
+        ) => ExitCode::from(RUN_STOPPED),
         _ => ExitCode::from(RUN_FAILED),
     }
 }

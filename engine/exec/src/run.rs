@@ -159,6 +159,9 @@ pub struct Options {
     /// Leave the run's directories on SSH hosts (/tmp/drover-<run>) for
     /// inspection instead of removing them at the end.
     pub keep_remote_dirs: bool,
+    /// Start (or resume) with dispatching paused: an operator's pause that
+    /// must hold across a restart of the orchestrator.
+    pub start_paused: bool,
 }
 
 impl Options {
@@ -173,6 +176,7 @@ impl Options {
             max_parallel: None,
             seed: now_ms() as u64,
             keep_remote_dirs: false,
+            start_paused: false,
         }
     }
 }
@@ -501,7 +505,9 @@ pub fn rollback(
     executor: Option<Arc<dyn TaskExecutor>>,
 ) -> Result<RunHandle, ExecError> {
     let (record, inputs, plan) = load(&store, run_id)?;
-    if record.status.is_unfinished() && record.status != RunStatus::Aborted {
+    // A rollback interrupted by a crash (rolling_back) continues: what was
+    // undone is in the journal and is not undone again.
+    if record.status.is_unfinished() && !matches!(record.status, RunStatus::Aborted | RunStatus::RollingBack) {
         return Err(ExecError::WrongState(format!(
             "run {run_id} is {}; cancel it or let it finish before rolling it back",
             record.status.as_str()
@@ -529,6 +535,7 @@ pub fn rollback(
         progress.clone(),
     );
     s.replay(&journal);
+    store.set_status(run_id, RunStatus::RollingBack, now_ms())?;
     let (id, plan2, logs2) = (run_id.to_string(), plan.clone(), logs.clone());
     let join = tokio::spawn(async move {
         let complete = s.rollback("rollback requested by an operator", true).await?;
@@ -677,6 +684,9 @@ fn launch(
             s.started(true);
             s.prepare_retry(op);
         }
+    }
+    if opts.start_paused {
+        s.pause();
     }
     let timeout = plan.workflow.timeout.map(Duration::from_secs);
     let (id, plan2, logs2) = (run_id.clone(), plan.clone(), logs.clone());

@@ -422,6 +422,18 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Stop dispatching; running tasks go on.
+    pub fn pause(&mut self) {
+        if !self.paused {
+            self.paused = true;
+            self.record(None, Event::RunPaused);
+            // The status column is what listings show; the journal
+            // (RunPaused) stays the truth, so a failed update only makes a
+            // listing stale until the next change.
+            let _ = self.store.set_status(&self.run_id, RunStatus::Paused, now_ms());
+        }
+    }
+
     /// Restore node states from a journal (resume, retry, rollback).
     pub fn replay(&mut self, entries: &[drover_state::Entry]) {
         if let Some(sp) = replay_into(&self.plan, &mut self.nodes, entries) {
@@ -759,16 +771,7 @@ impl Scheduler {
                 Ok(()) => self.finish(node, Status::Succeeded, Event::GateOpened),
                 Err(reason) => self.finish(node, Status::Skipped, Event::GateBlocked { reason }),
             },
-            Msg::Control(Control::Pause) => {
-                if !self.paused {
-                    self.paused = true;
-                    self.record(None, Event::RunPaused);
-                    // The status column is what listings show; the journal
-                    // (RunPaused) stays the truth, so a failed update only
-                    // makes a listing stale until the next change.
-                    let _ = self.store.set_status(&self.run_id, RunStatus::Paused, now_ms());
-                }
-            }
+            Msg::Control(Control::Pause) => self.pause(),
             Msg::Control(Control::Resume) => {
                 if self.paused {
                     self.paused = false;

@@ -168,7 +168,8 @@ async fn submit(
             "the request body must be a JSON object: {\"source\": ...} or {\"path\": ...}",
         ));
     }
-    let req: SubmitRequest = serde_json::from_value(body)
+    // The path to a wrong field is named (`path: invalid type ...`).
+    let req: SubmitRequest = serde_path_to_error::deserialize(body)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))?;
     let (queued, resp) = orch.submit(req).await?;
     let code = if queued { StatusCode::ACCEPTED } else { StatusCode::OK };
@@ -529,7 +530,7 @@ fn action(id: String, action: &str, status: RunStatus) -> Response {
     )
 )]
 async fn rollback(State(orch): State<Arc<Orchestrator>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let s = orch.rollback(&id)?;
+    let s = orch.rollback(&id).await?;
     Ok(action(id, "rollback", s))
 }
 
@@ -561,11 +562,11 @@ async fn retry(
     } else {
         match serde_json::from_slice::<serde_json::Value>(&body).map_err(|e| invalid(&e))? {
             serde_json::Value::Null => RetryRequest::default(),
-            v @ serde_json::Value::Object(_) => serde_json::from_value(v).map_err(|e| invalid(&e))?,
+            v @ serde_json::Value::Object(_) => serde_path_to_error::deserialize(v).map_err(|e| invalid(&e))?,
             _ => return Err(invalid(&"expected a JSON object, or null")),
         }
     };
-    let s = orch.retry(&id, req.operation.as_deref())?;
+    let s = orch.retry(&id, req.operation.as_deref()).await?;
     Ok(action(id, "retry", s))
 }
 

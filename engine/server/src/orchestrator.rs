@@ -148,14 +148,16 @@ impl Orchestrator {
     /// Take up every unfinished run of the store: interrupted ones first
     /// (they resume from their journals), then queued ones, oldest first.
     /// Returns how many were taken up.
-    pub fn recover(&self) -> Result<usize, StartError> {
+    pub fn recover(self: &Arc<Self>) -> Result<usize, StartError> {
         let mut runs = self.store.runs()?;
         runs.reverse();
         let mut q = lock(&self.queue);
         let mut interrupted = Vec::new();
         let mut queued = Vec::new();
+        let mut rollbacks = Vec::new();
         for r in runs {
             match r.status {
+                RunStatus::RollingBack => rollbacks.push(r.id),
                 RunStatus::Running | RunStatus::Aborted => interrupted.push(r.id),
                 RunStatus::Paused => {
                     q.keep_paused.insert(r.id.clone());
@@ -165,9 +167,17 @@ impl Orchestrator {
                 _ => {}
             }
         }
-        let n = interrupted.len() + queued.len();
+        let n = interrupted.len() + queued.len() + rollbacks.len();
         q.pending.extend(interrupted);
         q.pending.extend(queued);
+        // Interrupted rollbacks continue at once, as they were started: by
+        // an operator, outside the queue.
+        for id in rollbacks {
+            match run::rollback(self.store.clone(), &id, &self.opts, None) {
+                Ok(handle) => self.adopt(&mut q, handle),
+                Err(e) => tracing::error!(run_id = %id, error = %e, "an interrupted rollback cannot continue"),
+            }
+        }
         drop(q);
         if n > 0 {
             tracing::info!(runs = n, "taking up unfinished runs from the journal");
@@ -189,25 +199,22 @@ impl Orchestrator {
 
     fn start_ready(self: &Arc<Self>) {
         loop {
-            let id = {
-                let mut q = lock(&self.queue);
-                if self.stopping.is_cancelled() || q.active.len() >= self.limits.max_running {
-                    return;
-                }
-                match q.pending.pop_front() {
-                    Some(id) => id,
-                    None => return,
-                }
-            };
-            match run::resume(self.store.clone(), &id, &self.opts, None) {
-                Ok(handle) => {
-                    let pause = lock(&self.queue).keep_paused.remove(&id);
-                    if pause {
-                        handle.control(Control::Pause);
-                    }
-                    self.adopt(handle);
-                }
+            // The run goes from `pending` to `active` under one lock, so no
+            // request sees it in neither (a cancel or a resume then would
+            // act on a run that is starting).
+            let mut q = lock(&self.queue);
+            if self.stopping.is_cancelled() || q.active.len() >= self.limits.max_running {
+                return;
+            }
+            let Some(id) = q.pending.pop_front() else { return };
+            let mut opts = self.opts.clone();
+            // An operator's pause holds across a restart: the scheduler
+            // starts paused, before it dispatches anything.
+            opts.start_paused = q.keep_paused.remove(&id);
+            match run::resume(self.store.clone(), &id, &opts, None) {
+                Ok(handle) => self.adopt(&mut q, handle),
                 Err(e) => {
+                    drop(q);
                     // It was checked when accepted; what changed since
                     // (a secrets file, a provider) is the operator's to fix.
                     tracing::error!(run_id = %id, error = %e, "a queued run cannot start; marked failed");
@@ -229,8 +236,10 @@ impl Orchestrator {
         }
     }
 
-    /// Track an executing run until it ends.
-    fn adopt(self: &Arc<Self>, mut handle: RunHandle) {
+    /// Track an executing run until it ends. The caller holds the queue
+    /// lock (`q`), so the run appears in `active` in the same step that
+    /// started it.
+    fn adopt(self: &Arc<Self>, q: &mut Queue, mut handle: RunHandle) {
         let id = handle.run_id.clone();
         let plan = handle.plan.clone();
         let logs = Arc::new(LogHub::open(&handle.logs_dir, &plan));
@@ -244,7 +253,7 @@ impl Orchestrator {
         let span = tracing::info_span!("run", run_id = %id, workflow = %plan.workflow.name, trace_id = %trace_id);
         let mut events = handle.subscribe();
         let lines = handle.lines.take();
-        lock(&self.queue).active.insert(
+        q.active.insert(
             id.clone(),
             Active {
                 control: handle.controller(),
@@ -435,11 +444,14 @@ impl Orchestrator {
         // not as the server's file.
         let evaluated = match (evaluated, &req.source) {
             (Err(mut e), Some(_)) => {
-                let shown = file.display().to_string();
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 for p in &mut e.body.problems {
-                    *p = p.replace(&shown, "<source>");
+                    *p = as_source(p, &name);
                 }
-                e.body.message = e.body.message.replace(&shown, "<source>");
+                e.body.message = as_source(&e.body.message, &name);
                 Err(e)
             }
             (other, _) => other,
@@ -515,8 +527,8 @@ impl Orchestrator {
 
     /// Pause an executing run.
     pub fn pause(&self, id: &str) -> Result<RunStatus, ApiError> {
-        let status = self.store.run(id)?.status;
         let q = lock(&self.queue);
+        let status = self.store.run(id)?.status;
         match q.active.get(id) {
             Some(a) if status == RunStatus::Running || status == RunStatus::Paused => {
                 let _ = a.control.send(Control::Pause);
@@ -531,11 +543,19 @@ impl Orchestrator {
 
     /// Resume a paused run, or take up an interrupted one.
     pub fn resume(&self, id: &str) -> Result<RunStatus, ApiError> {
-        let status = self.store.run(id)?.status;
         let mut q = lock(&self.queue);
-        if let Some(a) = q.active.get(id) {
+        let status = self.store.run(id)?.status;
+        if let Some(a) = q.active.get(id)
+            && matches!(status, RunStatus::Running | RunStatus::Paused)
+        {
             let _ = a.control.send(Control::Resume);
             return Ok(RunStatus::Running);
+        }
+        if q.active.contains_key(id) {
+            return Err(ApiError::conflict(format!(
+                "run {id} is {}; only a paused or interrupted run resumes",
+                status.as_str()
+            )));
         }
         if q.pending.iter().any(|p| p == id) {
             return Err(ApiError::conflict(format!("run {id} is queued already")));
@@ -556,9 +576,11 @@ impl Orchestrator {
     /// Cancel a run: an executing one stops its tasks; a queued one never
     /// starts.
     pub fn cancel(&self, id: &str) -> Result<RunStatus, ApiError> {
-        let status = self.store.run(id)?.status;
         let mut q = lock(&self.queue);
-        if let Some(a) = q.active.get(id) {
+        let status = self.store.run(id)?.status;
+        if let Some(a) = q.active.get(id)
+            && matches!(status, RunStatus::Running | RunStatus::Paused)
+        {
             let _ = a.control.send(Control::Cancel);
             return Ok(RunStatus::Cancelled);
         }
@@ -594,47 +616,70 @@ impl Orchestrator {
     }
 
     /// Re-run the failed and cancelled tasks of a finished run.
-    pub fn retry(self: &Arc<Self>, id: &str, operation: Option<&str>) -> Result<RunStatus, ApiError> {
-        self.not_busy(id)?;
+    pub async fn retry(self: &Arc<Self>, id: &str, operation: Option<&str>) -> Result<RunStatus, ApiError> {
+        self.settled(id).await?;
+        let mut q = self.not_busy(id)?;
         let handle = run::retry(self.store.clone(), id, operation, &self.opts, None).map_err(exec_error)?;
-        self.adopt(handle);
+        self.adopt(&mut q, handle);
         Ok(RunStatus::Running)
     }
 
     /// Undo what a finished, failed or interrupted run did.
-    pub fn rollback(self: &Arc<Self>, id: &str) -> Result<RunStatus, ApiError> {
-        self.not_busy(id)?;
+    pub async fn rollback(self: &Arc<Self>, id: &str) -> Result<RunStatus, ApiError> {
+        self.settled(id).await?;
+        let mut q = self.not_busy(id)?;
         let handle = run::rollback(self.store.clone(), id, &self.opts, None).map_err(exec_error)?;
-        self.adopt(handle);
-        Ok(self.store.run(id)?.status)
+        self.adopt(&mut q, handle);
+        Ok(RunStatus::RollingBack)
     }
 
-    fn not_busy(&self, id: &str) -> Result<(), ApiError> {
-        let status = self.store.run(id)?.status;
+    /// A run whose status is final may still be leaving `active` (its
+    /// supervisor collects the last lines); wait for that, briefly.
+    async fn settled(&self, id: &str) -> Result<(), ApiError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.store.run(id)?.status;
+            if status.is_unfinished() || !self.is_active(id) || tokio::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The queue, locked, if `id` is neither executing nor queued.
+    fn not_busy(&self, id: &str) -> Result<std::sync::MutexGuard<'_, Queue>, ApiError> {
         if self.stopping.is_cancelled() {
             return Err(ApiError::unavailable("the server is shutting down"));
         }
         let q = lock(&self.queue);
+        let status = self.store.run(id)?.status;
         if q.active.contains_key(id) || q.pending.iter().any(|p| p == id) {
             return Err(ApiError::conflict(format!(
                 "run {id} is {}; cancel it or let it finish first",
                 status.as_str()
             )));
         }
-        Ok(())
+        Ok(q)
     }
 
     /// Stop: nothing new starts; running tasks get `grace` to finish, then
     /// every run is aborted (journaled, resumable at the next start).
     pub async fn shutdown(&self, grace: Duration) {
         self.stopping.cancel();
-        let ids: Vec<String> = {
-            let q = lock(&self.queue);
-            for a in q.active.values() {
-                let _ = a.control.send(Control::Pause);
-            }
-            q.active.keys().cloned().collect()
-        };
+        let q = lock(&self.queue);
+        let ids: Vec<String> = q.active.keys().cloned().collect();
+        // Runs an operator paused stay paused after the restart; the
+        // abort below would otherwise leave them `aborted` (resumed
+        // running). Read before our own pause below.
+        let paused: Vec<String> = ids
+            .iter()
+            .filter(|id| self.store.run(id).is_ok_and(|r| r.status == RunStatus::Paused))
+            .cloned()
+            .collect();
+        for a in q.active.values() {
+            let _ = a.control.send(Control::Pause);
+        }
+        drop(q);
         if ids.is_empty() {
             return;
         }
@@ -665,8 +710,36 @@ impl Orchestrator {
         while !lock(&self.queue).active.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        for id in paused {
+            if self.store.run(&id).is_ok_and(|r| r.status == RunStatus::Aborted) {
+                let _ = self
+                    .store
+                    .set_status(&id, RunStatus::Paused, drover_exec::scheduler::now_ms());
+            }
+        }
         tracing::info!("every run checkpointed; they resume at the next start");
     }
+}
+
+/// `text` with every path ending in `name` (the submitted source's file
+/// on the server, absolute or relative) shown as `<source>`.
+fn as_source(text: &str, name: &str) -> String {
+    if name.is_empty() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(name) {
+        let before = &rest[..i];
+        let start = before
+            .rfind(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '(' | '>' | '`'))
+            .map_or(0, |j| j + 1);
+        out.push_str(&before[..start]);
+        out.push_str("<source>");
+        rest = &rest[i + name.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn count_running(n: &AtomicUsize, operation_of: &HashMap<String, String>, p: &Progress) {

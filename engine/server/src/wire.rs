@@ -159,6 +159,8 @@ pub enum RunState {
     Aborted,
     /// Rolled back.
     RolledBack,
+    /// Being rolled back.
+    RollingBack,
 }
 
 /// Filters of the run listing.

@@ -68,6 +68,9 @@ pub enum RunStatus {
     Aborted,
     /// Failed, then rolled back.
     RolledBack,
+    /// Being rolled back by hand; a crash leaves it so, and the rollback
+    /// continues at the next start of the orchestrator.
+    RollingBack,
 }
 
 impl RunStatus {
@@ -82,6 +85,7 @@ impl RunStatus {
             RunStatus::Cancelled => "cancelled",
             RunStatus::Aborted => "aborted",
             RunStatus::RolledBack => "rolled_back",
+            RunStatus::RollingBack => "rolling_back",
         }
     }
 
@@ -94,6 +98,7 @@ impl RunStatus {
             "cancelled" => RunStatus::Cancelled,
             "aborted" => RunStatus::Aborted,
             "rolled_back" => RunStatus::RolledBack,
+            "rolling_back" => RunStatus::RollingBack,
             _ => RunStatus::Running,
         }
     }
@@ -102,12 +107,12 @@ impl RunStatus {
     pub fn is_unfinished(self) -> bool {
         matches!(
             self,
-            RunStatus::Queued | RunStatus::Running | RunStatus::Paused | RunStatus::Aborted
+            RunStatus::Queued | RunStatus::Running | RunStatus::Paused | RunStatus::Aborted | RunStatus::RollingBack
         )
     }
 
     /// Every status, in the order they are shown.
-    pub const ALL: [RunStatus; 8] = [
+    pub const ALL: [RunStatus; 9] = [
         RunStatus::Queued,
         RunStatus::Running,
         RunStatus::Paused,
@@ -116,6 +121,7 @@ impl RunStatus {
         RunStatus::Cancelled,
         RunStatus::Aborted,
         RunStatus::RolledBack,
+        RunStatus::RollingBack,
     ];
 }
 

@@ -118,7 +118,7 @@ impl Notes {
 /// a server shutdown counts as ended: it resumes only if the server is
 /// started again, and `drover batch status` shows when it did.
 pub(super) fn run_goes_on(status: &str) -> bool {
-    matches!(status, "queued" | "running" | "paused")
+    matches!(status, "queued" | "running" | "paused" | "rolling_back")
 }
 
 /// Follow a run's stream in a task of its own (so consumers can wait on
