@@ -666,20 +666,22 @@ impl Orchestrator {
     /// every run is aborted (journaled, resumable at the next start).
     pub async fn shutdown(&self, grace: Duration) {
         self.stopping.cancel();
-        let q = lock(&self.queue);
-        let ids: Vec<String> = q.active.keys().cloned().collect();
-        // Runs an operator paused stay paused after the restart; the
-        // abort below would otherwise leave them `aborted` (resumed
-        // running). Read before our own pause below.
-        let paused: Vec<String> = ids
-            .iter()
-            .filter(|id| self.store.run(id).is_ok_and(|r| r.status == RunStatus::Paused))
-            .cloned()
-            .collect();
-        for a in q.active.values() {
-            let _ = a.control.send(Control::Pause);
-        }
-        drop(q);
+        let (ids, paused) = {
+            let q = lock(&self.queue);
+            let ids: Vec<String> = q.active.keys().cloned().collect();
+            // Runs an operator paused stay paused after the restart; the
+            // abort below would otherwise leave them `aborted` (resumed
+            // running). Read before our own pause below.
+            let paused: Vec<String> = ids
+                .iter()
+                .filter(|id| self.store.run(id).is_ok_and(|r| r.status == RunStatus::Paused))
+                .cloned()
+                .collect();
+            for a in q.active.values() {
+                let _ = a.control.send(Control::Pause);
+            }
+            (ids, paused)
+        };
         if ids.is_empty() {
             return;
         }
