@@ -76,6 +76,7 @@ impl Fixture {
             max_parallel: None,
             seed: 42,
             keep_remote_dirs: false,
+            start_paused: false,
         }
     }
 
