@@ -87,6 +87,7 @@ fn main() -> Result<()> {
             max_parallel: Some(parallel),
             seed: 1,
             keep_remote_dirs: false,
+            start_paused: false,
         };
         let inputs = Inputs {
             source: source.clone(),
