@@ -7,7 +7,7 @@ VENV := .venv
 CARGO ?= cargo
 DROVER := target/release/drover
 
-.PHONY: setup debian run test bench clean
+.PHONY: setup debian run test bench bench-quick bench-report clean
 
 ## setup: Debian packages (when root), the project venv with kcl-lib, the release build.
 setup: $(VENV)/.installed debian
@@ -32,14 +32,22 @@ test: setup
 	$(CARGO) nextest run --workspace --locked --no-fail-fast
 	sh scripts/check-no-leftovers.sh
 
-## bench: planning, KCL evaluation, engine-overhead and fleet fan-out benchmarks (figures in BENCHMARKS.md).
-## The fleet benchmark (drover vs pdsh, parallel-ssh, ansible on real sshd hosts) needs root; ~20 min.
-bench: setup
-	$(CARGO) build --release -p drover-bench -p drover-cli
-	target/release/drover-bench-plan
-	target/release/drover-bench-exec
-	@if [ "$$(id -u)" -eq 0 ]; then target/release/drover-bench-fleet; \
-	else echo "drover-bench-fleet skipped: it makes real hosts (sshd in namespaces) and needs root"; fi
+## bench: every benchmark side by side in one run: drover against pdsh, parallel-ssh and ansible, its
+## own targets and this machine's physical limits. Sets up and builds what it needs, prints the time of
+## each stage, writes engine/bench/results/*.json (and the logs) and BENCHMARKS.md; within 30 min on
+## 2 cores. The fleet benchmark makes real hosts and needs root (skipped, and said so, without it).
+bench:
+	MAKE="$(MAKE)" $(PYTHON) scripts/bench.py run
+
+## bench-quick: the same at tiny sizes on a debug build, to check the pipeline and the report in a few
+## minutes; results and report in target/bench-quick/ (BENCH_PROFILE=release for a release build).
+BENCH_PROFILE ?= debug
+bench-quick:
+	MAKE="$(MAKE)" $(PYTHON) scripts/bench.py run --quick --profile $(BENCH_PROFILE)
+
+## bench-report: BENCHMARKS.md again from engine/bench/results/*.json, without measuring.
+bench-report:
+	$(PYTHON) scripts/bench.py report
 
 clean:
 	rm -rf $(VENV) target

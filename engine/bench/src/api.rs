@@ -4,21 +4,25 @@
 //! Starts `drover serve` (the binary next to this one) on a fresh state
 //! store with `--max-running R --max-pending P`, then:
 //!
-//! 1. N clients submit `workflows/examples/sequential.k` at the same time
+//! 1. idle: the prober's requests on the idle server, back to back (the
+//!    floor of API latency: loopback HTTP and the handler, no load);
+//! 2. N clients submit `workflows/examples/sequential.k` at the same time
 //!    (`POST /workflows/batch {"path": ...}`); a client refused with 429
 //!    waits for Retry-After (capped at 1 s here) and submits again, so
 //!    every submission is eventually accepted;
-//! 2. meanwhile one prober times `GET /workflows/{id}/status`,
+//! 3. meanwhile one prober times `GET /workflows/{id}/status`,
 //!    `GET /workflows` and `GET /healthz` in turn, back to back;
-//! 3. it waits until every accepted run has finished, and checks that
+//! 4. it waits until every accepted run has finished, and checks that
 //!    each one is in the store, succeeded: none lost, none duplicated.
 //!
 //! Prints submissions/s (accepted runs over the time until the last was
 //! accepted), 429 refusals, the time until every run finished, p50/p99/max
 //! API latency while runs execute, and the server's peak RSS. The
-//! physical limit of a submission is one KCL evaluation of the workflow
-//! (measured here with `drover validate`): the server does one per
-//! submission.
+//! physical limit of a submission is one KCL evaluation of the workflow:
+//! the server evaluates every submitted workflow (the declarations are
+//! cached) and the engine takes one call at a time, so at most 1 / (one
+//! evaluation) submissions a second get in, however many cores. One
+//! evaluation is measured in-process by `drover plan --timings`.
 //!
 //! Usage: drover-bench-api [--runs N] [--max-running R] [--max-pending P]
 //!        [--json FILE]
@@ -31,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use drover_bench::figures::{Better, Figure, Headline, Report, Stat, peak_rss_mib, percentile};
 use serde_json::{Value, json};
 
 struct Server {
@@ -43,25 +48,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn drover_binary() -> Result<PathBuf> {
@@ -132,9 +118,31 @@ async fn main() -> Result<()> {
         .prefix("drover-bench-api")
         .tempdir_in("/var/tmp")?;
 
-    // The limit: one KCL evaluation per submission.
+    let mut report = Report::new("api", "Submission throughput and API latency");
+    report.params = json!({"runs": runs, "max_running": max_running, "max_pending": max_pending,
+        "workflow": "workflows/examples/sequential.k"});
+
+    // The limit: one KCL evaluation of the workflow per submission, and the
+    // whole `drover validate` process for comparison.
     let mut evals = Vec::new();
+    let mut validates = Vec::new();
     for _ in 0..5 {
+        let o = Command::new(drover_binary()?)
+            .args(["plan", "--timings"])
+            .arg(&workflow)
+            .stdout(Stdio::null())
+            .output()?;
+        if !o.status.success() {
+            bail!("drover plan --timings {} failed", workflow.display());
+        }
+        let err = String::from_utf8_lossy(&o.stderr);
+        let ms = err
+            .split("workflow evaluation ")
+            .nth(1)
+            .and_then(|r| r.split(" ms").next())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .with_context(|| format!("no workflow evaluation time in drover plan --timings: {err}"))?;
+        evals.push(ms);
         let t = Instant::now();
         let st = Command::new(drover_binary()?)
             .arg("validate")
@@ -144,10 +152,10 @@ async fn main() -> Result<()> {
         if !st.success() {
             bail!("drover validate {} failed", workflow.display());
         }
-        evals.push(t.elapsed().as_secs_f64());
+        validates.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    evals.sort_by(f64::total_cmp);
-    let eval_s = evals[evals.len() / 2];
+    let eval = Stat::new("ms", evals);
+    let validate = Stat::new("ms", validates);
 
     let server = start(dir.path(), max_running, max_pending)?;
     let pid = server.child.id();
@@ -158,6 +166,20 @@ async fn main() -> Result<()> {
         workflow.strip_prefix(&root).unwrap_or(&workflow).display(),
         server.url
     );
+
+    // Idle: the prober's requests with nothing else going on.
+    let mut idle = Vec::new();
+    for i in 0..90 {
+        let path = ["/workflows?limit=20", "/healthz", "/workflows?limit=20"][i % 3];
+        let t = Instant::now();
+        let r = client.get(format!("{url}{path}")).send().await?;
+        if !r.status().is_success() {
+            bail!("GET {path} answered {}", r.status());
+        }
+        r.bytes().await?;
+        idle.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    idle.sort_by(f64::total_cmp);
 
     let started = Instant::now();
     let mut submitters = Vec::new();
@@ -266,7 +288,7 @@ async fn main() -> Result<()> {
     let all_s = started.elapsed().as_secs_f64();
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let lat = prober.await?;
-    let rss = peak_rss_mib(pid);
+    let rss = peak_rss_mib(Some(pid));
 
     // None lost, none duplicated, every one succeeded.
     let stored: BTreeSet<String> = finished
@@ -324,26 +346,72 @@ async fn main() -> Result<()> {
     }
     println!("  server peak RSS {rss:.1} MiB");
     println!(
-        "  limit: one KCL evaluation per submission, `drover validate` {:.0} ms (whole process) -> at most {:.1} submissions/s per core",
-        eval_s * 1e3,
-        1.0 / eval_s
+        "  idle server, same requests ({}), ms: p50 {:.1}, p99 {:.1}",
+        idle.len(),
+        percentile(&idle, 0.5),
+        percentile(&idle, 0.99)
     );
-    if let Some(path) = json_out {
-        let v = json!({
-            "runs": ids.len(),
-            "max_running": max_running,
-            "max_pending": max_pending,
-            "accept_s": accept_s,
-            "submissions_per_s": rate,
-            "refusals_429": refused,
-            "all_finished_s": all_s,
-            "submit_latency_ms": {"p50": percentile(&submit_lat, 0.5), "p99": percentile(&submit_lat, 0.99)},
-            "api_latency_ms": {"n": all.len(), "p50": percentile(&all, 0.5), "p99": percentile(&all, 0.99), "max": percentile(&all, 1.0)},
-            "server_peak_rss_mib": rss,
-            "validate_s": eval_s,
-        });
-        std::fs::write(&path, serde_json::to_string_pretty(&v)?)?;
-    }
+    let limit = 1e3 / eval.median();
+    println!(
+        "  limit: one KCL evaluation per submission, {} ms in-process (drover plan --timings), one at a time -> at most {limit:.1} submissions/s; `drover validate`, the whole process: {} ms",
+        eval.spread(1),
+        validate.spread(0),
+    );
+    report.headlines.push(
+        Headline::new(
+            "api-submit",
+            format!(
+                "API: {} submissions at once, accepted per second (queue: {max_running} running + {max_pending} pending)",
+                ids.len()
+            ),
+            "submissions/s",
+            Better::Higher,
+            Figure::single(rate),
+        )
+        .limit("one in-process KCL evaluation of the workflow per submission, one at a time", Figure::single(limit)),
+    );
+    let p = |v: &[f64], q| percentile(v, q);
+    report.headlines.push(
+        Headline::new(
+            "api-latency",
+            format!("API latency under that load, p99 of {} requests", all.len()),
+            "ms",
+            Better::Lower,
+            Figure::single(p(&all, 0.99)),
+        )
+        .limit(
+            format!("the same requests on the idle server, p99 of {}", idle.len()),
+            Figure::single(p(&idle, 0.99)),
+        )
+        .note(format!(
+            "API latency under load: p50 {:.1} ms (idle {:.1} ms)",
+            p(&all, 0.5),
+            p(&idle, 0.5)
+        )),
+    );
+    let lat_json = |v: &[f64]| json!({"n": v.len(), "p50": p(v, 0.5), "p99": p(v, 0.99), "max": p(v, 1.0)});
+    report.results = json!({
+        "runs": ids.len(),
+        "max_running": max_running,
+        "max_pending": max_pending,
+        "accept_s": accept_s,
+        "submissions_per_s": rate,
+        "refusals_429": refused,
+        "all_finished_s": all_s,
+        "runs_per_s": ids.len() as f64 / all_s,
+        "submit_latency_ms": lat_json(&submit_lat),
+        "api_latency_ms": lat_json(&all),
+        "api_latency_by_request_ms": {
+            "status": lat_json(&by("status")),
+            "list": lat_json(&by("list")),
+            "healthz": lat_json(&by("healthz")),
+        },
+        "idle_latency_ms": lat_json(&idle),
+        "server_peak_rss_mib": rss,
+        "workflow_eval_ms": eval.json(),
+        "validate_ms": validate.json(),
+        "limit_submissions_per_s": limit,
+    });
     drop(server);
-    Ok(())
+    report.write(json_out.as_deref())
 }

@@ -6,21 +6,36 @@
 //! journaling every transition durably, reporting. Prints tasks/s and the
 //! peak resident memory of the process.
 //!
-//! Usage: drover-bench-exec [--servers N] [--parallel P] [--runs R]
+//! Beside it, on the same disk (the state database lives under /var/tmp):
+//!
+//! - the physical limit: the run's whole journal written to a fresh store
+//!   in one transaction (the least any journaling engine must do: every
+//!   entry inserted, one durable commit);
+//! - the baseline of the obvious design: one durable commit per journal
+//!   entry (measured on a sample of entries, each its own transaction), the
+//!   rate drover would have without batching a scheduler turn's
+//!   transitions into one commit.
+//!
+//! Usage: drover-bench-exec [--servers N] [--parallel P] [--runs R] [--json FILE]
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use drover_bench::figures::{Better, Figure, Headline, Report, Stat, peak_rss_mib, thousands};
+use drover_bench::home;
 use drover_core::model::WaitCondition;
 use drover_core::plan::Task;
 use drover_exec::runner::{TaskExecutor, TaskFailure, Undo};
 use drover_exec::{Inputs, Options};
 use drover_kcl::{Home, Loader};
-use drover_state::{RunStatus, Store};
+use drover_state::{Entry, RunStatus, Store};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-mod home;
+/// Journal entries committed one per transaction for the baseline.
+const SINGLE_COMMITS: usize = 300;
 
 /// Does nothing, successfully: the benchmark measures the engine alone.
 #[derive(Debug)]
@@ -39,34 +54,32 @@ impl TaskExecutor for NoWork {
     }
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 fn main() -> Result<()> {
     let mut servers = 1000usize;
     let mut parallel = 50u32;
     let mut runs = 3usize;
+    let mut json_out: Option<PathBuf> = None;
+    let usage = "usage: drover-bench-exec [--servers N] [--parallel P] [--runs R] [--json FILE]";
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--servers" => servers = args.next().context("--servers N")?.parse()?,
             "--parallel" => parallel = args.next().context("--parallel P")?.parse()?,
             "--runs" => runs = args.next().context("--runs R")?.parse()?,
-            other => {
-                bail!("unknown argument {other}; usage: drover-bench-exec [--servers N] [--parallel P] [--runs R]")
-            }
+            "--json" => json_out = Some(args.next().context("--json FILE")?.into()),
+            other => bail!("unknown argument {other}; {usage}"),
         }
     }
+    if runs == 0 {
+        bail!("--runs must be >= 1");
+    }
+    let mut report = Report::new("exec", "Engine overhead");
+    report.params = json!({"servers": servers, "parallel": parallel, "runs": runs});
     let real = Home::discover()?;
-    let dir = tempfile::tempdir()?;
+    // Not /tmp, which may be a tmpfs where a commit costs nothing.
+    let dir = tempfile::Builder::new()
+        .prefix("drover-bench-exec")
+        .tempdir_in("/var/tmp")?;
     let home = home::generate_home(real.root(), dir.path(), servers)?;
     let location = drover_kcl::EngineLocation::discover(&real)?;
     let loader = Loader::with_engine(Home::at(&home)?, &location)?;
@@ -78,6 +91,10 @@ fn main() -> Result<()> {
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let mut rates = Vec::new();
+    let mut entry_rates = Vec::new();
+    let mut walls = Vec::new();
+    let mut journal: Vec<Entry> = Vec::new();
+    let mut last_run = String::new();
     for i in 0..runs {
         let state = dir.path().join(format!("state-{i}.db"));
         let store = Arc::new(Store::open(&state)?);
@@ -86,8 +103,7 @@ fn main() -> Result<()> {
             logs_root: Some(dir.path().join("logs")),
             max_parallel: Some(parallel),
             seed: 1,
-            keep_remote_dirs: false,
-            start_paused: false,
+            ..Options::for_state(&state)
         };
         let inputs = Inputs {
             source: source.clone(),
@@ -98,26 +114,102 @@ fn main() -> Result<()> {
             let h = drover_exec::run::start(store.clone(), inputs, &opts, Some(Arc::new(NoWork)))?;
             h.wait().await
         })?;
-        let secs = started.elapsed().as_secs_f64();
+        let elapsed = started.elapsed();
+        let secs = elapsed.as_secs_f64();
         if summary.status != RunStatus::Succeeded {
             bail!("run ended {}: {}", summary.status.as_str(), summary.reason);
         }
-        let journaled = store.journal(&summary.run_id)?.len();
+        journal = store.journal(&summary.run_id)?;
+        last_run = summary.run_id.clone();
         println!(
-            "run {}: {tasks} tasks in {secs:.2} s = {:.0} tasks/s ({journaled} journal entries, {:.0} entries/s)",
+            "run {}: {tasks} tasks in {secs:.2} s = {:.0} tasks/s ({} journal entries, {:.0} entries/s)",
             i + 1,
             tasks as f64 / secs,
-            journaled as f64 / secs
+            journal.len(),
+            journal.len() as f64 / secs
         );
         rates.push(tasks as f64 / secs);
+        entry_rates.push(journal.len() as f64 / secs);
+        walls.push(elapsed);
     }
-    rates.sort_by(f64::total_cmp);
+    let rss = peak_rss_mib(None);
+    let rates = Stat::new("tasks/s", rates);
+    let entry_rates = Stat::new("entries/s", entry_rates);
     println!(
-        "engine overhead: {tasks} no-op tasks, max_parallel {parallel}, journal synchronous=FULL: median {:.0} tasks/s (min {:.0}, max {:.0}); peak RSS {:.1} MiB",
-        rates[rates.len() / 2],
-        rates[0],
-        rates[rates.len() - 1],
-        peak_rss_mib()
+        "engine overhead: {tasks} no-op tasks, max_parallel {parallel}, journal synchronous=FULL: median {:.0} tasks/s (min {:.0}, max {:.0}); peak RSS {rss:.1} MiB",
+        rates.median(),
+        rates.min(),
+        rates.max(),
     );
-    Ok(())
+
+    // The limit and the baseline, on the last run's journal.
+    let source_store = Store::open(&dir.path().join(format!("state-{}.db", runs - 1)))?;
+    let record = source_store.run(&last_run)?;
+    let mut one_tx = Vec::new();
+    for i in 0..runs {
+        let store = Store::open(&dir.path().join(format!("limit-{i}.db")))?;
+        store.create_run(&record)?;
+        let events: Vec<(i64, Option<&str>, &drover_state::Event)> =
+            journal.iter().map(|e| (e.at_ms, e.node.as_deref(), &e.event)).collect();
+        let t = Instant::now();
+        store.append(&record.id, &events)?;
+        one_tx.push(t.elapsed());
+    }
+    let one_tx = Stat::ms(&one_tx);
+    let store = Store::open(&dir.path().join("single.db"))?;
+    store.create_run(&record)?;
+    let sample = &journal[..journal.len().min(SINGLE_COMMITS)];
+    let mut single = Vec::with_capacity(sample.len());
+    for e in sample {
+        let t = Instant::now();
+        store.append(&record.id, &[(e.at_ms, e.node.as_deref(), &e.event)])?;
+        single.push(t.elapsed());
+    }
+    let single = Stat::new("ms", single.iter().map(|d: &Duration| d.as_secs_f64() * 1e3).collect());
+    let entries = journal.len() as f64;
+    let limit_rate = tasks as f64 / (one_tx.median() / 1e3);
+    let baseline_rate = tasks as f64 / (entries * single.median() / 1e3);
+    println!(
+        "  physical limit: the run's {} journal entries in one transaction: {} ms -> at most {limit_rate:.0} tasks/s",
+        journal.len(),
+        one_tx.spread(1)
+    );
+    println!(
+        "  baseline: one durable commit per entry: {} ms each ({} commits) -> {baseline_rate:.0} tasks/s; drover batches a turn per commit: {:.0}× that",
+        single.spread(3),
+        single.samples.len(),
+        rates.median() / baseline_rate
+    );
+
+    report.headlines.push(
+        Headline::new(
+            "exec",
+            format!("engine overhead: {} no-op tasks, journaled", thousands(tasks)),
+            "tasks/s",
+            Better::Higher,
+            rates.figure(),
+        )
+        .peer("one durable commit per journal entry", Figure::single(baseline_rate))
+        .limit(
+            format!(
+                "the run's {} journal entries inserted in one transaction",
+                thousands(journal.len())
+            ),
+            Figure::single(limit_rate),
+        )
+        .target(">= 2,000 tasks/s", rates.median() >= 2000.0),
+    );
+    report.results = json!({
+        "tasks": tasks,
+        "journal_entries": journal.len(),
+        "tasks_per_s": rates.json(),
+        "entries_per_s": entry_rates.json(),
+        "wall": Stat::secs(&walls).json(),
+        "peak_rss_mib": rss,
+        "limit_one_transaction_ms": one_tx.json(),
+        "limit_tasks_per_s": limit_rate,
+        "single_commit_ms": single.json(),
+        "baseline_tasks_per_s": baseline_rate,
+    });
+    report.write(json_out.as_deref())
 }

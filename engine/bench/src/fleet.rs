@@ -24,6 +24,15 @@
 //!   control-socket directory per run so every run starts cold.
 //! - the physical limit: one bare `ssh host true`, and N of them at once.
 //!
+//! Memory: for every measured command, the peak resident set of its
+//! largest process (`ru_maxrss`, from wait4) and the peak of the sum of
+//! the proportional set sizes (PSS, shared pages divided among their
+//! users) of its whole process tree, sampled at 0.1, 0.3 and 0.7 s, then
+//! every second (sparse: a sample costs ~0.1 ms of CPU per process): pdsh and
+//! parallel-ssh hold a connection per host as one `ssh` process each, and
+//! ansible's ControlPersist masters leave the tree (they daemonize); this
+//! process is made their subreaper so they are counted too.
+//!
 //! Every command must succeed (exit 0; for drover, every task succeeded in
 //! the journal). Between two measurements the benchmark waits until no host
 //! has a session left. Prints, per size: medians (min–max) of wall time,
@@ -42,9 +51,18 @@
 //! ten steps are ten identical invocations, ten times one invocation is
 //! then shown as an estimate (marked ≈).
 //!
+//! `--deadline SECS` bounds the whole benchmark: a measurement is made
+//! only when its projected duration fits in the time left, and a peer's
+//! (or the physical limit's later) runs only when they leave time for the
+//! runs of drover still to come at this size and the larger ones
+//! (projected linearly); a size that cannot fit one round of drover is
+//! skipped. Everything skipped is reported with the reason.
+//!
+//! `--json FILE` writes every figure (see `drover_bench::figures`).
+//!
 //! Usage: drover-bench-fleet [--sizes 10,50,100,250] [--runs 3]
 //!        [--tools drover,pdsh,pssh,ansible] [--budget SECS] [--max-run SECS]
-//!        [--timeout SECS]
+//!        [--deadline SECS] [--timeout SECS] [--json FILE]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -58,9 +76,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use drover_bench::figures::{Better, Figure, Headline, Report, Stat};
 use drover_exec::hosts::{FleetGuard, HostFleet, HostInfo, HostSpec};
 use drover_kcl::Home;
 use drover_state::{Event, RunStatus, Store};
+use serde_json::{Value, json};
 
 /// Steps of the sequence case.
 const STEPS: usize = 10;
@@ -108,6 +128,14 @@ enum Case {
 }
 
 impl Case {
+    /// Its name in the JSON.
+    fn key(self) -> &'static str {
+        match self {
+            Case::One => "one",
+            Case::Ten => "ten",
+        }
+    }
+
     fn steps(self) -> usize {
         match self {
             Case::One => 1,
@@ -126,6 +154,10 @@ struct Sample {
     maxrss_kib: i64,
     /// Busy CPU time of the whole machine meanwhile (client and hosts).
     machine_cpu: Duration,
+    /// Peak of the summed PSS of the process tree (sampled), KiB.
+    tree_pss_kib: i64,
+    /// Most processes in the tree at once (sampled).
+    tree_procs: usize,
 }
 
 impl Sample {
@@ -135,6 +167,8 @@ impl Sample {
             cpu: self.cpu + next.cpu,
             maxrss_kib: self.maxrss_kib.max(next.maxrss_kib),
             machine_cpu: self.machine_cpu + next.machine_cpu,
+            tree_pss_kib: self.tree_pss_kib.max(next.tree_pss_kib),
+            tree_procs: self.tree_procs.max(next.tree_procs),
         }
     }
 }
@@ -176,9 +210,17 @@ struct Measured {
     all_curve: Vec<Sample>,
     /// Seconds the first run of each item took.
     first: BTreeMap<Item, f64>,
-    /// Items skipped at this size, with their projected duration.
-    skipped: BTreeMap<Item, f64>,
+    /// Items skipped at this size: their projected duration, and why.
+    skipped: BTreeMap<Item, (f64, &'static str)>,
 }
+
+/// How often the memory of a measured command's process tree is sampled
+/// after its first 0.7 s (each sample reads /proc of every process in it).
+const TREE_SAMPLE: Duration = Duration::from_secs(1);
+
+/// Seconds to create (and delete) one host, for planning the deadline
+/// (measured: 250 hosts in ~8 s, 32 at once, and a few s to delete them).
+const CREATE_PER_HOST: f64 = 0.05;
 
 /// ssh options choosing drover's key exchange.
 const CURVE25519: &[&str] = &["-o", "KexAlgorithms=curve25519-sha256"];
@@ -208,6 +250,8 @@ struct Args {
     timeout: Duration,
     budget: Duration,
     max_run: Duration,
+    deadline: Option<Duration>,
+    json: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -218,8 +262,10 @@ fn parse_args() -> Result<Args> {
         timeout: Duration::from_secs(600),
         budget: Duration::from_secs(300),
         max_run: Duration::from_secs(120),
+        deadline: None,
+        json: None,
     };
-    let usage = "usage: drover-bench-fleet [--sizes 10,50,100,250] [--runs 3] [--tools drover,pdsh,pssh,ansible] [--budget SECS] [--max-run SECS] [--timeout SECS]";
+    let usage = "usage: drover-bench-fleet [--sizes 10,50,100,250] [--runs 3] [--tools drover,pdsh,pssh,ansible] [--budget SECS] [--max-run SECS] [--deadline SECS] [--timeout SECS] [--json FILE]";
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value; {usage}"));
@@ -236,6 +282,8 @@ fn parse_args() -> Result<Args> {
             "--timeout" => a.timeout = Duration::from_secs(value()?.parse().context("--timeout SECS")?),
             "--budget" => a.budget = Duration::from_secs(value()?.parse().context("--budget SECS")?),
             "--max-run" => a.max_run = Duration::from_secs(value()?.parse().context("--max-run SECS")?),
+            "--deadline" => a.deadline = Some(Duration::from_secs(value()?.parse().context("--deadline SECS")?)),
+            "--json" => a.json = Some(value()?.into()),
             other => bail!("unknown argument {other}; {usage}"),
         }
     }
@@ -247,10 +295,23 @@ fn parse_args() -> Result<Args> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
+    let started = Instant::now();
+    let mut report = Report::new("fleet", "Fleet fan-out");
+    report.params = json!({
+        "sizes": args.sizes, "runs": args.runs,
+        "tools": args.tools.iter().map(|t| t.name()).collect::<Vec<_>>(),
+        "budget_s": args.budget.as_secs(), "max_run_s": args.max_run.as_secs(),
+        "deadline_s": args.deadline.map(|d| d.as_secs()), "timeout_s": args.timeout.as_secs(),
+        "steps": STEPS,
+    });
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("drover-bench-fleet makes real hosts (sshd in namespaces) and needs root");
     }
+    // Orphans of a measured command (ansible's ControlPersist masters)
+    // become our children, so the memory of its tree includes them.
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let real = Home::discover()?;
     let real = real.root().to_path_buf();
     let drover = sibling("drover")?;
@@ -282,17 +343,24 @@ fn main() -> Result<()> {
     let home = base.path().join("home");
     generate_home(&real, &home)?;
     println!(
-        "fleet fan-out benchmark: sizes {:?}, {} runs each (median, min–max), tools {}",
+        "fleet fan-out benchmark: sizes {:?}, {} runs each (median, min–max), tools {}{}",
         args.sizes,
         args.runs,
-        args.tools.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+        args.tools.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "),
+        args.deadline
+            .map_or(String::new(), |d| format!(", deadline {} s", d.as_secs()))
     );
+    let versions = json!({
+        "ansible": version_of(&venv.join("bin/ansible")),
+        "pdsh": version_of_flag("pdsh", "-V"),
+        "parallel-ssh": version_of_flag("parallel-ssh", "--version"),
+        "ssh": version_of_flag("ssh", "-V"),
+    });
     println!(
-        "machine: {} cores, {:.1} GiB; drover {}; ansible {}",
+        "machine: {} cores, {:.1} GiB; drover {}; versions {versions}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         mem_total_gib(),
         drover.display(),
-        version_of(&venv.join("bin/ansible")),
     );
     let bench = Bench {
         drover,
@@ -303,31 +371,169 @@ fn main() -> Result<()> {
         timeout: args.timeout,
         budget: args.budget,
         max_run: args.max_run,
+        deadline: args.deadline.map(|d| started + d),
+        sizes: args.sizes.clone(),
         history: Default::default(),
     };
     let mut summary = String::new();
+    let mut sizes_json = Vec::new();
+    let mut memory: Vec<Memory> = Vec::new();
+    let mut headlines: Vec<Headline> = Vec::new();
+    // The figures so far, complete or not: written after every size, so
+    // that an interrupted run keeps what it measured.
+    let save = |report: &mut Report, headlines: &[Headline], memory: &[Memory], sizes: &[Value], complete: bool| {
+        report.headlines = headlines.to_vec();
+        let memory_json = memory_headlines(memory, report, complete);
+        report.results = json!({
+            "versions": versions,
+            "sizes": sizes,
+            "memory": memory_json,
+            "complete": complete,
+            "total_s": started.elapsed().as_secs_f64(),
+        });
+    };
     for &n in &args.sizes {
+        if let Some(why) = bench.cannot_fit(n) {
+            println!("\n== {n} hosts: skipped: {why}");
+            let _ = writeln!(summary, "| {n} | skipped: {why} |");
+            sizes_json.push(json!({"hosts": n, "status": "skipped", "reason": why}));
+            continue;
+        }
         let dir = base.path().join(format!("n{n}"));
         std::fs::create_dir_all(&dir)?;
         let result = bench.size(n, &dir);
         let _ = std::fs::remove_dir_all(&dir);
         match result {
-            Ok(line) => summary.push_str(&line),
+            Ok(done) => {
+                summary.push_str(&done.line);
+                sizes_json.push(done.json);
+                headlines.extend(done.headlines);
+                memory.extend(done.memory);
+            }
             Err(e) => {
                 if INTERRUPTED.load(Ordering::SeqCst) {
                     return Err(e);
                 }
                 eprintln!("size {n} failed: {e:#}");
                 let _ = writeln!(summary, "| {n} | failed: {e} |");
+                sizes_json.push(json!({"hosts": n, "status": "failed", "reason": format!("{e:#}")}));
             }
         }
+        save(&mut report, &headlines, &memory, &sizes_json, false);
+        report.save(args.json.as_deref())?;
     }
     println!(
         "\nsummary: median wall time, s (1 command / 10 steps); ratio = peer time / drover time; ≈: 10 × one invocation\n\
          | hosts | drover 1 | drover 10 | pdsh | parallel-ssh | ansible | ssh, default kex: 1 / all | ssh, curve25519: 1 / all |\n\
          |---|---|---|---|---|---|---|---|\n{summary}"
     );
-    Ok(())
+    save(&mut report, &headlines, &memory, &sizes_json, true);
+    report.write(args.json.as_deref())
+}
+
+/// drover's and each peer's memory at one size, for the memory rows.
+#[derive(Debug, Clone)]
+struct Memory {
+    hosts: usize,
+    /// drover's peak RSS, one command (exact: wait4), KiB.
+    drover_maxrss_kib: i64,
+    /// Peak summed PSS of each tool's tree, one command, KiB.
+    tree_pss_kib: BTreeMap<Tool, i64>,
+}
+
+/// The memory rows of the top table, from the largest size measured, and
+/// their JSON.
+fn memory_headlines(memory: &[Memory], report: &mut Report, print: bool) -> Value {
+    let (Some(small), Some(large)) = (memory.first(), memory.last()) else {
+        return Value::Null;
+    };
+    let mib = |kib: i64| kib as f64 / 1024.0;
+    let n = large.hosts;
+    let per_conn = (large.hosts > small.hosts)
+        .then(|| (large.drover_maxrss_kib - small.drover_maxrss_kib) as f64 / (large.hosts - small.hosts) as f64);
+    // drover is one process: its peak RSS counts every page it maps, even
+    // those shared with other processes, so any bias is against it. A
+    // peer is a tree of processes (an ssh per host): their PSS summed
+    // counts the pages they share once.
+    let mut h = Headline::new(
+        format!("memory-{n}"),
+        format!(
+            "orchestrator memory holding a connection to each of {n} hosts, 1 command (drover: peak RSS; peers: peak PSS summed over their process tree)"
+        ),
+        "MiB",
+        Better::Lower,
+        Figure::single(mib(large.drover_maxrss_kib)),
+    );
+    for (tool, kib) in &large.tree_pss_kib {
+        if *tool != Tool::Drover {
+            h = h.peer(tool.name(), Figure::single(mib(*kib)));
+        }
+    }
+    if print {
+        println!(
+            "\nmemory at {n} hosts, 1 command: drover peak RSS {:.1} MiB; peak PSS of the process tree:",
+            mib(large.drover_maxrss_kib)
+        );
+        for (tool, kib) in &large.tree_pss_kib {
+            println!(
+                "  {:<13} {:>8.1} MiB  ({:.0} KiB per host)",
+                tool.name(),
+                mib(*kib),
+                *kib as f64 / n as f64
+            );
+        }
+    }
+    if let Some(pc) = per_conn {
+        if print {
+            println!(
+                "  drover per connection: (RSS at {n} hosts {:.1} MiB - at {} hosts {:.1} MiB) / {} = {pc:.0} KiB",
+                mib(large.drover_maxrss_kib),
+                small.hosts,
+                mib(small.drover_maxrss_kib),
+                large.hosts - small.hosts
+            );
+        }
+        let mut per = Headline::new(
+            format!("memory-per-host-{n}"),
+            format!("orchestrator memory per host connected, {n} hosts"),
+            "KiB",
+            Better::Lower,
+            Figure::single(pc),
+        );
+        for (tool, kib) in &large.tree_pss_kib {
+            if *tool != Tool::Drover {
+                per = per.peer(tool.name(), Figure::single(*kib as f64 / n as f64));
+            }
+        }
+        report.headlines.push(h);
+        report.headlines.push(per.note(format!(
+            "drover: its RSS at {n} hosts minus its RSS at {} hosts, per added host (one SSH connection each); peers: their tree's PSS at {n} hosts / {n}",
+            small.hosts
+        )));
+    } else {
+        report.headlines.push(h);
+    }
+    json!({
+        "hosts": n,
+        "smallest_hosts": small.hosts,
+        "drover_maxrss_kib": {"smallest": small.drover_maxrss_kib, "largest": large.drover_maxrss_kib},
+        "drover_kib_per_connection": per_conn,
+        "tree_pss_kib": large.tree_pss_kib.iter().map(|(t, k)| (t.name().to_string(), json!(k))).collect::<serde_json::Map<_, _>>(),
+        "by_size": memory.iter().map(|m| json!({
+            "hosts": m.hosts,
+            "drover_maxrss_kib": m.drover_maxrss_kib,
+            "tree_pss_kib": m.tree_pss_kib.iter().map(|(t, k)| (t.name().to_string(), json!(k))).collect::<serde_json::Map<_, _>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// What one size produced.
+struct SizeDone {
+    /// The line of the summary table.
+    line: String,
+    json: Value,
+    headlines: Vec<Headline>,
+    memory: Option<Memory>,
 }
 
 struct Bench {
@@ -339,6 +545,10 @@ struct Bench {
     timeout: Duration,
     budget: Duration,
     max_run: Duration,
+    /// When everything must be done (--deadline).
+    deadline: Option<Instant>,
+    /// Every size, in order (the deadline keeps time for the larger ones).
+    sizes: Vec<usize>,
     /// The last measurement of each item: (hosts, seconds).
     history: std::cell::RefCell<BTreeMap<Item, (usize, f64)>>,
 }
@@ -352,12 +562,14 @@ struct Fleet {
     fleet: HostFleet,
     hostsfile: PathBuf,
     inventory: PathBuf,
+    /// The hosts' `unshare` processes (our children, reaped by the fleet).
+    host_parents: std::collections::BTreeSet<i32>,
 }
 
 impl Bench {
     /// Creates the fleet of `n` hosts, measures everything, deletes the
-    /// fleet; a summary line for the final table.
-    fn size(&self, n: usize, dir: &Path) -> Result<String> {
+    /// fleet; what to report.
+    fn size(&self, n: usize, dir: &Path) -> Result<SizeDone> {
         println!("\n== {n} hosts ==");
         let fleet = HostFleet::new(dir.join("fleet"))?;
         let guard = FleetGuard::new(fleet.clone());
@@ -374,13 +586,66 @@ impl Bench {
             pss / 1024.0
         );
         let f = self.prepare(dir, fleet, hosts)?;
+        let measured = Instant::now();
         let result = self.measure(&f);
+        let measure_s = measured.elapsed().as_secs_f64();
         let deleting = Instant::now();
         drop(guard);
-        println!("deleted {n} hosts in {:.2} s", deleting.elapsed().as_secs_f64());
-        result
+        let deletion = deleting.elapsed();
+        println!("deleted {n} hosts in {:.2} s", deletion.as_secs_f64());
+        let mut done = result?;
+        if let Value::Object(o) = &mut done.json {
+            o.insert("create_s".into(), json!(creation.as_secs_f64()));
+            o.insert("delete_s".into(), json!(deletion.as_secs_f64()));
+            o.insert("measure_s".into(), json!(measure_s));
+            o.insert("sshd_idle_rss_kib".into(), json!(rss));
+            o.insert("sshd_idle_pss_kib".into(), json!(pss));
+        }
+        Ok(done)
     }
 
+    /// Seconds left before the deadline (None: no deadline).
+    fn time_left(&self) -> Option<f64> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64())
+    }
+
+    /// One round of drover (both cases) at `n` hosts, projected.
+    fn drover_round(&self, n: usize) -> f64 {
+        [Case::One, Case::Ten]
+            .iter()
+            .filter_map(|&c| self.projection(Item::Run(Tool::Drover, c), n))
+            .sum()
+    }
+
+    /// Time to keep for drover's runs still to come: `rounds` more rounds
+    /// at `n` hosts, and every round at each larger size (with its hosts'
+    /// creation and one measurement of the physical limit).
+    fn reserve(&self, n: usize, rounds: usize) -> f64 {
+        let later: f64 = self
+            .sizes
+            .iter()
+            .filter(|&&m| m > n)
+            .map(|&m| {
+                self.drover_round(m) * self.runs as f64
+                    + self.projection(Item::Physical, m).unwrap_or(0.0)
+                    + CREATE_PER_HOST * m as f64
+            })
+            .sum();
+        self.drover_round(n) * rounds as f64 + later
+    }
+
+    /// Why size `n` cannot be measured before the deadline, if so.
+    fn cannot_fit(&self, n: usize) -> Option<String> {
+        let left = self.time_left()?;
+        let need =
+            CREATE_PER_HOST * n as f64 + self.drover_round(n) + self.projection(Item::Physical, n).unwrap_or(0.0);
+        (need > left).then(|| {
+            format!(
+                "one round of drover with the physical limit would take ~{need:.0} s (projected), {left:.0} s left before --deadline"
+            )
+        })
+    }
     fn prepare(&self, dir: &Path, fleet: HostFleet, hosts: Vec<HostInfo>) -> Result<Fleet> {
         let mut ssh_options = fleet.ssh_args(&hosts[0]);
         // Drop "-p 22 root@address": every tool names user and host itself.
@@ -421,8 +686,10 @@ impl Bench {
         for case in [Case::One, Case::Ten] {
             std::fs::write(workflow_file(dir, case), workflow(&hosts, case, n))?;
         }
+        let host_parents = hosts.iter().filter_map(|h| parent_of(h.pid as i32)).collect();
         Ok(Fleet {
             dir: dir.to_path_buf(),
+            host_parents,
             hosts,
             ssh_options,
             fleet,
@@ -431,7 +698,7 @@ impl Bench {
         })
     }
 
-    fn measure(&self, f: &Fleet) -> Result<String> {
+    fn measure(&self, f: &Fleet) -> Result<SizeDone> {
         let n = f.hosts.len();
         let mut items = vec![Item::Physical];
         for case in [Case::One, Case::Ten] {
@@ -442,27 +709,76 @@ impl Bench {
         for round in 0..self.runs {
             // Interleaved rounds, so that a drift of the machine hits
             // every tool alike.
-            for &item in &items {
+            for (k, &item) in items.iter().enumerate() {
                 if m.skipped.contains_key(&item) {
                     continue;
                 }
-                if round == 0 {
-                    if let Some(p) = self.projection(item, n)
-                        && p > self.max_run.as_secs_f64()
-                    {
-                        println!(
-                            "  {}: skipped at {n} hosts: one run would take ~{p:.0} s (projected from a smaller fleet; --max-run {})",
-                            item.label(),
-                            self.max_run.as_secs()
-                        );
-                        m.skipped.insert(item, p);
-                        continue;
-                    }
-                } else if !item.always() {
+                // How long one run should take: its first run at this
+                // size, else projected from a smaller one.
+                let expected = m.first.get(&item).copied().or_else(|| self.estimate(item, n));
+                if round == 0
+                    && let Some(p) = self.projection(item, n)
+                    && p > self.max_run.as_secs_f64()
+                {
+                    println!(
+                        "  {}: skipped at {n} hosts: one run would take ~{p:.0} s (projected from a smaller fleet; --max-run {})",
+                        item.label(),
+                        self.max_run.as_secs()
+                    );
+                    m.skipped.insert(item, (p, "max-run"));
+                    continue;
+                }
+                if round > 0 && !item.always() {
                     // Further runs of the peers' slow cases only while the
                     // size stays within its budget.
                     let first = m.first.get(&item).copied().unwrap_or(0.0);
                     if size_started.elapsed().as_secs_f64() + first > self.budget.as_secs_f64() {
+                        continue;
+                    }
+                }
+                if let Some(left) = self.time_left() {
+                    // drover's runs, and the physical limit's first, only
+                    // need to fit; the others must leave time for drover's
+                    // runs to come (the rest of this round, later rounds,
+                    // larger sizes).
+                    let priority = item.always() || (round == 0 && item == Item::Physical);
+                    let reserve = if priority {
+                        0.0
+                    } else {
+                        let rest_of_round: f64 = items[k + 1..]
+                            .iter()
+                            .filter(|i| i.always())
+                            .filter_map(|&i| m.first.get(&i).copied().or_else(|| self.projection(i, n)))
+                            .sum();
+                        rest_of_round + self.reserve(n, self.runs - round - 1)
+                    };
+                    // Unknown (nothing measured yet, not even the other
+                    // case): free at the first size, too risky later.
+                    let first_size = self.history.borrow().is_empty() || n <= self.sizes[0];
+                    let need = match expected {
+                        Some(v) => v,
+                        None if first_size => 0.0,
+                        None => f64::INFINITY,
+                    };
+                    if need + reserve > left {
+                        if round == 0 {
+                            println!(
+                                "  {}: skipped at {n} hosts: {} does not fit in the {left:.0} s left before --deadline{}",
+                                item.label(),
+                                if need.is_finite() {
+                                    format!("~{need:.0} s (projected)")
+                                } else {
+                                    "a run of unknown duration".to_string()
+                                },
+                                if reserve > 0.0 {
+                                    format!(" with ~{reserve:.0} s kept for drover's runs to come")
+                                } else {
+                                    String::new()
+                                }
+                            );
+                            m.skipped
+                                .insert(item, (if need.is_finite() { need } else { f64::NAN }, "deadline"));
+                        }
                         continue;
                     }
                 }
@@ -489,10 +805,12 @@ impl Bench {
                         m.samples.entry((tool, case)).or_default().push(s);
                     }
                 }
+                // With the wait for the hosts to settle: what the run
+                // costs the time budget.
+                settle(f);
                 let took = started.elapsed().as_secs_f64();
                 m.first.entry(item).or_insert(took);
                 self.history.borrow_mut().insert(item, (n, took));
-                settle(&f.hosts);
             }
             println!(
                 "  round {} done ({:.0} s so far)",
@@ -504,14 +822,25 @@ impl Bench {
         Ok(self.report(n, &m))
     }
 
+    /// How long one run of `item` would take at `n` hosts: projected from
+    /// its own last run, else from the other case's (10 steps: ten times
+    /// one command; one command: a tenth of 10 steps).
+    fn estimate(&self, item: Item, n: usize) -> Option<f64> {
+        self.projection(item, n).or_else(|| match item {
+            Item::Run(tool, Case::Ten) => self.projection(Item::Run(tool, Case::One), n).map(|v| v * STEPS as f64),
+            Item::Run(tool, Case::One) => self.projection(Item::Run(tool, Case::Ten), n).map(|v| v / STEPS as f64),
+            Item::Physical => None,
+        })
+    }
+
     /// How long one run of `item` would take at `n` hosts, from its last
     /// measurement on a smaller fleet (linear in the number of hosts).
     fn projection(&self, item: Item, n: usize) -> Option<f64> {
         let (at, secs) = *self.history.borrow().get(&item)?;
-        (at < n).then(|| secs * n as f64 / at as f64)
+        (at <= n).then(|| secs * n as f64 / at as f64)
     }
 
-    fn report(&self, n: usize, m: &Measured) -> String {
+    fn report(&self, n: usize, m: &Measured) -> SizeDone {
         let wall = |tool: Tool, case: Case| m.samples.get(&(tool, case)).map(|v| walls(v));
         let med = |tool: Tool, case: Case| wall(tool, case).map(|v| median(&v));
         // pdsh and parallel-ssh run the ten steps as ten identical
@@ -522,30 +851,33 @@ impl Bench {
             (None, Case::Ten, Tool::Pdsh | Tool::Pssh) => med(tool, Case::One).map(|v| (v * STEPS as f64, true)),
             _ => None,
         };
+        let skipped = |tool: Tool, case: Case| m.skipped.get(&Item::Run(tool, case)).copied();
+        let of = |tool: Tool, case: Case, f: fn(&Sample) -> f64| {
+            m.samples
+                .get(&(tool, case))
+                .map(|v| median(&v.iter().map(f).collect::<Vec<_>>()))
+        };
+        let max_of = |tool: Tool, case: Case, f: fn(&Sample) -> i64| {
+            m.samples.get(&(tool, case)).and_then(|v| v.iter().map(f).max())
+        };
         println!("\n{n} hosts: wall time, s: median (min–max) of n runs");
         println!(
-            "  {:<13} {:>27} {:>29} {:>13} {:>10}",
-            "tool", "1 command", "10 steps", "client CPU s", "peak RSS"
+            "  {:<13} {:>27} {:>29} {:>13} {:>10} {:>16}",
+            "tool", "1 command", "10 steps", "client CPU s", "peak RSS", "tree PSS 1 / 10"
         );
         for &tool in &self.tools {
             let cell = |case: Case| match wall(tool, case) {
                 Some(v) => format!("{} n={}", spread(&v), v.len()),
-                None => match (m.skipped.get(&Item::Run(tool, case)), estimate(tool, case)) {
+                None => match (skipped(tool, case), estimate(tool, case)) {
                     (_, Some((v, true))) => format!("skipped (≈{v:.1} = 10 × 1 cmd)"),
-                    (Some(p), _) => format!("skipped (~{p:.0} s projected)"),
+                    (Some((p, why)), _) if p.is_finite() => format!("skipped ({why}, ~{p:.0} s)"),
+                    (Some((_, why)), _) => format!("skipped ({why})"),
                     _ => "-".into(),
                 },
             };
             let cpu: Vec<String> = [Case::One, Case::Ten]
                 .iter()
-                .map(|c| {
-                    m.samples.get(&(tool, *c)).map_or("-".into(), |v| {
-                        format!(
-                            "{:.2}",
-                            median(&v.iter().map(|s| s.cpu.as_secs_f64()).collect::<Vec<_>>())
-                        )
-                    })
-                })
+                .map(|&c| of(tool, c, |s| s.cpu.as_secs_f64()).map_or("-".into(), |v| format!("{v:.2}")))
                 .collect();
             let rss = m
                 .samples
@@ -554,13 +886,20 @@ impl Bench {
                 .flat_map(|(_, v)| v.iter().map(|s| s.maxrss_kib))
                 .max()
                 .unwrap_or(0);
+            let tree: Vec<String> = [Case::One, Case::Ten]
+                .iter()
+                .map(|&c| {
+                    max_of(tool, c, |s| s.tree_pss_kib).map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+                })
+                .collect();
             println!(
-                "  {:<13} {:>27} {:>29} {:>13} {:>6.1} MiB",
+                "  {:<13} {:>27} {:>29} {:>13} {:>6.1} MiB {:>12} MiB",
                 tool.name(),
                 cell(Case::One),
                 cell(Case::Ten),
                 cpu.join(" / "),
-                rss as f64 / 1024.0
+                rss as f64 / 1024.0,
+                tree.join(" / ")
             );
         }
         let cpu_of = |v: &[Sample]| median(&v.iter().map(|s| s.machine_cpu.as_secs_f64()).collect::<Vec<_>>());
@@ -592,6 +931,7 @@ impl Bench {
                 busy(Case::Ten)
             );
         }
+        let mut breakdown_json = serde_json::Map::new();
         for case in [Case::One, Case::Ten] {
             let b: Vec<&Breakdown> = m
                 .breakdowns
@@ -613,7 +953,56 @@ impl Bench {
                 x(|b| b.first_task),
                 x(|b| b.later_task),
             );
+            breakdown_json.insert(
+                case.key().into(),
+                json!({
+                    "startup": x(|b| b.startup), "to_first_task": x(|b| b.to_first_task),
+                    "tasks": x(|b| b.tasks), "finish": x(|b| b.finish),
+                    "first_task": x(|b| b.first_task), "later_task": x(|b| b.later_task),
+                }),
+            );
         }
+
+        // The JSON of every tool and case.
+        let mut tools_json = serde_json::Map::new();
+        for &tool in &self.tools {
+            let mut cases = serde_json::Map::new();
+            for case in [Case::One, Case::Ten] {
+                let v = m.samples.get(&(tool, case));
+                let stat = |unit, f: fn(&Sample) -> f64| v.map(|v| Stat::new(unit, v.iter().map(f).collect()).json());
+                cases.insert(
+                    case.key().into(),
+                    json!({
+                        "wall": stat("s", |s| s.wall.as_secs_f64()),
+                        "cpu": stat("s", |s| s.cpu.as_secs_f64()),
+                        "machine_cpu": stat("core-s", |s| s.machine_cpu.as_secs_f64()),
+                        "maxrss_kib": max_of(tool, case, |s| s.maxrss_kib),
+                        "tree_pss_kib": max_of(tool, case, |s| s.tree_pss_kib),
+                        "tree_procs": max_of(tool, case, |s| s.tree_procs as i64),
+                        "skipped": skipped(tool, case).map(|(p, why)| json!({"reason": why, "projected_s": p})),
+                        "estimate_s": match estimate(tool, case) {
+                            Some((v, true)) => json!(v),
+                            _ => Value::Null,
+                        },
+                    }),
+                );
+            }
+            tools_json.insert(tool.name().into(), Value::Object(cases));
+        }
+        let phys = |v: &[Sample]| (!v.is_empty()).then(|| Stat::new("s", walls(v)).json());
+        let phys_cpu = |v: &[Sample]| {
+            (!v.is_empty()).then(|| Stat::new("core-s", v.iter().map(|s| s.machine_cpu.as_secs_f64()).collect()).json())
+        };
+        let physical = json!({
+            "ssh_one_default": phys(&m.single),
+            "ssh_all_default": phys(&m.all),
+            "ssh_one_curve25519": phys(&m.single_curve),
+            "ssh_all_curve25519": phys(&m.all_curve),
+            "machine_cpu_all_default": phys_cpu(&m.all),
+            "machine_cpu_all_curve25519": phys_cpu(&m.all_curve),
+            "skipped": m.skipped.get(&Item::Physical).map(|(p, why)| json!({"reason": why, "projected_s": p})),
+        });
+
         let mut line = format!("| {n} |");
         let d1 = med(Tool::Drover, Case::One);
         let d10 = med(Tool::Drover, Case::Ten);
@@ -622,6 +1011,10 @@ impl Bench {
             Some((v, true)) => format!("≈{v:.1}"),
             None => "skipped".into(),
         };
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        let mut ratios_json = serde_json::Map::new();
+        let mut targets_json = Vec::new();
+        let mut headlines = Vec::new();
         if let (Some(d1), Some(d10)) = (d1, d10) {
             let _ = write!(line, " {d1:.2} | {d10:.2} |");
             println!("  ratios, peer time / drover time (> 1: drover is faster):");
@@ -645,37 +1038,90 @@ impl Bench {
                     ratio(Case::One, d1),
                     ratio(Case::Ten, d10)
                 );
-            }
-            let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-            if let Some((p1, _)) = estimate(Tool::Pdsh, Case::One) {
-                print!(
-                    "  targets: drover <= pdsh on 1 command: {} ({:.2}×)",
-                    verdict(d1 <= p1),
-                    p1 / d1
+                let r = |case: Case, d: f64| {
+                    estimate(tool, case).map(|(v, guess)| json!({"ratio": v / d, "estimate": guess}))
+                };
+                ratios_json.insert(
+                    tool.name().into(),
+                    json!({"one": r(Case::One, d1), "ten": r(Case::Ten, d10)}),
                 );
-                if let Some((p10, guess)) = estimate(Tool::Pdsh, Case::Ten) {
-                    print!(
-                        "; >= 3× pdsh on 10 steps: {} ({}{:.2}×)",
-                        verdict(p10 / d10 >= 3.0),
+            }
+            // The targets: 1 command no slower than pdsh and >= 5× faster
+            // than ansible; 10 steps >= 3× faster than pdsh and >= 5×
+            // faster than ansible.
+            for (case, d, pdsh_x) in [(Case::One, d1, 1.0), (Case::Ten, d10, 3.0)] {
+                let mut parts = Vec::new();
+                let mut met = true;
+                if let Some((p, guess)) = estimate(Tool::Pdsh, case) {
+                    let ok = p / d >= pdsh_x;
+                    met &= ok;
+                    parts.push(format!(
+                        "{pdsh_x:.0}× pdsh: {}{:.2}× ({})",
                         if guess { "≈" } else { "" },
-                        p10 / d10
+                        p / d,
+                        verdict(ok)
+                    ));
+                    targets_json.push(json!({"case": case.key(), "what": format!(">= {pdsh_x:.0}× pdsh"), "ratio": p / d, "estimate": guess, "met": ok}));
+                }
+                if let Some(a) = med(Tool::Ansible, case) {
+                    let ok = a / d >= 5.0;
+                    met &= ok;
+                    parts.push(format!("5× ansible: {:.1}× ({})", a / d, verdict(ok)));
+                    targets_json.push(json!({"case": case.key(), "what": ">= 5× ansible", "ratio": a / d, "estimate": false, "met": ok}));
+                }
+                if !parts.is_empty() {
+                    println!("  targets, {} step(s): {}", case.steps(), parts.join("; "));
+                }
+                let what = match case {
+                    Case::One => format!("fleet fan-out: 1 command on {n} hosts"),
+                    Case::Ten => format!("fleet fan-out: {STEPS} steps on {n} hosts"),
+                };
+                let Some(drover) = wall(Tool::Drover, case) else {
+                    continue;
+                };
+                let mut h = Headline::new(
+                    format!("fleet-{}-{n}", case.steps()),
+                    what,
+                    "s",
+                    Better::Lower,
+                    Stat::new("s", drover).figure(),
+                );
+                for &tool in self.tools.iter().filter(|t| **t != Tool::Drover) {
+                    let fig = match (wall(tool, case), estimate(tool, case), skipped(tool, case)) {
+                        (Some(v), _, _) => Stat::new("s", v).figure(),
+                        (None, Some((v, true)), _) => Figure::estimated(v, "10 × its 1-command time"),
+                        (None, _, Some((p, why))) if p.is_finite() => {
+                            Figure::estimated(p, format!("not run (--{why})"))
+                        }
+                        _ => continue,
+                    };
+                    h = h.peer(tool.name(), fig);
+                }
+                if let Some(all) = (!m.all_curve.is_empty()).then(|| median(&walls(&m.all_curve))) {
+                    let default = median(&walls(&m.all));
+                    h = h.limit(
+                        format!(
+                            "`ssh host true` to all {n} hosts at once with drover's key exchange (curve25519; with the peers', OpenSSH's default: {default:.2} s){}",
+                            if case == Case::Ten { "; 10 steps need at least this handshake per host" } else { "" }
+                        ),
+                        Figure::single(all),
                     );
                 }
-                println!();
-            }
-            let a1 = med(Tool::Ansible, Case::One);
-            let a10 = med(Tool::Ansible, Case::Ten);
-            if a1.is_some() || a10.is_some() {
-                let t = |a: Option<f64>, d: f64| {
-                    a.map_or("not measured".into(), |a| {
-                        format!("{} ({:.1}×)", verdict(a / d >= 5.0), a / d)
-                    })
+                // The target as judged here: what was not measured says so.
+                let pdsh = match estimate(Tool::Pdsh, case) {
+                    Some((_, false)) => format!(">= {pdsh_x:.0}× pdsh"),
+                    Some((_, true)) => format!(">= {pdsh_x:.0}× pdsh (on its ≈ estimate)"),
+                    None => format!(">= {pdsh_x:.0}× pdsh (not measured)"),
                 };
-                println!(
-                    "  targets: drover >= 5× ansible: 1 command {}, 10 steps {}",
-                    t(a1, d1),
-                    t(a10, d10)
-                );
+                let ansible = if med(Tool::Ansible, case).is_some() {
+                    ">= 5× ansible"
+                } else {
+                    ">= 5× ansible (not measured)"
+                };
+                if !parts.is_empty() {
+                    h = h.target(format!("{pdsh}, {ansible}"), met);
+                }
+                headlines.push(h);
             }
         } else {
             line.push_str(" - | - |");
@@ -692,7 +1138,29 @@ impl Bench {
                 median(&walls(&m.all_curve))
             );
         }
-        line
+        let memory = max_of(Tool::Drover, Case::One, |s| s.maxrss_kib).map(|drover_maxrss_kib| Memory {
+            hosts: n,
+            drover_maxrss_kib,
+            tree_pss_kib: self
+                .tools
+                .iter()
+                .filter_map(|&t| max_of(t, Case::One, |s| s.tree_pss_kib).map(|k| (t, k)))
+                .collect(),
+        });
+        SizeDone {
+            line,
+            json: json!({
+                "hosts": n,
+                "status": "measured",
+                "physical": physical,
+                "tools": tools_json,
+                "ratios": ratios_json,
+                "targets": targets_json,
+                "drover_breakdown_ms": breakdown_json,
+            }),
+            headlines,
+            memory,
+        }
     }
 
     /// `drover run` of the case's workflow, on a fresh state database.
@@ -935,16 +1403,111 @@ impl Bench {
 /// Waits until no host has a session left (every sshd is alone again:
 /// connections of the last measurement closed, their processes gone), at
 /// most 10 s, then a moment more, so that one measurement's tail does not
-/// land in the next.
-fn settle(hosts: &[HostInfo]) {
+/// land in the next. Reaps the orphans that ended meanwhile (this process
+/// is their subreaper).
+fn settle(f: &Fleet) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let busy = |h: &HostInfo| {
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", h.pid)).is_ok_and(|c| !c.trim().is_empty())
     };
-    while hosts.iter().any(busy) && Instant::now() < deadline {
+    while f.hosts.iter().any(busy) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
+    reap_orphans(f);
+}
+
+/// Reaps our children that ended and are none of the hosts' (a host's
+/// `unshare` parent is reaped by the fleet itself).
+fn reap_orphans(f: &Fleet) {
+    for pid in children_of(std::process::id() as i32) {
+        if f.host_parents.contains(&pid) || proc_state(pid) != Some('Z') {
+            continue;
+        }
+        let mut status = 0;
+        // SAFETY: reaps one specific child that has exited; nothing else
+        // waits for it (every command we start is waited for by pid).
+        unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    }
+}
+
+/// The state letter of a process (R, S, Z, ...).
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// The parent of a process.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The children of every thread of process `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in tasks.flatten() {
+        if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    out
+}
+
+/// Proportional set size of a process, KiB (0 when it is gone).
+fn pss_kib(pid: i32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Samples the memory of a measured command's process tree: every
+/// process descending from `root`, and every child of this process that
+/// was not there before (`before`: orphans of the command reparented to
+/// us). Returns when `stop` is set: the peak summed PSS (KiB) and the
+/// most processes at once.
+fn sample_tree(root: i32, before: &std::collections::BTreeSet<i32>, stop: &AtomicBool) -> (i64, usize) {
+    let (mut peak, mut procs) = (0i64, 0usize);
+    // Early samples for short commands, then sparse ones: a sample reads
+    // /proc of every process in the tree (~0.1 ms each: ~25 ms at 250
+    // hosts), CPU the measured command competes for.
+    let mut waits = [100u64, 200, 400].into_iter().map(Duration::from_millis);
+    loop {
+        let wait = waits.next().unwrap_or(TREE_SAMPLE);
+        // Sleep in small steps so that a short command is not held up.
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if stop.load(Ordering::Relaxed) {
+                return (peak, procs);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut stack: Vec<i32> = children_of(std::process::id() as i32)
+            .into_iter()
+            .filter(|p| !before.contains(p) && *p != root)
+            .collect();
+        stack.push(root);
+        let (mut sum, mut count) = (0i64, 0usize);
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(p) = stack.pop() {
+            if !seen.insert(p) {
+                continue;
+            }
+            sum += pss_kib(p);
+            count += 1;
+            stack.extend(children_of(p));
+        }
+        peak = peak.max(sum);
+        procs = procs.max(count);
+    }
 }
 
 /// Creates hosts `fb001...` on 127.0.241.1..., 32 at once.
@@ -1107,12 +1670,18 @@ fn run_cmd(cmd: &mut Command, timeout: Duration, log: &Path) -> Result<Sample> {
     let out = std::fs::File::create(log.with_extension("out"))?;
     let err = std::fs::File::create(log.with_extension("err"))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+    let present: std::collections::BTreeSet<i32> = children_of(std::process::id() as i32).into_iter().collect();
     let before = machine_busy();
     let started = Instant::now();
     let child = cmd
         .spawn()
         .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
     let pid = child.id() as libc::pid_t;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || sample_tree(pid, &present, &stop))
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut status = 0;
@@ -1133,6 +1702,7 @@ fn run_cmd(cmd: &mut Command, timeout: Duration, log: &Path) -> Result<Sample> {
                     // started (its pid is its group id).
                     unsafe { libc::kill(-pid, libc::SIGKILL) };
                     let _ = rx.recv();
+                    stop.store(true, Ordering::Relaxed);
                     bail!(
                         "{:?} {}; see {}",
                         cmd.get_program(),
@@ -1149,6 +1719,8 @@ fn run_cmd(cmd: &mut Command, timeout: Duration, log: &Path) -> Result<Sample> {
         }
     };
     drop(child);
+    stop.store(true, Ordering::Relaxed);
+    let (tree_pss_kib, tree_procs) = sampler.join().unwrap_or_default();
     if r != pid {
         bail!("wait4 on {:?} failed", cmd.get_program());
     }
@@ -1169,6 +1741,8 @@ fn run_cmd(cmd: &mut Command, timeout: Duration, log: &Path) -> Result<Sample> {
         cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
         maxrss_kib: usage.ru_maxrss,
         machine_cpu: machine_busy().saturating_sub(before),
+        tree_pss_kib,
+        tree_procs,
     })
 }
 
@@ -1252,6 +1826,24 @@ fn version_of(program: &Path) -> String {
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "not found".into())
+}
+
+/// The first line a program prints (on stdout or stderr) for `flag`.
+fn version_of_flag(program: &str, flag: &str) -> String {
+    Command::new(program)
+        .arg(flag)
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            text.lines().next().map(|l| l.trim().to_string())
+        })
         .unwrap_or_else(|| "not found".into())
 }
 

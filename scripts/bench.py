@@ -1,0 +1,920 @@
+#!/usr/bin/env python3
+"""drover's benchmarks, side by side in one run, and BENCHMARKS.md from them.
+
+    python3 scripts/bench.py run      # what `make bench` does
+    python3 scripts/bench.py run --quick --profile debug --out target/bench-quick
+    python3 scripts/bench.py report   # BENCHMARKS.md again from the JSON (`make bench-report`)
+
+`run` goes through the stages in order, each timed, its output shown and
+kept in OUT/<stage>.log: setup (`make setup`: Debian packages, the venv
+with kcl-lib and ansible-core), the build of drover and the benchmarks,
+then every benchmark with `--json OUT/<bench>.json`: plan, exec, api,
+resume, and last fleet (it needs root: it makes real hosts), which gets
+whatever is left of the time limit (`--minutes`, 30) as its `--deadline`.
+Then `report`. OUT/run.json records the machine, the commit, the stages
+and their times.
+
+`report` reads OUT/run.json and OUT/<bench>.json (see
+engine/bench/src/figures.rs for their layout) and writes the report: the
+top table (one row per measured figure: drover, each peer and the ratio,
+the physical limit, the target), then a section per benchmark with its
+detailed tables, the exact commands and what each figure means.
+
+Standard library only: it runs before the venv exists.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = "engine/bench/results"
+BENCHES = ["plan", "exec", "api", "resume", "fleet"]
+
+# The arguments of each benchmark: the full run, and the quick one (a
+# check of the pipeline and the format, in a couple of minutes).
+FULL = {
+    "plan": ["--servers", "1000", "--runs", "5"],
+    "exec": ["--servers", "1000", "--runs", "5"],
+    "api": ["--runs", "200", "--max-running", "8", "--max-pending", "50"],
+    "resume": ["--servers", "200", "--runs", "3"],
+    "fleet": ["--sizes", "10,50,100,250", "--runs", "3", "--budget", "100", "--max-run", "60"],
+}
+QUICK = {
+    "plan": ["--servers", "100", "--runs", "2"],
+    "exec": ["--servers", "100", "--runs", "2"],
+    "api": ["--runs", "10"],
+    "resume": ["--servers", "20", "--runs", "1"],
+    "fleet": ["--sizes", "3,5", "--runs", "1", "--budget", "30", "--max-run", "20"],
+}
+# Kept free at the end of the time limit: deleting the last fleet, the report.
+FLEET_MARGIN_S = 60
+
+
+# ---------------------------------------------------------------- run
+
+
+def machine():
+    """What the figures were measured on."""
+    info = {"cores": os.cpu_count(), "kernel": platform.release(), "arch": platform.machine()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                info["ram_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                info["os"] = line.split("=", 1)[1].strip('"')
+        info["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        pass
+    return info
+
+
+def output_of(cmd):
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=30)
+        return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def stage(name, cmd, out, timeout=None, env=None):
+    """Runs one stage, its output shown and kept in OUT/<name>.log. Past
+    `timeout` seconds it gets SIGINT (the fleet benchmark then deletes its
+    hosts), two minutes later SIGKILL."""
+    print(f"\n=== stage {name}: {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+    log = out / f"{name}.log"
+    started = time.monotonic()
+    timed_out = threading.Event()
+    with open(log, "w") as f:
+        try:
+            p = subprocess.Popen(
+                cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+            )
+        except OSError as e:
+            print(f"cannot run {cmd[0]}: {e}", flush=True)
+            f.write(f"cannot run {cmd[0]}: {e}\n")
+            return {"name": name, "command": cmd, "seconds": 0.0, "status": "failed", "exit": None}
+
+        def watchdog():
+            timed_out.set()
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+        timer = threading.Timer(timeout, watchdog) if timeout else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        try:
+            for line in p.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                f.write(line)
+            code = p.wait()
+        except KeyboardInterrupt:
+            p.send_signal(signal.SIGINT)
+            p.wait()
+            raise
+        finally:
+            if timer:
+                timer.cancel()
+    seconds = time.monotonic() - started
+    status = "timed out" if timed_out.is_set() else ("ok" if code == 0 else "failed")
+    print(f"=== stage {name}: {status} in {seconds:.0f} s ({seconds / 60:.1f} min)", flush=True)
+    return {"name": name, "command": cmd, "seconds": seconds, "status": status, "exit": code, "log": log.name}
+
+
+def run(args):
+    out = (ROOT / args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    # Every figure of the report comes from this run: none of an earlier one.
+    for b in BENCHES:
+        (out / f"{b}.json").unlink(missing_ok=True)
+    limit_s = args.minutes * 60
+    started = time.monotonic()
+    record = {
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started_unix": time.time(),
+        "quick": args.quick,
+        "profile": args.profile,
+        "limit_minutes": args.minutes,
+        "machine": machine(),
+        "commit": output_of(["git", "rev-parse", "--short=12", "HEAD"]),
+        "dirty": bool(output_of(["git", "status", "--porcelain", "--untracked-files=no"])),
+        "rustc": output_of(["rustc", "--version"]),
+        "root": os.geteuid() == 0,
+        "stages": [],
+    }
+    load = record["machine"].get("loadavg_at_start", ["0"])[0]
+    print(
+        f"drover benchmarks{' (QUICK)' if args.quick else ''}: {record['machine'].get('cores')} cores, "
+        f"{record['machine'].get('ram_gib')} GiB, load average {load}; results in {out}; time limit {args.minutes} min"
+    )
+    if float(load) > 0.5:
+        print(f"warning: the load average is {load}: other work on this machine slows every figure")
+
+    def save():
+        record["seconds"] = time.monotonic() - started
+        (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    def add(s):
+        record["stages"].append(s)
+        save()
+
+    sets = QUICK if args.quick else FULL
+    only = set(args.only.split(",")) if args.only else set(BENCHES)
+    if not args.no_setup:
+        make = os.environ.get("MAKE", "make")
+        add(stage("setup", [make, "--no-print-directory", "setup"], out))
+    build = ["cargo", "build", "-p", "drover-bench", "-p", "drover-cli"]
+    if args.profile == "release":
+        build.insert(2, "--release")
+    add(stage("build", build, out))
+    if record["stages"][-1]["status"] != "ok":
+        save()
+        print("the build failed: no benchmark can run", file=sys.stderr)
+        return 1
+    bin_dir = ROOT / "target" / args.profile
+    timeouts = {"plan": 900, "exec": 900, "api": 1200, "resume": 1200}
+    for b in BENCHES:
+        if b not in only:
+            continue
+        json_path = os.path.relpath(out / f"{b}.json", ROOT)
+        cmd = [str((bin_dir / f"drover-bench-{b}").relative_to(ROOT))] + sets[b] + ["--json", json_path]
+        if b == "fleet":
+            if os.geteuid() != 0:
+                print("\n=== stage fleet: skipped: it makes real hosts (sshd in namespaces) and needs root")
+                add({"name": "fleet", "command": cmd, "seconds": 0.0, "status": "skipped: needs root", "exit": None})
+                continue
+            left = limit_s - (time.monotonic() - started) - FLEET_MARGIN_S
+            if left < 60:
+                print(f"\n=== stage fleet: skipped: {left:.0f} s left of the {args.minutes} min limit")
+                add({"name": "fleet", "command": cmd, "seconds": 0.0, "status": "skipped: no time left", "exit": None})
+                continue
+            cmd += ["--deadline", str(int(left))]
+            add(stage(b, cmd, out, timeout=left + 600))
+        else:
+            add(stage(b, cmd, out, timeout=timeouts[b]))
+    save()
+    t = time.monotonic()
+    code = report(args)
+    record["report_seconds"] = time.monotonic() - t
+    save()
+    total = record["seconds"]
+    print(f"\n=== stage times (limit {args.minutes} min):")
+    for s in record["stages"]:
+        print(f"  {s['name']:<8} {s['seconds']:7.0f} s  {s['status']}")
+    print(f"  {'total':<8} {total:7.0f} s  ({total / 60:.1f} min)")
+    failed = [s["name"] for s in record["stages"] if s["status"] not in ("ok",) and not s["status"].startswith("skipped")]
+    if failed:
+        print(f"failed: {', '.join(failed)} (see their logs in {out})", file=sys.stderr)
+        return 1
+    return code
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def fmt(v, unit=""):
+    """A figure with as many digits as it deserves."""
+    if v is None:
+        return "–"
+    a = abs(v)
+    if a >= 1000 or (a >= 10 and float(v).is_integer()):
+        s = f"{v:,.0f}"
+    elif float(v).is_integer():
+        s = f"{v:.0f}"
+    elif a >= 100:
+        s = f"{v:.0f}"
+    elif a >= 10:
+        s = f"{v:.1f}"
+    elif a >= 1:
+        s = f"{v:.2f}"
+    else:
+        s = f"{v:.3f}"
+    return f"{s} {unit}" if unit else s
+
+
+def spread(st, unit="", bold=False):
+    """`median unit (min–max, n=k)` of a Stat."""
+    if not st:
+        return "–"
+    m = fmt(st["median"], unit)
+    if bold:
+        m = f"**{m}**"
+    if st["n"] > 1:
+        return f"{m} ({fmt(st['min'])}–{fmt(st['max'])}, n={st['n']})"
+    return f"{m} (n=1)"
+
+
+def figure(fig, bold=False):
+    """A headline figure: measured (median, min–max, n) or estimated."""
+    if fig is None or fig.get("value") is None:
+        return "–"
+    v = fmt(fig["value"])
+    if fig.get("estimate"):
+        return f"≈{v} ({fig['estimate']})"
+    if bold:
+        v = f"**{v}**"
+    if fig.get("n", 1) > 1 and fig.get("min") is not None:
+        return f"{v} ({fmt(fig['min'])}–{fmt(fig['max'])}, n={fig['n']})"
+    if fig.get("n") == 1 and fig.get("min") is not None:
+        return f"{v} (n=1)"
+    return v
+
+
+def ratio(r, estimate=False):
+    if r is None:
+        return "–"
+    return f"{'≈' if estimate else ''}{r:.2f}×" if r < 10 else f"{'≈' if estimate else ''}{r:.1f}×"
+
+
+def load(out, name):
+    p = out / f"{name}.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def cell(s):
+    """Text safe inside a table cell."""
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+# ---------------------------------------------------------------- report
+
+
+def summary_rows(benches):
+    rows, notes = [], []
+    order = ["fleet", "exec", "plan", "api", "resume"]
+    for b in order:
+        d = benches.get(b)
+        if not d:
+            continue
+        heads = d["headline"]
+        # The memory rows come after every fleet row.
+        for h in sorted(heads, key=lambda h: h["id"].startswith("memory")):
+            unit = h["unit"]
+            peers = []
+            for p in h["peers"]:
+                est = p["figure"].get("estimate") or ""
+                if est.startswith("not run"):
+                    # A projection, not a measurement: no ratio from it.
+                    peers.append(f"{cell(p['name'])}: {est}; ~{fmt(p['figure']['value'])} projected from a smaller fleet")
+                else:
+                    peers.append(f"{cell(p['name'])}: {figure(p['figure'])} → {ratio(p['ratio'], bool(est))}")
+            lim = "–"
+            if h.get("limit"):
+                l = h["limit"]
+                share = l.get("share")
+                lim = f"{fmt(l['figure']['value'])} {unit}: {cell(l['what'])}"
+                if share is not None:
+                    lim += f" (drover at {share * 100:.0f}%)"
+            tgt = "none set"
+            if h.get("target"):
+                t = h["target"]
+                tgt = f"{cell(t['what'])}: **{'met' if t['met'] else 'NOT MET'}**"
+            rows.append(
+                [
+                    f"{cell(h['what'])}, {unit}",
+                    figure(h["drover"], bold=True),
+                    "<br>".join(peers) if peers else "– (no peer does this)",
+                    lim,
+                    tgt,
+                ]
+            )
+            if h.get("note"):
+                notes.append(f"- {cell(h['what'])}: {h['note']}.")
+    return rows, notes
+
+
+TEXT = {
+    "fleet": """\
+Per size N, the benchmark creates a fleet of N real hosts on this machine
+(each an sshd in its own namespaces on its own loopback address, `HostFleet`),
+then times side by side, in interleaved rounds: one command (`true`) on every
+host, and a 10-step sequence on every host, with `drover run` (a workflow of
+one taskserv operation; 10 taskservs in a `requires` chain for 10 steps),
+`pdsh -R ssh -f N`, `parallel-ssh -p N`, and `ansible -m shell -f N` /
+`ansible-playbook` with 10 shell tasks (forks = N). Every peer runs each step
+as its own invocation; drover keeps one SSH connection per host for all
+steps. Same key, same known_hosts checked strictly, N hosts at once; every
+command must succeed (for drover: every task succeeded in its journal).
+
+The physical limit is one SSH handshake per host: bare `ssh host true` to
+one host and to all N at once, with OpenSSH's default key exchange
+(sntrup761x25519, what the peers negotiate) and with curve25519-sha256
+(what drover's russh negotiates with this sshd). On 2 cores the hosts' sshd
+processes and the client share the CPU, so a large fleet is CPU-bound for
+every tool: see the machine CPU column.
+
+Time is bounded: drover gets every run; a peer's further runs only while the
+size is within `--budget`; a measurement whose one run is projected (linearly
+from the previous size) beyond `--max-run` is not run; for pdsh and
+parallel-ssh, whose ten steps are ten identical invocations, ten times one
+invocation is shown instead (≈, checked against the real thing at the sizes
+where both ran). `--deadline` (the rest of the 30 minutes) bounds the whole.""",
+    "memory": """\
+`drover run` holds one SSH connection per host for the whole run; pdsh and
+parallel-ssh hold one `ssh` process per host, ansible a forked worker and an
+`ssh` ControlPersist master per host. drover's figure is its peak RSS (from
+wait4: exact; every page it maps counted in full, even pages shared with
+other processes, so any bias is against drover). A peer's figure is the peak
+of the PSS (proportional set size: a page shared by k processes counts 1/k)
+summed over its whole process tree, sampled at 0.1, 0.3 and 0.7 s, then every
+second (a sample reads /proc of every process in the tree, ~0.1 ms of CPU
+each, ~25 ms at 250 hosts: about 1% of this machine), including
+ansible's daemonized ControlPersist masters (the benchmark is their
+subreaper). Per connection: drover's RSS at the largest size minus its RSS at
+the smallest, per added host; a peer's tree PSS divided by the hosts.""",
+    "exec": """\
+A generated DAG of 1,000 servers × (create + a 10-taskserv pipeline) plus a
+DependencyDef gate: 11,000 tasks run by the real scheduler with the real
+journal (SQLite, WAL, `synchronous=FULL`, one transaction per scheduler
+turn) on disk (/var/tmp), global limit 50, tasks done by an executor that
+returns at once. It measures drover's own cost per task: scheduling, durable
+journaling of every transition, the report. No peer schedules a DAG with a
+journal, so the comparison is with the obvious design, one durable commit
+per journal entry (measured on a sample of entries, each its own
+transaction), and with the physical limit: the run's whole journal inserted
+in one transaction (the least any journaling engine must write).""",
+    "plan": """\
+Planning: a generated workflow, 1,000 servers written as one KCL list
+comprehension, each carrying ten taskservs in a `requires` chain; a create
+operation, an install operation behind it and a DependencyDef. KCL
+evaluation and validation + planning are timed apart.
+
+KCL evaluation of the full deployment (workflows/wuji.k, with every provider
+and taskserv declaration of the home): drover loads the official engine
+in-process (its C API); the peer is the obvious alternative, a Python
+process evaluating the same files with kcl_lib (the same engine). The Python
+process's start and `import kcl_lib` are measured on their own: they are
+what the subprocess route adds.""",
+    "api": """\
+A real `drover serve` on loopback with a fresh state store and its queue
+(`--max-running`, `--max-pending`): N clients submit
+workflows/examples/sequential.k at the same time (`POST /workflows/batch`);
+a client refused with 429 waits for Retry-After and submits again, so every
+submission is eventually accepted. Meanwhile a prober times `GET` of a run's
+status, the run list and `/healthz`, back to back. Then every run must have
+finished, succeeded, none lost, none duplicated. Submissions/s counts
+accepted runs over the time until the last was accepted: once the queue is
+full, it is bounded by how fast runs finish.
+
+Physical limits: the server evaluates every submitted workflow with KCL (the
+declarations are cached) and the engine takes one call at a time, so at most
+1 / (one evaluation, measured in-process by `drover plan --timings`)
+submissions get in per second, however many cores; API latency cannot beat
+the same requests on the idle server.""",
+    "resume": """\
+A 1,000-task run (200 servers × (create + installs of the test taskservs a →
+b, c → d) with `connection = "local"`, every install a `sleep 0.01` of the
+deterministic test taskserv `behave.sh`) is killed with SIGKILL once half of
+its install scripts ran, then `drover run --resume ID` finishes it. The peer
+is what an operator without a journal does: run everything again from
+scratch. Recovery overhead: from the resume process's start to its first
+task (from the journal's timestamps); its floor is a process start
+(`drover --version`) plus reading the run's journal from SQLite. The floor of
+resume-to-finish is what the run from scratch took for the same remaining
+tasks (from the moment it had as many tasks succeeded as the killed run),
+plus that recovery floor. Every journal is checked: no task succeeded twice,
+none started again after it succeeded; the benchmark fails otherwise.""",
+}
+
+
+def fleet_section(d, lines):
+    r = d["results"]
+    lines.append(TEXT["fleet"])
+    lines.append("")
+    lines.append(f"Command: `{d['command']}` ({d['duration_s'] / 60:.1f} min).")
+    v = r.get("versions", {})
+    if v:
+        lines.append("Versions: " + "; ".join(f"{k}: {cell(x)}" for k, x in v.items()) + ".")
+    lines.append("")
+    tools = d["params"]["tools"]
+    for s in r["sizes"]:
+        n = s["hosts"]
+        if s["status"] != "measured":
+            lines.append(f"**{n} hosts**: {s['status']}: {cell(s.get('reason', ''))}")
+            lines.append("")
+            continue
+        lines.append(f"### {n} hosts")
+        lines.append("")
+        rows = []
+        for t in tools:
+            cs = s["tools"].get(t)
+            if not cs:
+                continue
+
+            def wall(c, t=t, cs=cs):
+                x = cs[c]
+                if x["wall"]:
+                    return spread(x["wall"], bold=(t == "drover"))
+                if x.get("estimate_s") is not None:
+                    return f"≈{fmt(x['estimate_s'])} (10 × 1 command)"
+                if x.get("skipped"):
+                    return f"not run ({x['skipped']['reason']}: ~{fmt(x['skipped']['projected_s'])} projected)"
+                return "–"
+
+            def pair(key, conv=lambda v: fmt(v), cs=cs):
+                vals = []
+                for c in ("one", "ten"):
+                    x = cs[c].get(key)
+                    if isinstance(x, dict):
+                        x = x.get("median")
+                    vals.append(conv(x) if x is not None else "–")
+                return " / ".join(vals)
+
+            rss = [cs[c]["maxrss_kib"] for c in ("one", "ten") if cs[c].get("maxrss_kib")]
+            rows.append(
+                [
+                    t,
+                    wall("one"),
+                    wall("ten"),
+                    pair("cpu"),
+                    pair("machine_cpu"),
+                    fmt(max(rss) / 1024) if rss else "–",
+                    pair("tree_pss_kib", lambda k: fmt(k / 1024)),
+                    pair("tree_procs", lambda k: str(k)),
+                ]
+            )
+        lines.append(
+            table(
+                [
+                    "tool",
+                    "1 command, s",
+                    "10 steps, s",
+                    "client CPU, s (1 / 10)",
+                    "machine CPU, core-s (1 / 10)",
+                    "largest process, MiB",
+                    "tree PSS, MiB (1 / 10)",
+                    "processes (1 / 10)",
+                ],
+                rows,
+            )
+        )
+        lines.append("")
+        if s.get("ratios"):
+            rr = []
+            for t, x in s["ratios"].items():
+                one, ten = x.get("one"), x.get("ten")
+                rr.append(
+                    [
+                        t,
+                        ratio(one["ratio"], one["estimate"]) if one else "–",
+                        ratio(ten["ratio"], ten["estimate"]) if ten else "–",
+                    ]
+                )
+            lines.append(table(["peer time ÷ drover time", "1 command", "10 steps"], rr))
+            lines.append("")
+        if s.get("targets"):
+            lines.append(
+                "Targets: "
+                + "; ".join(
+                    f"{'1 command' if t['case'] == 'one' else '10 steps'} {t['what']}: "
+                    f"{'≈' if t['estimate'] else ''}{t['ratio']:.2f}× ({'met' if t['met'] else 'NOT MET'})"
+                    for t in s["targets"]
+                )
+                + "."
+            )
+        p = s["physical"]
+        if p.get("ssh_all_default"):
+            lines.append(
+                f"Physical limit, `ssh host true`: one host {spread(p['ssh_one_default'], 's')} with the default key "
+                f"exchange, {spread(p['ssh_one_curve25519'], 's')} with curve25519; all {n} at once "
+                f"{spread(p['ssh_all_default'], 's')} / {spread(p['ssh_all_curve25519'], 's')} "
+                f"(machine CPU {fmt(p['machine_cpu_all_default']['median'])} / "
+                f"{fmt(p['machine_cpu_all_curve25519']['median'])} core-s)."
+            )
+        for c, label in (("one", "1 command"), ("ten", "10 steps")):
+            b = s.get("drover_breakdown_ms", {}).get(c)
+            if b:
+                later = b["later_task"]
+                later_text = f", each later task {fmt(later)} ms over the open connection" if later is not None else ""
+                lines.append(
+                    f"drover, {label}, from its journal (median, ms): start-up (exec, KCL, plan, store) "
+                    f"{fmt(b['startup'])}, to the first task {fmt(b['to_first_task'])}, tasks {fmt(b['tasks'])}, "
+                    f"finish (cleanup, report, exit) {fmt(b['finish'])}; a host's first task {fmt(b['first_task'])} "
+                    f"(with its SSH connection){later_text}."
+                )
+        lines.append(
+            f"Fleet: created in {fmt(s.get('create_s'))} s, deleted in {fmt(s.get('delete_s'))} s; "
+            f"an idle host's sshd: RSS {fmt((s.get('sshd_idle_rss_kib') or 0) / 1024)} MiB, "
+            f"PSS {fmt((s.get('sshd_idle_pss_kib') or 0) / 1024)} MiB; measured in {fmt(s.get('measure_s'))} s."
+        )
+        lines.append("")
+
+
+def memory_section(d, lines):
+    m = d["results"].get("memory")
+    lines.append(TEXT["memory"])
+    lines.append("")
+    if not m:
+        lines.append("Not measured (drover's one-command run was measured at no size).")
+        lines.append("")
+        return
+    tools = d["params"]["tools"]
+    rows = []
+    for s in m["by_size"]:
+        tree = s["tree_pss_kib"]
+        rows.append(
+            [s["hosts"], f"**{fmt(s['drover_maxrss_kib'] / 1024)}**"]
+            + [fmt(tree[t] / 1024) if t in tree else "–" for t in tools]
+        )
+    lines.append(
+        table(["hosts, 1 command", "drover peak RSS, MiB"] + [f"{t} tree PSS, MiB" for t in tools], rows)
+    )
+    lines.append("")
+    pc = m.get("drover_kib_per_connection")
+    if pc is not None:
+        lines.append(
+            f"drover per connection: (RSS at {m['hosts']} hosts {fmt(m['drover_maxrss_kib']['largest'] / 1024)} MiB − "
+            f"at {m['smallest_hosts']} hosts {fmt(m['drover_maxrss_kib']['smallest'] / 1024)} MiB) / "
+            f"{m['hosts'] - m['smallest_hosts']} = **{fmt(pc)} KiB**"
+            + (" (within noise at these sizes)" if pc <= 0 else "")
+            + "; the peers at "
+            + f"{m['hosts']} hosts: "
+            + ", ".join(
+                f"{t} {fmt(k / m['hosts'])} KiB" for t, k in m["tree_pss_kib"].items() if t != "drover"
+            )
+            + " per host."
+        )
+        lines.append("")
+
+
+def exec_section(d, lines):
+    r = d["results"]
+    lines.append(TEXT["exec"])
+    lines.append("")
+    lines.append(f"Command: `{d['command']}`.")
+    lines.append("")
+    lines.append(
+        table(
+            ["measure", "figure"],
+            [
+                [f"tasks per second, end to end ({r['tasks']:,} tasks)", spread(r["tasks_per_s"], bold=True)],
+                [f"journal entries per second ({r['journal_entries']:,} entries, each durable)", spread(r["entries_per_s"])],
+                ["wall time of a run, s", spread(r["wall"])],
+                ["peak resident memory of the process (incl. the KCL engine), MiB", fmt(r["peak_rss_mib"])],
+                [
+                    "physical limit: the whole journal in one transaction, ms",
+                    f"{spread(r['limit_one_transaction_ms'])} → {fmt(r['limit_tasks_per_s'])} tasks/s",
+                ],
+                [
+                    "baseline: one durable commit per entry, ms each",
+                    f"{spread(r['single_commit_ms'])} → {fmt(r['baseline_tasks_per_s'])} tasks/s",
+                ],
+            ],
+        )
+    )
+    lines.append("")
+
+
+def plan_section(d, lines):
+    r = d["results"]
+    g, f, b = r["generated"], r["full"], r["bridge"]
+    lines.append(TEXT["plan"])
+    lines.append("")
+    lines.append(f"Command: `{d['command']}`.")
+    lines.append("")
+    lines.append(
+        table(
+            [f"generated workflow, {r['tasks']:,} tasks", "ms"],
+            [
+                ["KCL evaluation of the workflow (in-process)", spread(g["workflow_eval"])],
+                ["KCL evaluation of the declarations", spread(g["declarations_eval"])],
+                ["validation + planning", spread(g["plan"], bold=True)],
+                ["planning throughput, tasks/s", fmt(g["plan_tasks_per_s"])],
+            ],
+        )
+    )
+    lines.append("")
+    lines.append(
+        table(
+            [f"full deployment: {f['file']} + {f['declarations']} declarations ({f['tasks']} tasks)", "ms"],
+            [
+                ["KCL evaluation, in-process", spread(f["eval_inprocess"], bold=True)],
+                ["validation + planning", spread(f["plan"])],
+                ["the same files, a Python process with kcl_lib", spread(f["eval_python"])],
+                ["of which the Python start and `import kcl_lib`", spread(f["python_start_import"])],
+                ["ratio", f"in-process is {f['ratio']:.1f}× faster"],
+            ],
+        )
+    )
+    lines.append("")
+    lines.append(
+        table(
+            ["the bridge, one 3-server workflow", "ms"],
+            [
+                ["in-process (the engine's C API)", spread(b["inprocess"], bold=True)],
+                ["a Python subprocess per evaluation", spread(b["python_subprocess"])],
+                ["ratio", f"in-process is {b['ratio']:.0f}× faster"],
+            ],
+        )
+    )
+    lines.append("")
+
+
+def api_section(d, lines):
+    r = d["results"]
+    lines.append(TEXT["api"])
+    lines.append("")
+    lines.append(f"Command: `{d['command']}`.")
+    lines.append("")
+
+    def lat(x):
+        return f"p50 {fmt(x['p50'])}, p99 {fmt(x['p99'])}, max {fmt(x['max'])} (n={x['n']})"
+
+    by = r.get("api_latency_by_request_ms", {})
+    lines.append(
+        table(
+            ["measure", "figure"],
+            [
+                [
+                    f"{r['runs']} submissions at once, accepted per second",
+                    f"**{fmt(r['submissions_per_s'])}** ({fmt(r['accept_s'])} s until the last; "
+                    f"{r['refusals_429']} refusals with 429 on the way)",
+                ],
+                ["every run finished (succeeded, none lost), s after the first submission", fmt(r["all_finished_s"])],
+                ["runs finished per second", fmt(r["runs_per_s"])],
+                ["submission latency, ms", lat(r["submit_latency_ms"])],
+                ["API latency under load, ms", lat(r["api_latency_ms"])],
+            ]
+            + [[f"… `{k}`, ms", lat(v)] for k, v in by.items()]
+            + [
+                ["the same requests on the idle server, ms", lat(r["idle_latency_ms"])],
+                ["server peak RSS, MiB", fmt(r["server_peak_rss_mib"])],
+                [
+                    "limit: one KCL evaluation of the workflow, in-process, ms",
+                    f"{spread(r['workflow_eval_ms'])} → at most {fmt(r['limit_submissions_per_s'])} submissions/s",
+                ],
+                ["`drover validate` of it, the whole process, ms", spread(r["validate_ms"])],
+            ],
+        )
+    )
+    lines.append("")
+
+
+def resume_section(d, lines):
+    r = d["results"]
+    p = d["params"]
+    lines.append(TEXT["resume"])
+    lines.append("")
+    lines.append(f"Command: `{d['command']}`.")
+    lines.append("")
+    lines.append(
+        table(
+            ["measure", "figure"],
+            [
+                ["killed (SIGKILL) after, s", spread(r["killed_after_s"])],
+                [f"tasks succeeded at the kill, of {r['tasks']}", spread(r["done_at_kill"])],
+                ["recovery: resume start to its first task, ms", spread(r["recovery_ms"], bold=True)],
+                ["… to the resumed run's start in the journal, ms", spread(r["resume_to_run_started_ms"])],
+                [
+                    "floor: process start + journal read, ms",
+                    f"{fmt(r['process_start_ms']['median'])} + {fmt(r['journal_read_ms']['median'])}",
+                ],
+                ["resume to finish, s", spread(r["resume_wall_s"], bold=True)],
+                [
+                    "floor: the run from scratch's time for the tasks left, + recovery floor, s",
+                    f"{spread(r['scratch_tail_s'])} → {fmt(r['ideal_resume_s'])}",
+                ],
+                ["rerun from scratch (no journal), s", spread(r["scratch_wall_s"])],
+                ["a fresh run: process start to its first task, ms", spread(r["scratch_first_task_ms"])],
+                ["ratio", f"resume finishes {r['ratio']:.2f}× sooner than a rerun"],
+                [
+                    "scripts in flight at the kill, run again (same idempotency key)",
+                    ", ".join(str(x) for x in r["rerun_scripts"]),
+                ],
+                ["no task succeeded twice, none started again after it succeeded", "checked in every journal"],
+            ],
+        )
+    )
+    lines.append("")
+    lines.append(f"Parameters: {p['servers']} servers, max_parallel {p['parallel']}, killed after {p['kill_after_scripts']} install scripts.")
+    lines.append("")
+
+
+SECTIONS = [
+    ("fleet", "Fleet fan-out: drover against pdsh, parallel-ssh and ansible", fleet_section),
+    ("fleet", "Orchestrator memory holding a connection to every host", memory_section),
+    ("exec", "Engine overhead: {tasks} no-op tasks with journaling", exec_section),
+    ("plan", "Planning {tasks} tasks and KCL evaluation of the full deployment", plan_section),
+    ("api", "Submission throughput and API latency under load", api_section),
+    ("resume", "Crash-resume of a {tasks}-task run", resume_section),
+]
+
+
+def report(args):
+    out = (ROOT / args.out).resolve()
+    target = (ROOT / args.report).resolve()
+    run_path = out / "run.json"
+    if not run_path.is_file():
+        print(f"{run_path} not found: run `make bench` first", file=sys.stderr)
+        return 1
+    rec = json.loads(run_path.read_text())
+    benches = {b: load(out, b) for b in BENCHES}
+    # Only figures of this run: a file from another run is left out, said so.
+    t0 = rec["started_unix"]
+    t1 = t0 + rec.get("seconds", 1e9) + 60
+    stale = [b for b, d in benches.items() if d and not (t0 - 1 <= d["started_unix"] <= t1)]
+    for b in stale:
+        benches[b] = None
+    stages = {s["name"]: s for s in rec["stages"]}
+    m = rec["machine"]
+    try:
+        rel_out = out.relative_to(ROOT)
+    except ValueError:
+        rel_out = out
+    quick = rec.get("quick")
+    make_cmd = "make bench-quick" if quick else "make bench"
+    lines = ["# Benchmarks", ""]
+    lines.append(
+        f"<!-- Generated by scripts/bench.py from {rel_out}/*.json: edit the script, not this file. "
+        f"Regenerate with `make bench` (measure) or `make bench-report` (from the JSON). -->"
+    )
+    lines.append("")
+    if quick:
+        lines += [
+            "> **QUICK RUN**: tiny sizes"
+            + (", debug build" if rec.get("profile") == "debug" else "")
+            + ", to check the pipeline and the format. These are not drover's figures; `make bench` measures them.",
+            "",
+        ]
+    lines.append(
+        f"drover against its peers and its own targets, every figure from one run of `{make_cmd}` "
+        f"({rec['started'].replace('T', ' ').replace('+00:00', ' UTC')}, commit `{rec.get('commit') or '?'}`"
+        f"{' with local changes' if rec.get('dirty') else ''}, {rec.get('profile', 'release')} build, "
+        f"{rec.get('rustc', '')}) on this machine: {m.get('cores')} cores ({m.get('cpu', '?')}), "
+        f"{m.get('ram_gib')} GiB RAM, {m.get('os', '?')}, Linux {m.get('kernel')}; load average at the start "
+        f"{' '.join(m.get('loadavg_at_start', []))}. The whole run took {rec.get('seconds', 0) / 60:.1f} min "
+        f"(limit {rec.get('limit_minutes')} min; stages below)."
+    )
+    lines.append("")
+    lines.append(
+        "How to read it: drover's figure is the median of n runs (min–max); each peer's figure comes from the "
+        "same run, and its ratio says how many times better drover is (peer ÷ drover for times and memory, "
+        "drover ÷ peer for rates; above 1: drover is better). ≈ marks an estimate, with how it was made. "
+        "The physical limit is what this machine allows at best, measured in the same run; the percentage "
+        "says how close drover gets (100%: at the limit). Every figure, with every sample, is in "
+        f"`{rel_out}/*.json`; each benchmark's output is in `{rel_out}/*.log`."
+    )
+    lines.append("")
+    rows, notes = summary_rows(benches)
+    lines.append(table(["benchmark", "drover", "peers: figure → ratio", "physical limit (drover's share)", "target"], rows))
+    lines.append("")
+    for b in BENCHES:
+        s = stages.get(b)
+        d = benches.get(b)
+        if d is not None and s and s["status"] != "ok":
+            lines.append(
+                f"- {b}: **{s['status']}**; its figures are those measured before it stopped "
+                f"(see `{rel_out}/{s.get('log', b + '.log')}`)."
+            )
+        if d is None:
+            s = stages.get(b)
+            why = "not run" if not s else s["status"]
+            if b in stale:
+                why = "its JSON is from another run, left out"
+            lines.append(f"- {b}: **{why}**" + (f" (see `{rel_out}/{s['log']}`)" if s and s.get("log") else "") + ".")
+    lines += notes
+    lines.append("")
+    lines.append("## The run")
+    lines.append("")
+    srows = [
+        [s["name"], f"`{cell(' '.join(s['command']))}`", f"{s['seconds']:.0f} s ({s['seconds'] / 60:.1f} min)", s["status"]]
+        for s in rec["stages"]
+    ]
+    srows.append(["total", "", f"**{rec.get('seconds', 0):.0f} s ({rec.get('seconds', 0) / 60:.1f} min)**", ""])
+    lines.append(table(["stage", "command", "time", "status"], srows))
+    lines.append("")
+    for b, title, section in SECTIONS:
+        d = benches.get(b)
+        tasks = (d or {}).get("results", {}).get("tasks")
+        title = title.replace("{tasks}", f"{tasks:,}" if tasks else "N")
+        lines.append(f"## {title}")
+        lines.append("")
+        if d is None:
+            s = stages.get(b)
+            if b in stale:
+                lines.append("Not shown: its JSON is from another run.")
+            elif s and s["status"].startswith("skipped"):
+                lines.append(f"Not run: {s['status'][len('skipped: '):] if ': ' in s['status'] else s['status']}.")
+            elif s:
+                lines.append(f"Failed ({s['status']}): see `{rel_out}/{s.get('log', b + '.log')}`.")
+            else:
+                lines.append("Not run.")
+            lines.append("")
+            lines.append(TEXT["memory" if section is memory_section else b])
+            lines.append("")
+            continue
+        section(d, lines)
+    lines.append("## Reproduce")
+    lines.append("")
+    lines.append(
+        "`make bench` from a fresh clone: `make setup` (as root it installs pdsh, pssh and openssh-server; the "
+        "venv gets kcl-lib and ansible-core), the release build, every benchmark with `--json`, this file. "
+        "The fleet benchmark needs root (it creates hosts: sshd in namespaces); without root it is skipped. "
+        "`make bench-report` writes this file again from the JSON without measuring; `make bench-quick` runs "
+        "everything at tiny sizes into target/bench-quick/ (its report is target/bench-quick/BENCHMARKS.md). "
+        "Each benchmark also runs alone, `target/release/drover-bench-<name> [options] [--json FILE]`; its "
+        "options are in the doc comment at the top of engine/bench/src/<name>.rs."
+    )
+    lines.append("")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(lines))
+    print(f"wrote {target}")
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="set up, build, run every benchmark, write the report")
+    r.add_argument("--quick", action="store_true", help="tiny sizes: checks the pipeline in a few minutes")
+    r.add_argument("--profile", choices=["release", "debug"], default="release")
+    r.add_argument("--out", default=None, help=f"where the JSON and logs go (default {RESULTS}, quick: target/bench-quick)")
+    r.add_argument("--report", default=None, help="the report (default BENCHMARKS.md, quick: OUT/BENCHMARKS.md)")
+    r.add_argument("--minutes", type=float, default=30, help="the time limit of the whole run (default 30)")
+    r.add_argument("--only", default=None, help="comma-separated benchmarks to run (plan,exec,api,resume,fleet)")
+    r.add_argument("--no-setup", action="store_true", help="skip `make setup`")
+    g = sub.add_parser("report", help="write the report from the JSON of the last run")
+    g.add_argument("--out", default=RESULTS)
+    g.add_argument("--report", default="BENCHMARKS.md")
+    args = ap.parse_args()
+    if args.command == "run":
+        if args.out is None:
+            args.out = "target/bench-quick" if args.quick else RESULTS
+        if args.report is None:
+            args.report = str(Path(args.out) / "BENCHMARKS.md") if args.quick else "BENCHMARKS.md"
+        return run(args)
+    return report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
