@@ -30,7 +30,9 @@ Environment:
   DROVER_HOME     directory holding schemas/, providers/, taskservs/ (default: the source tree)
   DROVER_VENV     Python venv with kcl-lib (default: $DROVER_HOME/.venv)
   DROVER_KCL_LIB  path of kcl_lib's _kcl_lib*.so, overriding DROVER_VENV
-  DROVER_STATE    the state database (default: $XDG_DATA_HOME/drover/state.db)";
+  DROVER_STATE    the state database (default: $XDG_DATA_HOME/drover/state.db)
+  DROVER_API, DROVER_TOKEN, DROVER_TOKEN_FILE
+                  the server `drover batch` talks to, and its token (see `drover batch --help`)";
 
 /// drover: declarative batch workflows and fleet orchestration.
 #[derive(Debug, Parser)]
