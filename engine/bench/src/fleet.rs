@@ -76,7 +76,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use drover_bench::figures::{Better, Figure, Headline, Report, Stat};
+use drover_bench::figures::{Better, Figure, Headline, Report, Stat, median};
 use drover_exec::hosts::{FleetGuard, HostFleet, HostInfo, HostSpec};
 use drover_kcl::Home;
 use drover_state::{Event, RunStatus, Store};
@@ -1866,21 +1866,6 @@ fn epoch_ms() -> f64 {
 
 fn walls(v: &[Sample]) -> Vec<f64> {
     v.iter().map(|s| s.wall.as_secs_f64()).collect()
-}
-
-/// The median; of an even count, the mean of the two middle values.
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let k = s.len() / 2;
-    if s.len().is_multiple_of(2) {
-        (s[k - 1] + s[k]) / 2.0
-    } else {
-        s[k]
-    }
 }
 
 fn mean(v: &[f64]) -> f64 {

@@ -4,24 +4,16 @@
 //! succeeded task runs twice), a failing run's exit status, and a
 //! rollback over the API.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{executions, repo, slow_workflow, succeeded_and_interrupted, test_home, text};
 use drover_state::{Event, RunStatus, Store};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repo root")
-}
-
-fn test_home() -> PathBuf {
-    repo().join("engine/exec/tests/home")
-}
 
 fn drover(cwd: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_drover"));
@@ -32,14 +24,6 @@ fn drover(cwd: &Path) -> Command {
         .env_remove("DROVER_TOKEN_FILE")
         .env("XDG_DATA_HOME", cwd.join("xdg"));
     c
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// A `drover serve` child, killed when dropped.
@@ -88,50 +72,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// 4 servers × (create, a → b, c → d), every install 0.4 s: long enough
-/// to be killed in the middle.
-fn slow_workflow(dir: &Path) -> (PathBuf, PathBuf) {
-    let control = dir.join("control");
-    std::fs::create_dir_all(&control).expect("control");
-    std::fs::write(control.join("install"), "sleep 0.4").expect("control file");
-    let file = dir.join("crash.k");
-    std::fs::write(
-        &file,
-        format!(
-            r#"import drover
-
-workflow = drover.WorkflowDef {{
-    name = "crash"
-    max_parallel = 2
-    variables = {{CONTROL = "{}"}}
-    servers = [drover.ServerDef {{
-        hostname = "c${{i}}"
-        provider = "local"
-        plan = "small"
-        connection = "local"
-        taskservs = ["a", "b", "c", "d"]
-    }} for i in range(4)]
-    operations = [
-        drover.OperationDef {{id = "create", type = "create", target = "server"}}
-        drover.OperationDef {{id = "install", type = "create", target = "taskserv", depends_on = ["create"]}}
-    ]
-}}
-"#,
-            control.display()
-        ),
-    )
-    .expect("workflow");
-    (file, control)
-}
-
-fn executions(control: &Path) -> Vec<Vec<String>> {
-    std::fs::read_to_string(control.join("executions.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| l.split(' ').map(str::to_string).collect())
-        .collect()
 }
 
 fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
@@ -214,31 +154,7 @@ fn submit_watch_survives_a_server_killed_with_sigkill_and_the_run_completes_once
         })
         .collect();
     assert_eq!(starts, [false, true], "{journal:?}");
-    let mut succeeded: HashMap<String, usize> = HashMap::new();
-    let mut interrupted: HashMap<String, usize> = HashMap::new();
-    let mut in_flight: HashMap<String, bool> = HashMap::new();
-    for e in &journal {
-        let node = e.node.clone().unwrap_or_default();
-        match &e.event {
-            Event::TaskStarted { .. } => {
-                assert_eq!(succeeded.get(&node), None, "{node} started again after it succeeded");
-                in_flight.insert(node, true);
-            }
-            Event::TaskSucceeded { .. } => {
-                *succeeded.entry(node.clone()).or_default() += 1;
-                in_flight.insert(node, false);
-            }
-            Event::RunStarted { resumed: true } => {
-                for (n, flying) in in_flight.iter_mut() {
-                    if *flying {
-                        *interrupted.entry(n.clone()).or_default() += 1;
-                        *flying = false;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    let (succeeded, interrupted) = succeeded_and_interrupted(&journal);
     assert_eq!(succeeded.len(), 20, "4 creates and 16 installs: {succeeded:?}");
     assert!(succeeded.values().all(|&n| n == 1), "{succeeded:?}");
     assert!(

@@ -2,6 +2,8 @@
 //! real (then rolled back), Ctrl-C, and `kill -9` in the middle of a run
 //! followed by `--resume`, several times.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -9,14 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{executions, repo, slow_workflow, succeeded_and_interrupted, test_home, text};
 use drover_state::{Event, RunStatus, Store};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repo root")
-}
 
 /// drover with a private state store, run from `cwd`.
 fn drover(cwd: &Path, state: &Path) -> Command {
@@ -29,14 +25,6 @@ fn drover(cwd: &Path, state: &Path) -> Command {
 
 fn output(c: &mut Command) -> Output {
     c.output().expect("drover runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn http_get(addr: &str) -> Option<String> {
@@ -127,54 +115,6 @@ fn the_quickstart_runs_for_real_and_rolls_back() {
     );
 }
 
-/// A workflow over the deterministic test taskservs, slow enough to be
-/// interrupted: 4 servers × (create, a → b, c → d), every install 0.4 s.
-fn slow_workflow(dir: &Path) -> (PathBuf, PathBuf) {
-    let control = dir.join("control");
-    std::fs::create_dir_all(&control).expect("control");
-    std::fs::write(control.join("install"), "sleep 0.4").expect("control file");
-    let file = dir.join("crash.k");
-    std::fs::write(
-        &file,
-        format!(
-            r#"import drover
-
-workflow = drover.WorkflowDef {{
-    name = "crash"
-    max_parallel = 2
-    variables = {{CONTROL = "{}"}}
-    servers = [drover.ServerDef {{
-        hostname = "c${{i}}"
-        provider = "local"
-        plan = "small"
-        connection = "local"
-        taskservs = ["a", "b", "c", "d"]
-    }} for i in range(4)]
-    operations = [
-        drover.OperationDef {{id = "create", type = "create", target = "server"}}
-        drover.OperationDef {{id = "install", type = "create", target = "taskserv", depends_on = ["create"]}}
-    ]
-}}
-"#,
-            control.display()
-        ),
-    )
-    .expect("workflow");
-    (file, control)
-}
-
-fn test_home() -> PathBuf {
-    repo().join("engine/exec/tests/home")
-}
-
-fn executions(control: &Path) -> Vec<Vec<String>> {
-    std::fs::read_to_string(control.join("executions.log"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| l.split(' ').map(str::to_string).collect())
-        .collect()
-}
-
 fn wait_for_executions(control: &Path, n: usize, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while executions(control).len() < n {
@@ -247,31 +187,7 @@ fn kill_9_then_resume_finishes_the_run_and_never_reruns_a_succeeded_task() {
     assert_eq!(store.run(&id).expect("run").status, RunStatus::Succeeded);
 
     // Every task succeeded exactly once, and none started again after.
-    let mut succeeded: HashMap<String, usize> = HashMap::new();
-    let mut interrupted: HashMap<String, usize> = HashMap::new();
-    let mut in_flight: HashMap<String, bool> = HashMap::new();
-    for e in &journal {
-        let node = e.node.clone().unwrap_or_default();
-        match &e.event {
-            Event::TaskStarted { .. } => {
-                assert_eq!(succeeded.get(&node), None, "{node} started again after it succeeded");
-                in_flight.insert(node, true);
-            }
-            Event::TaskSucceeded { .. } => {
-                *succeeded.entry(node.clone()).or_default() += 1;
-                in_flight.insert(node, false);
-            }
-            Event::RunStarted { resumed: true } => {
-                for (n, flying) in in_flight.iter_mut() {
-                    if *flying {
-                        *interrupted.entry(n.clone()).or_default() += 1;
-                        *flying = false;
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    let (succeeded, interrupted) = succeeded_and_interrupted(&journal);
     assert_eq!(succeeded.len(), 4 * 5, "4 creates and 16 installs");
     assert!(succeeded.values().all(|&n| n == 1), "{succeeded:?}");
     assert!(

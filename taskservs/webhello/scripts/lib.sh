@@ -1,4 +1,4 @@
-# Shared by install.sh, update.sh and rollback.sh of the webhello taskserv:
+# Shared by the install, update, rollback and remove scripts of the webhello taskserv:
 # settings from the environment (checked), and the functions that fetch the
 # page, write it, and start and stop the server. Sourced, never run: drover
 # sends the whole scripts/ folder with every task, so it sits next to them.
