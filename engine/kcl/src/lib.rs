@@ -5,7 +5,8 @@
 //! in-process; it never parses KCL itself.
 //!
 //! Layout:
-//! - [`engine`]: loading the engine and calling `KclService.ExecProgram`.
+//! - [`engine`]: loading the engine (checking it is kcl-lib
+//!   [`engine::EXPECTED_VERSION`]) and calling `KclService.ExecProgram`.
 //! - [`diagnostics`]: the engine's error text as located diagnostics.
 //! - [`locate`]: finding drover's home and the engine library.
 //! - [`load`]: workflow file + declarations → typed model.

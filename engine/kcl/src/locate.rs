@@ -23,17 +23,11 @@ impl Home {
 
     /// The home at `root`, which must hold schemas/kcl.mod.
     pub fn at(root: &Path) -> Result<Home, KclError> {
-        let root = root.canonicalize().map_err(|e| {
-            KclError::Load(format!(
-                "drover home {} is not readable: {e}; set DROVER_HOME to the directory holding schemas/",
-                root.display()
-            ))
-        })?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| KclError::Home(format!("drover home {} is not readable: {e}", root.display())))?;
         if !root.join("schemas/kcl.mod").is_file() {
-            return Err(KclError::Load(format!(
-                "{} has no schemas/kcl.mod; set DROVER_HOME to the directory holding schemas/",
-                root.display()
-            )));
+            return Err(KclError::Home(format!("{} has no schemas/kcl.mod", root.display())));
         }
         Ok(Home { root })
     }
@@ -68,9 +62,6 @@ pub struct EngineLocation {
     pub libpython: Option<PathBuf>,
 }
 
-const SETUP_HINT: &str =
-    "run `make setup` (it installs kcl-lib into .venv), or set DROVER_KCL_LIB to kcl_lib's _kcl_lib*.so";
-
 impl EngineLocation {
     /// `DROVER_KCL_LIB` (and `DROVER_LIBPYTHON`) when set; else the
     /// kcl-lib package of the project venv (`DROVER_VENV`, default
@@ -88,8 +79,7 @@ impl EngineLocation {
         let venv = std::env::var_os("DROVER_VENV")
             .map(PathBuf::from)
             .unwrap_or_else(|| home.root().join(".venv"));
-        let (library, minor) = find_library(&venv)
-            .ok_or_else(|| KclError::Load(format!("kcl-lib is not installed in {}; {SETUP_HINT}", venv.display())))?;
+        let (library, minor) = find_library(&venv).ok_or_else(|| KclError::NotInstalled { venv: venv.clone() })?;
         let libpython = libpython_env.or_else(|| libpython(&venv, &minor));
         Ok(EngineLocation { library, libpython })
     }
