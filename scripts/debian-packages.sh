@@ -7,6 +7,10 @@ command -v dot >/dev/null 2>&1 || need="$need graphviz"
 command -v age-keygen >/dev/null 2>&1 || need="$need age"
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need="$need openssh-server"
 command -v ssh-keygen >/dev/null 2>&1 || need="$need openssh-client"
+# drover-testkit's hosts: sudo rights per host (a sudoers file of their own),
+# network namespaces and veth pairs for the bastion topology (ip netns).
+command -v sudo >/dev/null 2>&1 || need="$need sudo"
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need="$need iproute2"
 # Peers of the fleet fan-out benchmark (drover-bench-fleet).
 command -v pdsh >/dev/null 2>&1 || need="$need pdsh"
 command -v parallel-ssh >/dev/null 2>&1 || need="$need pssh"
