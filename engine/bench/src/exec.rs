@@ -27,7 +27,7 @@ use drover_bench::figures::{Better, Figure, Headline, Report, Stat, peak_rss_mib
 use drover_bench::home;
 use drover_core::model::WaitCondition;
 use drover_core::plan::Task;
-use drover_exec::runner::{TaskExecutor, TaskFailure, Undo};
+use drover_exec::runner::{Compensation, Found, TaskExecutor, TaskFailure, Undo};
 use drover_exec::{Inputs, Options};
 use drover_kcl::{Home, Loader};
 use drover_state::{Entry, RunStatus, Store};
@@ -43,8 +43,11 @@ struct NoWork;
 
 #[async_trait::async_trait]
 impl TaskExecutor for NoWork {
-    async fn run(&self, _task: &Task, _attempt: u32, _cancel: CancellationToken) -> Result<(), TaskFailure> {
-        Ok(())
+    async fn run(&self, _task: &Task, _attempt: u32, _cancel: CancellationToken) -> Result<Found, TaskFailure> {
+        Ok(Found::new())
+    }
+    fn compensation(&self, _task: &Task) -> Compensation {
+        Compensation::Nothing
     }
     async fn undo(&self, _task: &Task, _cancel: CancellationToken) -> Undo {
         Undo::Nothing
@@ -103,7 +106,7 @@ fn main() -> Result<()> {
             logs_root: Some(dir.path().join("logs")),
             max_parallel: Some(parallel),
             seed: 1,
-            ..Options::for_state(&state)
+            ..Options::for_state(&state, drover_provider::Providers::new())
         };
         let inputs = Inputs {
             source: source.clone(),

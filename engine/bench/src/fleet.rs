@@ -77,8 +77,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use drover_bench::figures::{Better, Figure, Headline, Report, Stat, median};
-use drover_exec::hosts::{FleetGuard, HostFleet, HostInfo, HostSpec};
 use drover_kcl::Home;
+use drover_provider_local::hosts::{FleetGuard, HostFleet, HostInfo, HostSpec};
 use drover_state::{Event, RunStatus, Store};
 use serde_json::{Value, json};
 
@@ -571,7 +571,9 @@ impl Bench {
     /// fleet; what to report.
     fn size(&self, n: usize, dir: &Path) -> Result<SizeDone> {
         println!("\n== {n} hosts ==");
-        let fleet = HostFleet::new(dir.join("fleet"))?;
+        // Where drover's local provider keeps its fleet for a state in
+        // `dir`: the runs below find these hosts there.
+        let fleet = HostFleet::new(dir.join("providers/local/fleet"))?;
         let guard = FleetGuard::new(fleet.clone());
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         let created = Instant::now();

@@ -470,7 +470,8 @@ fn check_exactly_once(journal: &[drover_state::Entry], tasks: usize) -> Result<(
     if !matches!(
         journal.last().map(|e| &e.event),
         Some(Event::RunFinished {
-            status: RunStatus::Succeeded
+            status: RunStatus::Succeeded,
+            ..
         })
     ) {
         bail!("the run did not finish with success");

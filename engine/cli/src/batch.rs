@@ -410,7 +410,7 @@ async fn watch_run(
                 let Some(p) = progress_of(&j) else { continue };
                 let update = match &p.event {
                     // Not the end: the run was resumed since.
-                    Event::RunFinished { status } => {
+                    Event::RunFinished { status, .. } => {
                         Update::Note(format!("the run stopped ({}) and was resumed", status.as_str()))
                     }
                     _ => Update::Progress(p),

@@ -107,9 +107,10 @@ pub fn ping(
         );
         return Ok(ExitCode::from(1));
     }
-    let opts = drover_exec::Options::for_state(&target.state);
+    let opts = drover_exec::Options::for_state(&target.state, drover_registry::providers());
+    let base_dir = inputs.source.file.parent().map(Path::to_path_buf).unwrap_or_default();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let mut results = rt.block_on(drover_exec::ping::ping(picked, &opts));
+    let mut results = rt.block_on(drover_exec::ping::ping(picked, base_dir, &opts));
     results.sort_by(|a, b| a.server.cmp(&b.server));
     let width = results.iter().map(|p| p.server.len()).max().unwrap_or(0);
     let mut ok = 0;

@@ -76,8 +76,10 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
-    /// List the runs in the state store, newest first.
+    /// List the runs in the state store, newest first; `runs prune` removes old finished ones.
     Runs {
+        #[command(subcommand)]
+        command: Option<RunsCommand>,
         #[command(flatten)]
         state: StateArgs,
     },
@@ -131,6 +133,21 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Remove finished runs (succeeded, failed, cancelled, rolled back),
+    /// their journals and log directories; never a run in progress or one
+    /// that can be resumed.
+    Prune {
+        /// Remove those finished longer ago than this (30d, 12h, ...);
+        /// default: each run's own logging.retention_days.
+        #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+        older_than: Option<std::time::Duration>,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum InventoryCommand {
     /// List servers (all, or those with every --tag and in every --group).
     List {
@@ -167,9 +184,33 @@ enum SecretsCommand {
 /// Where runs are kept.
 #[derive(Debug, clap::Args)]
 struct StateArgs {
-    /// The state database.
-    #[arg(long, env = "DROVER_STATE", value_name = "PATH")]
+    /// The state database (an SQLite file, or sqlite://PATH).
+    #[arg(long, env = "DROVER_STATE", value_name = "PATH", value_parser = state_location)]
     state: Option<PathBuf>,
+}
+
+/// A `--state` argument: a path, or a URL of a store this build has.
+pub(crate) fn state_location(s: &str) -> Result<PathBuf, String> {
+    drover_state::parse_location(s).map_err(|e| e.to_string())
+}
+
+/// A duration such as `30d`, `12h`, `90m`, `3600s` or `2w`.
+pub(crate) fn duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (a number and a unit: 30d, 12h, 90m, 3600s, 2w)"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h, d or w")),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
 }
 
 /// How a run is carried out.
@@ -234,7 +275,11 @@ fn main() -> ExitCode {
             state,
             run,
         } => runs::run(file.as_deref(), resume.as_deref(), &state.target_with(run), &mut out),
-        Command::Runs { state } => runs::list(&state.target(), &mut out),
+        Command::Runs {
+            command: Some(RunsCommand::Prune { older_than, state }),
+            ..
+        } => runs::prune(older_than, &state.target(), &mut out),
+        Command::Runs { command: None, state } => runs::list(&state.target(), &mut out),
         Command::Retry {
             run_id,
             operation,

@@ -165,7 +165,7 @@ pub async fn watch(
                 Event::RunPaused => say(&mp, "run paused".into()),
                 Event::RunUnpaused => say(&mp, "run resumed".into()),
                 Event::CancelRequested => say(&mp, "stopping: running tasks are being cancelled".into()),
-                Event::RollbackStarted { reason } => say(&mp, format!("rolling back: {reason}")),
+                Event::RollbackStarted { reason, .. } => say(&mp, format!("rolling back: {reason}")),
                 Event::RollbackFinished { complete } => say(
                     &mp,
                     format!("rollback {}", if *complete { "complete" } else { "incomplete" }),
@@ -208,6 +208,7 @@ pub async fn watch(
                 error,
                 will_retry,
                 attempt,
+                kind,
                 ..
             } => {
                 c.running.retain(|s| *s != server);
@@ -217,7 +218,7 @@ pub async fn watch(
                 } else {
                     c.failed += 1;
                     advance = true;
-                    say(&mp, format!("{node}: FAILED: {error}"));
+                    say(&mp, format!("{node}: FAILED ({kind}): {error}"));
                 }
             }
             Event::TaskSkipped { reason } => {
@@ -231,7 +232,7 @@ pub async fn watch(
                 advance = true;
             }
             Event::UndoSucceeded { .. } => say(&mp, format!("{node}: undone")),
-            Event::UndoFailed { error } => say(&mp, format!("{node}: undo FAILED: {error}")),
+            Event::UndoFailed { error, .. } => say(&mp, format!("{node}: undo FAILED: {error}")),
             Event::NotUndoable { reason } => say(&mp, format!("{node}: cannot be undone: {reason}")),
             _ => {}
         }

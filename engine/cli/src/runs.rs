@@ -27,7 +27,7 @@ pub struct Target {
 
 fn open(t: &Target) -> anyhow::Result<(Arc<Store>, Options)> {
     let store = Store::open(&t.state)?;
-    let mut opts = Options::for_state(&t.state);
+    let mut opts = Options::for_state(&t.state, drover_registry::providers());
     opts.max_parallel = t.parallel;
     opts.keep_remote_dirs = t.keep_remote_dirs;
     Ok((Arc::new(store), opts))
@@ -125,9 +125,14 @@ pub fn rollback(id: &str, t: &Target, out: &mut impl Write) -> anyhow::Result<Ex
     }
 }
 
-/// `drover runs`.
+/// `drover runs`: read-only, so it works beside the process that owns
+/// the store.
 pub fn list(t: &Target, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let (store, _) = open(t)?;
+    if !t.state.exists() {
+        writeln!(out, "no runs in {} (it does not exist yet)", t.state.display())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = Store::open_read_only(&t.state)?;
     let runs = store.runs()?;
     if runs.is_empty() {
         writeln!(out, "no runs in {}", t.state.display())?;
@@ -144,6 +149,17 @@ pub fn list(t: &Target, out: &mut impl Write) -> anyhow::Result<ExitCode> {
             r.file
         )?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `drover runs prune [--older-than D]`.
+pub fn prune(older_than: Option<std::time::Duration>, t: &Target, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let (store, opts) = open(t)?;
+    let removed = drover_exec::run::prune(&store, &opts, older_than, drover_exec::scheduler::now_ms())?;
+    for id in &removed {
+        writeln!(out, "removed {id}")?;
+    }
+    writeln!(out, "{} run(s) removed", removed.len())?;
     Ok(ExitCode::SUCCESS)
 }
 

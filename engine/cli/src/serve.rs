@@ -18,8 +18,9 @@ pub struct ServeArgs {
     /// requires the bearer token.
     #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
     listen: SocketAddr,
-    /// The state database.
-    #[arg(long, env = "DROVER_STATE", value_name = "PATH")]
+    /// The state database (an SQLite file, or sqlite://PATH); one server
+    /// (or `drover run`) owns it at a time.
+    #[arg(long, env = "DROVER_STATE", value_name = "PATH", value_parser = crate::state_location)]
     state: Option<PathBuf>,
     /// Runs executing at once.
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -120,6 +121,7 @@ pub fn main(args: ServeArgs) -> anyhow::Result<ExitCode> {
         logs_dir: args.logs.clone(),
         retention_days: args.log_retention_days,
         max_parallel: args.parallel,
+        providers: drover_registry::providers(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(drover_server::serve(config, loader, |addr| {

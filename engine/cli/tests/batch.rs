@@ -120,7 +120,7 @@ fn submit_watch_survives_a_server_killed_with_sigkill_and_the_run_completes_once
         executions(&control).len() >= 6
     });
     server.kill_9();
-    let store = Store::open(&dir.path().join("state.db")).expect("state");
+    let store = Store::open_read_only(&dir.path().join("state.db")).expect("state");
     let runs = store.runs().expect("runs");
     assert_eq!(runs.len(), 1, "{runs:?}");
     let id = runs[0].id.clone();
@@ -189,7 +189,14 @@ fn submit_watch_survives_a_server_killed_with_sigkill_and_the_run_completes_once
 
     // batch rollback undoes it: every installed taskserv removed, every
     // server deleted.
-    let installed = |s: &str, t: &str| dir.path().join("hosts").join(s).join("installed").join(t).exists();
+    let installed = |s: &str, t: &str| {
+        dir.path()
+            .join("providers/local/hosts")
+            .join(s)
+            .join("installed")
+            .join(t)
+            .exists()
+    };
     assert!(installed("c2", "d"));
     let o = wait_output(
         drover(dir.path())
@@ -207,7 +214,10 @@ fn submit_watch_survives_a_server_killed_with_sigkill_and_the_run_completes_once
         for t in ["a", "b", "c", "d"] {
             assert!(!installed(s, t), "{t} still installed on {s} after rollback");
         }
-        assert!(!dir.path().join("hosts").join(s).exists(), "server {s} not deleted");
+        assert!(
+            !dir.path().join("providers/local/hosts").join(s).exists(),
+            "server {s} not deleted"
+        );
     }
 }
 
@@ -228,7 +238,7 @@ fn a_failing_run_makes_watch_exit_4_and_status_names_the_error() {
     let out = text(&o);
     assert_eq!(o.status.code(), Some(4), "{out}");
     assert!(out.contains("install/c@c1"), "the failed task is named: {out}");
-    let store = Store::open(&dir.path().join("state.db")).expect("state");
+    let store = Store::open_read_only(&dir.path().join("state.db")).expect("state");
     let id = store.runs().expect("runs")[0].id.clone();
     assert_eq!(store.run(&id).expect("run").status, RunStatus::Failed);
 }

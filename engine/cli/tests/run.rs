@@ -62,7 +62,7 @@ fn the_quickstart_runs_for_real_and_rolls_back() {
         let page = http_get(addr).unwrap_or_else(|| panic!("nothing serves {addr}"));
         assert!(page.contains(&format!("quick-{}", i + 1)), "{page}");
     }
-    let store = Store::open(&state).expect("state");
+    let store = Store::open_read_only(&state).expect("state");
     let id = only_run(&store);
     let logs = dir.path().join("logs").join(&id);
     let report = std::fs::read_to_string(logs.join("report.txt")).expect("report.txt");
@@ -101,11 +101,11 @@ fn the_quickstart_runs_for_real_and_rolls_back() {
         assert!(http_get(addr).is_none(), "{addr} still serves after rollback");
     }
     assert!(
-        !dir.path().join("fleet/hosts/quick-1").exists(),
+        !dir.path().join("providers/local/fleet/hosts/quick-1").exists(),
         "host state left behind"
     );
     let sshd = Command::new("pgrep")
-        .args(["-f", &dir.path().join("fleet").display().to_string()])
+        .args(["-f", &dir.path().join("providers/local/fleet").display().to_string()])
         .output()
         .expect("pgrep");
     assert!(
@@ -147,7 +147,7 @@ fn kill_9_then_resume_finishes_the_run_and_never_reruns_a_succeeded_task() {
     wait_for_executions(&control, 2, &mut child);
     child.kill().expect("kill -9");
     child.wait().expect("reaped");
-    let store = Store::open(&state).expect("state");
+    let store = Store::open_read_only(&state).expect("state");
     let id = only_run(&store);
     assert_eq!(
         store.run(&id).expect("run").status,
@@ -181,7 +181,8 @@ fn kill_9_then_resume_finishes_the_run_and_never_reruns_a_succeeded_task() {
     assert!(matches!(
         journal.last().map(|e| &e.event),
         Some(Event::RunFinished {
-            status: RunStatus::Succeeded
+            status: RunStatus::Succeeded,
+            ..
         })
     ));
     assert_eq!(store.run(&id).expect("run").status, RunStatus::Succeeded);
@@ -219,7 +220,7 @@ fn kill_9_then_resume_finishes_the_run_and_never_reruns_a_succeeded_task() {
         );
         assert!(
             dir.path()
-                .join("hosts")
+                .join("providers/local/hosts")
                 .join(server)
                 .join("installed")
                 .join(ts)
@@ -255,7 +256,7 @@ fn ctrl_c_stops_cleanly_with_an_aborted_report_and_the_run_resumes() {
         started.elapsed()
     );
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
-    let store = Store::open(&state).expect("state");
+    let store = Store::open_read_only(&state).expect("state");
     let id = only_run(&store);
     assert_eq!(store.run(&id).expect("run").status, RunStatus::Aborted);
     let report = std::fs::read_to_string(dir.path().join("logs").join(&id).join("report.txt")).expect("report");
@@ -319,7 +320,8 @@ fn the_secrets_workflow_reaches_the_servers_and_no_output_channel_shows_a_secret
     assert_eq!(o.status.code(), Some(0), "{out}");
 
     // The secrets reached the servers, through the template.
-    let conf = std::fs::read_to_string(dir.path().join("hosts/app-1/etc/app/app.conf")).expect("app.conf installed");
+    let conf = std::fs::read_to_string(dir.path().join("providers/local/hosts/app-1/etc/app/app.conf"))
+        .expect("app.conf installed");
     assert!(
         conf.contains("postgres://svc_app:Zq8-velvet-Harbor-41@db.internal/app"),
         "{conf}"
@@ -335,7 +337,10 @@ fn the_secrets_workflow_reaches_the_servers_and_no_output_channel_shows_a_secret
     let mut files = Vec::new();
     files_under(dir.path(), &mut files);
     let mut checked = 0;
-    for f in files.iter().filter(|f| !f.starts_with(dir.path().join("hosts"))) {
+    for f in files
+        .iter()
+        .filter(|f| !f.starts_with(dir.path().join("providers/local/hosts")))
+    {
         let bytes = std::fs::read(f).expect("readable");
         let content = String::from_utf8_lossy(&bytes);
         for v in DEMO_SECRETS {
@@ -344,7 +349,7 @@ fn the_secrets_workflow_reaches_the_servers_and_no_output_channel_shows_a_secret
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} files checked");
-    let store = Store::open(&state).expect("state");
+    let store = Store::open_read_only(&state).expect("state");
     let id = only_run(&store);
     let journal = format!("{:?}", store.journal(&id).expect("journal"));
     assert!(DEMO_SECRETS.iter().all(|v| !journal.contains(v)));
@@ -381,7 +386,11 @@ fn a_run_whose_secrets_do_not_decrypt_does_not_start() {
         "{out}"
     );
     assert!(
-        Store::open(&state).expect("state").runs().expect("runs").is_empty(),
+        Store::open_read_only(&state)
+            .expect("state")
+            .runs()
+            .expect("runs")
+            .is_empty(),
         "a run was recorded"
     );
 
@@ -398,5 +407,11 @@ fn a_run_whose_secrets_do_not_decrypt_does_not_start() {
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("demo.sops.yaml"), "{out}");
     assert!(DEMO_SECRETS.iter().all(|v| !out.contains(v)), "{out}");
-    assert!(Store::open(&state).expect("state").runs().expect("runs").is_empty());
+    assert!(
+        Store::open_read_only(&state)
+            .expect("state")
+            .runs()
+            .expect("runs")
+            .is_empty()
+    );
 }

@@ -1475,7 +1475,7 @@ async fn rollback_undoes_a_succeeded_run_and_journals_each_undo() {
     let id = s.submit(&file).await;
     assert_eq!(s.wait_end(&id).await["status"], "succeeded");
     s.wait_idle().await;
-    let host = |h: &str| dir.path().join("hosts").join(h);
+    let host = |h: &str| dir.path().join("providers/local/hosts").join(h);
     assert!(host("rb-0").join("installed/a").is_file() && host("rb-1").join("installed/b").is_file());
 
     let (code, body) = s.command(&id, "rollback").await;
@@ -2004,7 +2004,7 @@ async fn sigterm_lets_the_running_task_finish_and_a_restart_resumes_the_run_with
     // checkpointed.
     let runs = executions(&ctl);
     assert_eq!(runs, [("ok".to_string(), "install".to_string(), "a@sd-0".to_string())]);
-    let store = drover_state::Store::open(&dir.path().join("state.db")).expect("state");
+    let store = drover_state::Store::open_read_only(&dir.path().join("state.db")).expect("state");
     let status = store.run(&id).expect("run").status;
     assert_eq!(
         status,
@@ -2103,7 +2103,7 @@ async fn a_task_outliving_the_shutdown_grace_is_stopped_and_runs_again_after_the
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let store = drover_state::Store::open(&dir.path().join("state.db")).expect("state");
+    let store = drover_state::Store::open_read_only(&dir.path().join("state.db")).expect("state");
     assert_eq!(store.run(&id).expect("run").status, drover_state::RunStatus::Aborted);
     drop(store);
 
@@ -2319,7 +2319,8 @@ async fn no_api_response_or_server_log_shows_a_secret() {
     let st = s.wait_end(&id).await;
     assert_eq!(st["status"], "succeeded", "{st:#}");
     s.wait_idle().await;
-    let conf = std::fs::read_to_string(dir.path().join("hosts/app-1/etc/app/app.conf")).expect("app.conf");
+    let conf =
+        std::fs::read_to_string(dir.path().join("providers/local/hosts/app-1/etc/app/app.conf")).expect("app.conf");
     assert!(
         conf.contains("Zq8-velvet-Harbor-41"),
         "the secrets reached the server: {conf}"
@@ -2354,7 +2355,10 @@ async fn no_api_response_or_server_log_shows_a_secret() {
     let mut files = Vec::new();
     files_under(dir.path(), &mut files);
     let mut checked = 0;
-    for f in files.iter().filter(|f| !f.starts_with(dir.path().join("hosts"))) {
+    for f in files
+        .iter()
+        .filter(|f| !f.starts_with(dir.path().join("providers/local/hosts")))
+    {
         let content = String::from_utf8_lossy(&std::fs::read(f).expect("readable")).to_string();
         for v in DEMO_SECRETS {
             assert!(!content.contains(v), "{v} found in {}", f.display());

@@ -11,8 +11,10 @@
 //! - [`validate`]: reference and constraint checks; collects every problem.
 //! - [`plan`]: expansion into a DAG of tasks and gates.
 //! - [`diagnostic`]: a problem, with the file and field it is about.
+//! - [`failure`]: how a failure is classified (transient, permanent).
 
 pub mod diagnostic;
+pub mod failure;
 mod graph;
 pub mod inventory;
 pub mod model;
@@ -20,6 +22,7 @@ pub mod plan;
 pub mod validate;
 
 pub use diagnostic::Diagnostic;
+pub use failure::FailureKind;
 pub use plan::Plan;
 
 /// Validate `source` against `catalog` and, when it is valid, plan it.

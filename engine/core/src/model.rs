@@ -120,27 +120,73 @@ pub enum Connection {
     Local,
 }
 
-/// SSH access to a server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// SSH access to a server, as the workflow declares it; unset fields are
+/// filled in by the provider, the SSH client configuration and the
+/// defaults when a connection is made (see SshAccess in schemas/server.k).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SshAccess {
     /// Login user.
-    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// TCP port.
-    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// Private key file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
+    /// The one known_hosts file to check host keys against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<String>,
+    /// What to do with a host whose key is not recorded.
+    #[serde(default)]
+    pub host_key_policy: HostKeyPolicy,
+    /// An SSH client configuration read instead of ~/.ssh/config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<String>,
+    /// Bastions to go through, first hop first ("user@host:port").
+    #[serde(default, deserialize_with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub jump: Vec<String>,
+    /// Run scripts through this privilege escalation.
+    #[serde(rename = "become", default, skip_serializing_if = "Option::is_none")]
+    pub become_method: Option<Become>,
+    /// The user scripts run as under `become` (root when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub become_user: Option<String>,
 }
 
-impl Default for SshAccess {
-    fn default() -> Self {
-        SshAccess {
-            user: "root".into(),
-            port: 22,
-            key_file: None,
-        }
+/// strict | accept-new.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyPolicy {
+    /// The host's key must be recorded in known_hosts.
+    #[default]
+    Strict,
+    /// A host seen for the first time has its key recorded; a changed key
+    /// is still refused.
+    AcceptNew,
+}
+
+/// How scripts gain privileges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Become {
+    /// `sudo -n`: never asks for a password.
+    Sudo,
+}
+
+/// A string or a list of strings, as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
     }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// create | update | delete | check.

@@ -207,6 +207,9 @@ pub struct ProviderLimit {
     pub batch_size: u32,
     /// Calls started per second.
     pub api_rate_limit: f64,
+    /// Resources its servers share (per zone): calls about servers that
+    /// share one never run at once.
+    pub shared_resources: Vec<String>,
 }
 
 /// A workflow compiled into a DAG.
@@ -287,6 +290,7 @@ pub fn build(source: &Source, catalog: &Catalog) -> Result<Plan, Vec<Diagnostic>
             provider_limits.entry(p.clone()).or_insert_with(|| ProviderLimit {
                 batch_size: decl.batch_size,
                 api_rate_limit: decl.api_rate_limit,
+                shared_resources: decl.shared_resources.clone(),
             });
         }
     }
@@ -479,12 +483,14 @@ impl<'a> Builder<'a> {
         };
         let mut networks: BTreeMap<String, NodeIndex> = BTreeMap::new();
         for s in servers {
-            let needs_network = action == Action::CreateServer
-                && self
-                    .catalog
-                    .providers
-                    .get(&s.provider)
-                    .is_some_and(|p| p.network_before_servers);
+            // A provider that requires a network gets one network task per
+            // operation creating its servers; with network_before_servers
+            // the creations wait for it (hard edge), otherwise they run
+            // beside it.
+            let decl = self.catalog.providers.get(&s.provider);
+            let needs_network =
+                action == Action::CreateServer && decl.is_some_and(|p| p.requires_network || p.network_before_servers);
+            let waits_for_network = decl.is_some_and(|p| p.network_before_servers);
             let network = if needs_network {
                 let id = format!("{}/network:{}", op.id, s.provider);
                 let provider = s.provider.clone();
@@ -513,7 +519,9 @@ impl<'a> Builder<'a> {
                 taskserv: None,
                 provider: Some(s.provider.clone()),
             });
-            if let Some(n) = network {
+            if let Some(n) = network
+                && waits_for_network
+            {
                 self.edge(n, t, Edge::Success);
             }
             tasks.push(t);

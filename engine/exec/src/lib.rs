@@ -3,9 +3,8 @@
 //! Layout:
 //! - [`scheduler`]: the event loop that owns a run's state; limits,
 //!   retries, conditions, halts, rollback.
-//! - [`runner`]: one attempt of one task (provider call or script).
-//! - [`transport`]: how commands reach servers (processes here; SSH later).
-//! - [`provider`]: the Provider trait and the providers this build drives.
+//! - [`runner`]: one attempt of one task (provider call or script), and the
+//!   run's connections to its servers.
 //! - [`run`]: start, resume, retry and roll back runs.
 //! - [`report`]: the end-of-run report.
 //! - [`mask`]: secret values replaced wherever text leaves the engine.
@@ -13,18 +12,18 @@
 //!
 //! Architecture invariants: the journal (drover-state) is the source of
 //! truth; every transition is journaled before it is acted on. Only
-//! transports start processes.
+//! transports (drover-transport) start processes or open connections.
+//! This crate names no provider: it drives the registry it is given
+//! ([`Options::providers`]).
 
-pub mod hosts;
-pub mod mask;
 pub mod ping;
-pub mod provider;
 pub mod report;
 pub mod run;
 pub mod runner;
 pub mod scheduler;
 pub mod template;
-pub mod transport;
+
+pub use drover_transport::mask;
 
 pub use run::{ExecError, Inputs, Options, RunHandle, default_state_path};
 pub use scheduler::{Control, Progress, Status};

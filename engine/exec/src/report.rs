@@ -33,6 +33,10 @@ pub struct TaskSummary {
     pub duration_ms: u64,
     /// Why it failed, was skipped or cancelled.
     pub error: Option<String>,
+    /// How its last failure was classified: transient (retried per
+    /// policy), permanent (not retried) or cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<drover_core::FailureKind>,
     /// Its log file.
     pub log: Option<String>,
     /// What rollback did with it, if anything.
@@ -83,7 +87,7 @@ pub fn summarize(
             Event::UndoSucceeded { .. } => {
                 rollback.insert(node, "undone".into());
             }
-            Event::UndoFailed { error } => {
+            Event::UndoFailed { error, .. } => {
                 rollback.insert(node, format!("undo failed: {error}"));
             }
             Event::NotUndoable { reason } => {
@@ -111,6 +115,7 @@ pub fn summarize(
             } else {
                 rt.error.clone()
             },
+            failure: if rt.status == Status::Failed { rt.failure } else { None },
             log: log.is_file().then(|| log.display().to_string()),
             rollback: rollback.get(t.id.as_str()).cloned(),
         });
@@ -175,7 +180,8 @@ pub fn table(s: &Summary) -> String {
     if !problems.is_empty() {
         let _ = writeln!(out);
         for t in problems.iter().take(20) {
-            let _ = writeln!(out, "{}: {}", t.task, t.error.as_deref().unwrap_or_default());
+            let kind = t.failure.map(|k| format!(" ({k} failure)")).unwrap_or_default();
+            let _ = writeln!(out, "{}{kind}: {}", t.task, t.error.as_deref().unwrap_or_default());
         }
         if problems.len() > 20 {
             let _ = writeln!(out, "… and {} more (see report.jsonl)", problems.len() - 20);

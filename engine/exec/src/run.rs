@@ -6,18 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_core::Plan;
-use drover_core::model::{Catalog, Connection, Source};
-use drover_state::{RunRecord, RunStatus, Store};
+use drover_core::model::{Catalog, Source};
+use drover_core::plan::Action;
+use drover_provider::Providers;
+use drover_state::{Entry, Event, RunRecord, RunStatus, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::mask::Masker;
-use crate::provider::{Provider, registry};
 use crate::report::{self, Summary};
 use crate::runner::{Paths, RunSecrets, Runner, TaskExecutor, TaskLine};
-use crate::scheduler::{Control, Progress, Scheduler, SchedulerError, Settings, now_ms};
-use crate::transport::local::LocalTransport;
+use crate::scheduler::{Control, Progress, Scheduler, SchedulerError, Settings, Start, now_ms};
 
 /// Why a run could not be started or finished.
 #[derive(Debug, thiserror::Error)]
@@ -162,12 +162,15 @@ pub struct Options {
     /// Start (or resume) with dispatching paused: an operator's pause that
     /// must hold across a restart of the orchestrator.
     pub start_paused: bool,
+    /// The providers runs can drive (the binary's registry).
+    pub providers: Providers,
 }
 
 impl Options {
-    /// Defaults for a state database at `state`.
-    pub fn for_state(state: &Path) -> Options {
+    /// Defaults for a state database at `state`, driving `providers`.
+    pub fn for_state(state: &Path, providers: Providers) -> Options {
         Options {
+            providers,
             data_dir: state
                 .parent()
                 .map(Path::to_path_buf)
@@ -205,9 +208,22 @@ pub struct RunHandle {
     /// Output lines of its tasks.
     pub lines: Option<mpsc::UnboundedReceiver<TaskLine>>,
     join: JoinHandle<Result<Summary, ExecError>>,
+    journaled: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl RunHandle {
+    /// Wait until the run's start is in the journal (a status read after
+    /// this shows it started, resumed or rolling back). Taken once: later
+    /// calls, and runs that ended before, return at once.
+    pub fn take_journaled(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let rx = self.journaled.take();
+        async move {
+            if let Some(rx) = rx {
+                let _ = rx.await;
+            }
+        }
+    }
+
     /// Send an operator command.
     pub fn control(&self, c: Control) {
         let _ = self.control.send(c);
@@ -267,45 +283,46 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// Refuse, before anything runs, a plan this build cannot carry out.
-fn preflight(plan: &Plan, providers: &std::collections::BTreeMap<String, Arc<dyn Provider>>) -> Result<(), ExecError> {
-    let mut problems = Vec::new();
+/// Refuse, before anything runs, a plan this build cannot carry out: a
+/// provider it does not have, an action its provider cannot do, and what
+/// each provider's own preflight finds wrong with its servers.
+fn preflight(plan: &Plan, providers: &Providers) -> Result<(), ExecError> {
+    let mut problems: Vec<String> = Vec::new();
+    let mut add = |msg: String| {
+        if !problems.contains(&msg) {
+            problems.push(msg);
+        }
+    };
+    let mut checked = std::collections::HashSet::new();
     for n in plan.graph.node_weights() {
         let Some(t) = n.task() else { continue };
         let server = t
             .server
             .as_ref()
             .and_then(|h| plan.workflow.servers.iter().find(|s| &s.hostname == h));
-        let provider = t.provider.clone().or_else(|| server.map(|s| s.provider.clone()));
-        if let Some(p) = provider
-            && !providers.contains_key(&p)
-        {
-            let msg = format!(
-                "provider {p} (task {}) has no engine implementation in this build; it can be planned, not run",
-                t.id
-            );
-            if !problems.contains(&msg) {
-                problems.push(msg);
-            }
+        let Some(name) = t.provider.clone().or_else(|| server.map(|s| s.provider.clone())) else {
+            continue;
+        };
+        let Some(provider) = providers.get(&name) else {
+            let have: Vec<&str> = providers.names().collect();
+            add(format!(
+                "provider {name} (task {}) has no implementation in this build; it can be planned, not run (this build drives: {})",
+                t.id,
+                have.join(", ")
+            ));
+            continue;
+        };
+        if t.action == Action::UpdateServer && !provider.updates_servers() {
+            add(format!("task {}: provider {name} cannot update servers", t.id));
         }
-        if let Some(s) = server {
-            // Servers of other providers would be reached over SSH with the
-            // access they declare; their providers cannot make them yet, so
-            // they are refused above. Here: what the local provider needs.
-            if s.connection == Connection::Local && s.provider != "local" {
-                let msg = format!("server {}: connection local needs provider local", s.hostname);
-                if !problems.contains(&msg) {
-                    problems.push(msg);
-                }
-            }
-            if s.provider == "local" && s.connection == Connection::Ssh && s.address.is_none() {
-                let msg = format!(
-                    "server {}: a local SSH host needs an address (its own loopback address, 127.0.x.y)",
-                    s.hostname
-                );
-                if !problems.contains(&msg) {
-                    problems.push(msg);
-                }
+        if t.action == Action::CreateNetwork && !provider.makes_networks() {
+            add(format!("task {}: provider {name} makes no network", t.id));
+        }
+        if let Some(s) = server
+            && checked.insert(s.hostname.clone())
+        {
+            for p in provider.preflight(s) {
+                add(p);
             }
         }
     }
@@ -322,6 +339,45 @@ fn plan_of(inputs: &Inputs) -> Result<Plan, ExecError> {
         .map_err(|d| ExecError::Invalid(d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))
 }
 
+/// Plans of stored runs, built once per run and shared (status views,
+/// event and log streams, resumes): a run's inputs never change, so
+/// neither does its plan. Bounded; the oldest goes first.
+struct PlanCache {
+    plans: std::collections::HashMap<(PathBuf, String), Arc<Plan>>,
+    order: std::collections::VecDeque<(PathBuf, String)>,
+}
+
+/// How many plans the cache keeps.
+const PLANS_KEPT: usize = 128;
+
+static PLANS: std::sync::Mutex<Option<PlanCache>> = std::sync::Mutex::new(None);
+
+/// The plan of stored run `record` (built from its inputs once).
+fn plan_for(store: &Store, record: &RunRecord, inputs: &Inputs) -> Result<Arc<Plan>, ExecError> {
+    let key = (store.path().to_path_buf(), record.id.clone());
+    {
+        let cache = PLANS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(plan) = cache.as_ref().and_then(|c| c.plans.get(&key)) {
+            return Ok(plan.clone());
+        }
+    }
+    let plan = Arc::new(plan_of(inputs)?);
+    let mut cache = PLANS.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = cache.get_or_insert_with(|| PlanCache {
+        plans: std::collections::HashMap::new(),
+        order: std::collections::VecDeque::new(),
+    });
+    if cache.plans.insert(key.clone(), plan.clone()).is_none() {
+        cache.order.push_back(key);
+        while cache.order.len() > PLANS_KEPT {
+            if let Some(old) = cache.order.pop_front() {
+                cache.plans.remove(&old);
+            }
+        }
+    }
+    Ok(plan)
+}
+
 /// Where a run's task logs and reports are.
 pub fn logs_dir(plan: &Plan, opts: &Options, run_id: &str) -> PathBuf {
     opts.logs_root
@@ -330,29 +386,21 @@ pub fn logs_dir(plan: &Plan, opts: &Options, run_id: &str) -> PathBuf {
         .join(run_id)
 }
 
-/// What kind of continuation a launch is.
-enum Launch {
-    Fresh,
-    Resume,
-    Retry(Option<usize>),
-}
-
 /// Check that `inputs` can run (plan, providers, secrets, templates) and
-/// record a new run of it with `status`.
+/// record a new run of it, queued.
 fn record(
     store: &Store,
     mut inputs: Inputs,
-    check_providers: bool,
-    status: RunStatus,
-) -> Result<(String, Plan, Catalog, Prepared), ExecError> {
+    providers: Option<&Providers>,
+) -> Result<(String, Arc<Plan>, Inputs, Prepared), ExecError> {
     // Stored absolute, so a resume from another directory finds the
     // secrets files again.
     if let Ok(abs) = inputs.source.file.canonicalize() {
         inputs.source.file = abs;
     }
-    let plan = plan_of(&inputs)?;
-    if check_providers {
-        preflight(&plan, &registry())?;
+    let plan = Arc::new(plan_of(&inputs)?);
+    if let Some(providers) = providers {
+        preflight(&plan, providers)?;
     }
     let prepared = prepare(&plan, &inputs)?;
     let run_id = new_run_id();
@@ -361,19 +409,19 @@ fn record(
         id: run_id.clone(),
         workflow: plan.workflow.name.clone(),
         file: inputs.source.file.display().to_string(),
-        status,
+        status: RunStatus::Queued,
         created_at_ms: now,
         updated_at_ms: now,
         inputs: serde_json::to_value(&inputs).map_err(|e| ExecError::WrongState(e.to_string()))?,
     })?;
-    Ok((run_id, plan, inputs.catalog, prepared))
+    Ok((run_id, plan, inputs, prepared))
 }
 
 /// Accept a run of `inputs` without starting it: everything that would
 /// stop it from starting (plan, providers, secrets, templates) is checked
 /// now, and the run is recorded as queued. [`resume`] starts it.
-pub fn enqueue(store: &Store, inputs: Inputs) -> Result<String, ExecError> {
-    record(store, inputs, true, RunStatus::Queued).map(|(id, ..)| id)
+pub fn enqueue(store: &Store, inputs: Inputs, providers: &Providers) -> Result<String, ExecError> {
+    record(store, inputs, Some(providers)).map(|(id, ..)| id)
 }
 
 /// Start a new run of `inputs`.
@@ -383,31 +431,32 @@ pub fn start(
     opts: &Options,
     executor: Option<Arc<dyn TaskExecutor>>,
 ) -> Result<RunHandle, ExecError> {
-    let (run_id, plan, catalog, prepared) = record(&store, inputs, executor.is_none(), RunStatus::Running)?;
-    launch(
+    let providers = executor.is_none().then_some(&opts.providers);
+    let (run_id, plan, inputs, prepared) = record(&store, inputs, providers)?;
+    launch(Launch {
         store,
         run_id,
         plan,
-        catalog,
+        inputs,
         opts,
         executor,
-        Launch::Fresh,
-        Vec::new(),
+        start: Start::Fresh,
+        journal: Vec::new(),
         prepared,
-    )
+    })
 }
 
-fn load(store: &Store, run_id: &str) -> Result<(RunRecord, Inputs, Plan), ExecError> {
+fn load(store: &Store, run_id: &str) -> Result<(RunRecord, Inputs, Arc<Plan>), ExecError> {
     let record = store.run(run_id)?;
     let inputs: Inputs = serde_json::from_value(record.inputs.clone())
         .map_err(|e| ExecError::WrongState(format!("run {run_id} has unreadable inputs: {e}")))?;
-    let plan = plan_of(&inputs)?;
+    let plan = plan_for(store, &record, &inputs)?;
     Ok((record, inputs, plan))
 }
 
 /// Continue an unfinished run from its journal: finished tasks are not run
 /// again; tasks that were in flight run again with the same idempotency
-/// key. A queued run starts.
+/// key; a rollback that was going on goes on. A queued run starts.
 pub fn resume(
     store: Arc<Store>,
     run_id: &str,
@@ -417,32 +466,31 @@ pub fn resume(
     let (record, inputs, plan) = load(&store, run_id)?;
     if !record.status.is_unfinished() {
         return Err(ExecError::WrongState(format!(
-            "run {run_id} is {}; only running, paused or aborted runs resume (use `drover retry` for a finished one)",
+            "run {run_id} is {}; only queued, running, paused, aborted or rolling-back runs resume (use `drover retry` for a finished one)",
             record.status.as_str()
         )));
     }
     if executor.is_none() {
-        preflight(&plan, &registry())?;
+        preflight(&plan, &opts.providers)?;
     }
     let prepared = prepare(&plan, &inputs)?;
     let journal = store.journal(run_id)?;
-    store.set_status(run_id, RunStatus::Running, now_ms())?;
-    let kind = if record.status == RunStatus::Queued {
-        Launch::Fresh
+    let start = if record.status == RunStatus::Queued {
+        Start::Fresh
     } else {
-        Launch::Resume
+        Start::Resume
     };
-    launch(
+    launch(Launch {
         store,
-        run_id.to_string(),
+        run_id: run_id.to_string(),
         plan,
-        inputs.catalog,
+        inputs,
         opts,
         executor,
-        kind,
+        start,
         journal,
         prepared,
-    )
+    })
 }
 
 /// Run the failed, cancelled and skipped tasks of a finished run again
@@ -477,27 +525,26 @@ pub fn retry(
         })?),
     };
     if executor.is_none() {
-        preflight(&plan, &registry())?;
+        preflight(&plan, &opts.providers)?;
     }
     let prepared = prepare(&plan, &inputs)?;
     let journal = store.journal(run_id)?;
-    store.set_status(run_id, RunStatus::Running, now_ms())?;
-    launch(
+    launch(Launch {
         store,
-        run_id.to_string(),
+        run_id: run_id.to_string(),
         plan,
-        inputs.catalog,
+        inputs,
         opts,
         executor,
-        Launch::Retry(op),
+        start: Start::Retry(op),
         journal,
         prepared,
-    )
+    })
 }
 
-/// Undo, by hand, everything a finished or failed run did that can be
-/// undone, in reverse dependency order. The run ends rolled back, or
-/// failed when some compensation failed.
+/// Undo, by hand, everything a finished, failed or interrupted run did
+/// that can be undone, in reverse dependency order. The run ends rolled
+/// back, or failed when some compensation failed.
 pub fn rollback(
     store: Arc<Store>,
     run_id: &str,
@@ -505,9 +552,7 @@ pub fn rollback(
     executor: Option<Arc<dyn TaskExecutor>>,
 ) -> Result<RunHandle, ExecError> {
     let (record, inputs, plan) = load(&store, run_id)?;
-    // A rollback interrupted by a crash (rolling_back) continues: what was
-    // undone is in the journal and is not undone again.
-    if record.status.is_unfinished() && !matches!(record.status, RunStatus::Aborted | RunStatus::RollingBack) {
+    if record.status.is_unfinished() && !matches!(record.status, RunStatus::Aborted | RunStatus::Paused) {
         return Err(ExecError::WrongState(format!(
             "run {run_id} is {}; cancel it or let it finish before rolling it back",
             record.status.as_str()
@@ -517,64 +562,56 @@ pub fn rollback(
         return Err(ExecError::WrongState(format!("run {run_id} is rolled back already")));
     }
     let prepared = prepare(&plan, &inputs)?;
-    let plan = Arc::new(plan);
     let journal = store.journal(run_id)?;
-    let logs = logs_dir(&plan, opts, run_id);
-    std::fs::create_dir_all(&logs).map_err(ExecError::Report)?;
-    let (exec, lines) = executor_for(run_id, &plan, inputs.catalog, opts, &logs, executor, &prepared);
-    let exec_for_finish = exec.clone();
-    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-    let (progress, _) = broadcast::channel(65_536);
-    let mut s = Scheduler::new(
-        plan.clone(),
-        run_id.to_string(),
-        store.clone(),
-        exec,
-        settings(&plan, opts, &prepared.mask),
-        ctl_rx,
-        progress.clone(),
-    );
-    s.replay(&journal);
-    store.set_status(run_id, RunStatus::RollingBack, now_ms())?;
-    let (id, plan2, logs2) = (run_id.to_string(), plan.clone(), logs.clone());
-    let join = tokio::spawn(async move {
-        let complete = s.rollback("rollback requested by an operator", true).await?;
-        exec_for_finish.finish().await;
-        let status = if complete {
-            RunStatus::RolledBack
-        } else {
-            RunStatus::Failed
-        };
-        let now = now_ms();
-        // The journal says how the run ended, as after any run.
-        store.append(&id, &[(now, None, &drover_state::Event::RunFinished { status })])?;
-        store.set_status(&id, status, now)?;
-        let reason = if complete {
-            "rolled back by hand"
-        } else {
-            "rollback by hand incomplete"
-        };
-        let summary = report::summarize(
-            &id,
-            &plan2,
-            &s.nodes,
-            status,
-            reason.into(),
-            &logs2,
-            &store.journal(&id)?,
-        );
-        report::write(&summary, &logs2).map_err(ExecError::Report)?;
-        Ok(summary)
-    });
-    Ok(RunHandle {
+    launch(Launch {
+        store,
         run_id: run_id.to_string(),
         plan,
-        logs_dir: logs,
-        control: ctl_tx,
-        progress,
-        lines,
-        join,
+        inputs,
+        opts,
+        executor,
+        start: Start::Rollback,
+        journal,
+        prepared,
     })
+}
+
+/// End a run that never started and never will (cancelled while queued,
+/// or interrupted and then cancelled), through the journal.
+pub fn cancel_unstarted(store: &Store, run_id: &str) -> Result<(), ExecError> {
+    let now = now_ms();
+    store.append(
+        run_id,
+        &[
+            (now, None, &Event::CancelRequested),
+            (
+                now,
+                None,
+                &Event::RunFinished {
+                    status: RunStatus::Cancelled,
+                    reason: Some("cancelled by an operator before it ran again".into()),
+                },
+            ),
+        ],
+    )?;
+    Ok(())
+}
+
+/// End a queued run that cannot start (what was checked when it was
+/// accepted changed since: a secrets file, a provider), saying why.
+pub fn fail_unstartable(store: &Store, run_id: &str, why: &str) -> Result<(), ExecError> {
+    store.append(
+        run_id,
+        &[(
+            now_ms(),
+            None,
+            &Event::RunFinished {
+                status: RunStatus::Failed,
+                reason: Some(format!("it could not start: {why}")),
+            },
+        )],
+    )?;
+    Ok(())
 }
 
 /// The state of a run as its journal tells it, whether it is running,
@@ -588,12 +625,62 @@ pub fn status(store: &Store, run_id: &str, opts: &Options) -> Result<(RunRecord,
         .iter()
         .rev()
         .find_map(|e| match &e.event {
-            drover_state::Event::RunFinished { status } => Some(format!("finished {}", status.as_str())),
+            Event::RunFinished { status, reason } => Some(
+                reason
+                    .clone()
+                    .unwrap_or_else(|| format!("finished {}", status.as_str())),
+            ),
             _ => None,
         })
         .unwrap_or_default();
     let summary = report::summarize(run_id, &plan, &nodes, record.status, reason, &logs, &journal);
-    Ok((record, Arc::new(plan), summary))
+    Ok((record, plan, summary))
+}
+
+/// The plan of a stored run, built once and shared.
+pub fn plan(store: &Store, run_id: &str) -> Result<Arc<Plan>, ExecError> {
+    load(store, run_id).map(|(_, _, plan)| plan)
+}
+
+/// Remove finished runs (succeeded, failed, cancelled, rolled back: never
+/// one in progress or resumable), their journals and their log
+/// directories: each older than `older_than` when given, else than its
+/// own workflow's `logging.retention_days`. Returns the ids removed.
+pub fn prune(store: &Store, opts: &Options, older_than: Option<Duration>, now: i64) -> Result<Vec<String>, ExecError> {
+    let mut expired = Vec::new();
+    for r in store.runs()? {
+        if !r.status.is_final() {
+            continue;
+        }
+        let (record, inputs, plan) = match load(store, &r.id) {
+            Ok(x) => x,
+            Err(ExecError::State(e)) => return Err(ExecError::State(e)),
+            // A run whose inputs no longer plan still goes with its age.
+            Err(_) => {
+                let keep = older_than.unwrap_or(Duration::from_secs(30 * 86_400));
+                if now - r.updated_at_ms >= keep.as_millis() as i64 {
+                    expired.push((r.id.clone(), None));
+                }
+                continue;
+            }
+        };
+        let _ = inputs;
+        let keep =
+            older_than.unwrap_or_else(|| Duration::from_secs(u64::from(plan.workflow.logging.retention_days) * 86_400));
+        if now - record.updated_at_ms >= keep.as_millis() as i64 {
+            expired.push((r.id.clone(), Some(logs_dir(&plan, opts, &r.id))));
+        }
+    }
+    let ids: Vec<String> = expired.iter().map(|(id, _)| id.clone()).collect();
+    let deleted = store.delete_final(&ids)?;
+    for (id, logs) in expired {
+        if deleted.contains(&id)
+            && let Some(dir) = logs
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    Ok(deleted)
 }
 
 fn settings(plan: &Plan, opts: &Options, mask: &Masker) -> Settings {
@@ -610,7 +697,7 @@ type Executor = (Arc<dyn TaskExecutor>, Option<mpsc::UnboundedReceiver<TaskLine>
 fn executor_for(
     run_id: &str,
     plan: &Arc<Plan>,
-    catalog: Catalog,
+    inputs: Inputs,
     opts: &Options,
     logs: &Path,
     given: Option<Arc<dyn TaskExecutor>>,
@@ -621,19 +708,17 @@ fn executor_for(
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let (tx, rx) = (Some(tx), Some(rx));
+    let base_dir = inputs.source.file.parent().map(Path::to_path_buf).unwrap_or_default();
     let runner = Runner::new(
         run_id.to_string(),
         plan.clone(),
-        Arc::new(catalog),
-        registry(),
-        Arc::new(LocalTransport),
+        Arc::new(inputs.catalog),
+        opts.providers.clone(),
         Paths {
-            hosts_dir: opts.data_dir.join("hosts"),
-            fleet_dir: opts.data_dir.join("fleet"),
-            known_hosts: opts.data_dir.join("known_hosts"),
-            keep_remote_dirs: opts.keep_remote_dirs,
-            work_dir: opts.data_dir.join("work").join(run_id),
+            data_dir: opts.data_dir.clone(),
             logs_dir: logs.to_path_buf(),
+            base_dir,
+            keep_remote_dirs: opts.keep_remote_dirs,
         },
         tx,
     )
@@ -641,22 +726,34 @@ fn executor_for(
     (Arc::new(runner), rx)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn launch(
+/// Everything a launch needs.
+struct Launch<'a> {
     store: Arc<Store>,
     run_id: String,
-    plan: Plan,
-    catalog: Catalog,
-    opts: &Options,
+    plan: Arc<Plan>,
+    inputs: Inputs,
+    opts: &'a Options,
     executor: Option<Arc<dyn TaskExecutor>>,
-    kind: Launch,
-    journal: Vec<drover_state::Entry>,
+    start: Start,
+    journal: Vec<Entry>,
     prepared: Prepared,
-) -> Result<RunHandle, ExecError> {
-    let plan = Arc::new(plan);
+}
+
+fn launch(l: Launch<'_>) -> Result<RunHandle, ExecError> {
+    let Launch {
+        store,
+        run_id,
+        plan,
+        inputs,
+        opts,
+        executor,
+        start,
+        journal,
+        prepared,
+    } = l;
     let logs = logs_dir(&plan, opts, &run_id);
     std::fs::create_dir_all(&logs).map_err(ExecError::Report)?;
-    let (exec, lines) = executor_for(&run_id, &plan, catalog, opts, &logs, executor, &prepared);
+    let (exec, lines) = executor_for(&run_id, &plan, inputs, opts, &logs, executor, &prepared);
     let exec_for_finish = exec.clone();
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let (progress, _) = broadcast::channel(65_536);
@@ -669,31 +766,22 @@ fn launch(
         ctl_rx,
         progress.clone(),
     );
-    match kind {
-        Launch::Fresh => {
-            s.started(false);
-            s.prepare_fresh();
-        }
-        Launch::Resume => {
-            s.replay(&journal);
-            s.started(true);
-            s.prepare_resume();
-        }
-        Launch::Retry(op) => {
-            s.replay(&journal);
-            s.started(true);
-            s.prepare_retry(op);
-        }
-    }
+    s.prepare(start, &journal);
     if opts.start_paused {
         s.pause();
     }
+    let journaled = Some(s.journaled());
     let timeout = plan.workflow.timeout.map(Duration::from_secs);
     let (id, plan2, logs2) = (run_id.clone(), plan.clone(), logs.clone());
     let join = tokio::spawn(async move {
         let (finished, nodes) = s.run(timeout).await?;
         exec_for_finish.finish().await;
-        let journal = store.journal(&id)?;
+        let journal = {
+            let (store, id) = (store.clone(), id.clone());
+            tokio::task::spawn_blocking(move || store.journal(&id))
+                .await
+                .map_err(|e| ExecError::WrongState(format!("reading the journal failed: {e}")))??
+        };
         let summary = report::summarize(&id, &plan2, &nodes, finished.status, finished.reason, &logs2, &journal);
         report::write(&summary, &logs2).map_err(ExecError::Report)?;
         Ok(summary)
@@ -706,5 +794,6 @@ fn launch(
         progress,
         lines,
         join,
+        journaled,
     })
 }

@@ -2,45 +2,121 @@
 //! its server through a transport.
 //!
 //! The scheduler knows nothing of scripts or providers; it calls a
-//! [`TaskExecutor`]. [`Runner`] is the real one.
+//! [`TaskExecutor`]. [`Runner`] is the real one. It reaches servers through
+//! its [`Pool`]: one transport per server for the whole run (an SSH
+//! connection, or processes here for `connection = "local"`), shared by
+//! every task on that server and by provider calls that need to reach it.
+//!
+//! Every failure carries its [`FailureKind`] from where it happened (the
+//! transport, the provider, the script's exit) to the scheduler, which
+//! retries transient failures only.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_core::FailureKind;
 use drover_core::Plan;
-use drover_core::model::{Catalog, Connection, Script, Server, WaitCondition};
+use drover_core::model::{Catalog, Script, Server, WaitCondition};
 use drover_core::plan::{Action, Task};
+use drover_provider::{
+    Connector, Provider, ProviderContext, ProviderError, Providers, Reach, ServerFacts, ServerStatus,
+};
+use drover_transport::local::LocalTransport;
+use drover_transport::mask::Masker;
+use drover_transport::ssh::{self, SshTransport};
+use drover_transport::{Command, LogLine, Outcome, Transport, TransportError};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::mask::Masker;
-use crate::provider::{Provider, ProviderContext, ServerFacts, ServerStatus};
-use crate::transport::ssh::{HostKeyPolicy, RunDirs, SshError, SshTarget, SshTransport};
-use crate::transport::{Command, LogLine, Outcome, Transport};
-
 /// Where a run keeps its files.
 #[derive(Debug, Clone)]
 pub struct Paths {
-    /// Root directories of `local` hosts (persist across runs).
-    pub hosts_dir: PathBuf,
-    /// Per-server working directories of this run.
-    pub work_dir: PathBuf,
+    /// The data directory: providers' state under `providers/<name>`,
+    /// drover's own known_hosts, the working directories under `work/`.
+    pub data_dir: PathBuf,
     /// Task logs and reports of this run.
     pub logs_dir: PathBuf,
-    /// The `local` provider's SSH hosts (keys, known_hosts, daemons).
-    pub fleet_dir: PathBuf,
-    /// known_hosts for servers the provider does not describe.
-    pub known_hosts: PathBuf,
-    /// Keep the run's directories on SSH hosts after the run.
+    /// What a workflow's relative paths (SSH keys, known_hosts, config)
+    /// are relative to: the workflow file's directory.
+    pub base_dir: PathBuf,
+    /// Keep the run's directories on servers after the run.
     pub keep_remote_dirs: bool,
 }
 
-/// Why an attempt failed.
+impl Paths {
+    /// This run's local working directory (staging, rendered templates).
+    fn work_dir(&self, run_id: &str) -> PathBuf {
+        self.data_dir.join("work").join(run_id)
+    }
+
+    /// drover's own known_hosts.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.data_dir.join("known_hosts")
+    }
+
+    /// The state directory of provider `name`.
+    pub fn provider_dir(&self, name: &str) -> PathBuf {
+        self.data_dir.join("providers").join(name)
+    }
+}
+
+/// Why an attempt failed, and whether another attempt can help.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskFailure(pub String);
+pub struct TaskFailure {
+    /// Transient (retried per policy), permanent (never retried) or
+    /// cancelled.
+    pub kind: FailureKind,
+    /// What happened, naming the server and what to do.
+    pub message: String,
+}
+
+impl TaskFailure {
+    /// A failure another attempt may get past.
+    pub fn transient(message: impl Into<String>) -> TaskFailure {
+        TaskFailure {
+            kind: FailureKind::Transient,
+            message: message.into(),
+        }
+    }
+
+    /// A failure no attempt will get past.
+    pub fn permanent(message: impl Into<String>) -> TaskFailure {
+        TaskFailure {
+            kind: FailureKind::Permanent,
+            message: message.into(),
+        }
+    }
+
+    /// Stopped on purpose.
+    pub fn cancelled(message: impl Into<String>) -> TaskFailure {
+        TaskFailure {
+            kind: FailureKind::Cancelled,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<ProviderError> for TaskFailure {
+    fn from(e: ProviderError) -> TaskFailure {
+        TaskFailure {
+            kind: e.kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What an attempt that succeeded found out, journaled with its success:
+/// for a server task, what its provider reported (address, OS, ...).
+pub type Found = BTreeMap<String, String>;
 
 /// What undoing a task came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,18 +126,33 @@ pub enum Undo {
     /// The compensation ran and succeeded.
     Done,
     /// The compensation ran and failed.
-    Failed(String),
+    Failed(TaskFailure),
     /// The effect cannot be undone; why.
     Impossible(String),
+}
+
+/// What undoing a task involves, known before anything runs: the
+/// scheduler journals it before it acts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compensation {
+    /// Nothing changed, nothing to undo.
+    Nothing,
+    /// The effect cannot be undone; why.
+    Impossible(String),
+    /// This action undoes it ("remove", "delete server", ...).
+    Run(String),
 }
 
 /// Runs tasks for the scheduler.
 #[async_trait::async_trait]
 pub trait TaskExecutor: Send + Sync + std::fmt::Debug {
     /// Run one attempt of `task`.
-    async fn run(&self, task: &Task, attempt: u32, cancel: CancellationToken) -> Result<(), TaskFailure>;
+    async fn run(&self, task: &Task, attempt: u32, cancel: CancellationToken) -> Result<Found, TaskFailure>;
 
-    /// Undo a task that succeeded.
+    /// What undoing `task` (which succeeded) involves.
+    fn compensation(&self, task: &Task) -> Compensation;
+
+    /// Undo a task that succeeded, as [`TaskExecutor::compensation`] said.
     async fn undo(&self, task: &Task, cancel: CancellationToken) -> Undo;
 
     /// Run a wait condition once; Ok when it holds.
@@ -101,22 +192,132 @@ impl std::fmt::Debug for RunSecrets {
     }
 }
 
-/// The real executor: providers for server tasks, scripts through the
-/// local transport for taskserv tasks.
+/// The run's transports, one per server, made on first use and shared by
+/// every task on that server (and by provider calls that reach it).
+#[derive(Debug)]
+pub struct Pool {
+    /// Local-connection servers' run directories live under here.
+    local_root: PathBuf,
+    ssh: ssh::Defaults,
+    // One cell per server: concurrent first tasks on a host share one
+    // connect.
+    hosts: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<HostConn>>>>>,
+}
+
+/// The run's connection to one server, with the run's directory on it and
+/// the taskservs whose scripts are already there.
+#[derive(Debug)]
+pub struct HostConn {
+    transport: Arc<dyn Transport>,
+    run_dir: tokio::sync::OnceCell<String>,
+    staged: tokio::sync::Mutex<HashSet<String>>,
+}
+
+impl Pool {
+    /// A pool with files under `paths`.
+    pub fn new(paths: &Paths) -> Pool {
+        Pool {
+            local_root: paths.data_dir.join("work").join("servers"),
+            ssh: ssh::Defaults::new(paths.known_hosts(), paths.base_dir.clone()),
+            hosts: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The connection to `server`, opened once for the whole run.
+    pub async fn host(&self, server: &Server, facts: &ServerFacts) -> Result<Arc<HostConn>, TransportError> {
+        let cell = {
+            let mut hosts = self.hosts.lock().await;
+            hosts.entry(server.hostname.clone()).or_default().clone()
+        };
+        let conn = cell
+            .get_or_try_init(|| async {
+                let transport: Arc<dyn Transport> = match &facts.reach {
+                    Reach::Local => Arc::new(LocalTransport::new(self.local_root.join(&server.hostname))),
+                    Reach::Ssh(hints) => {
+                        let target = ssh::resolve(
+                            ssh::Destination {
+                                host: &server.hostname,
+                                address: &facts.address,
+                                access: &server.ssh,
+                                hints,
+                            },
+                            &self.ssh,
+                        )?;
+                        Arc::new(SshTransport::connect(&target).await?)
+                    }
+                };
+                Ok::<_, TransportError>(Arc::new(HostConn {
+                    transport,
+                    run_dir: tokio::sync::OnceCell::new(),
+                    staged: tokio::sync::Mutex::new(HashSet::new()),
+                }))
+            })
+            .await?;
+        Ok(conn.clone())
+    }
+
+    /// Every connection made, for the end of the run.
+    async fn all(&self) -> Vec<Arc<HostConn>> {
+        let cells: Vec<_> = self.hosts.lock().await.values().cloned().collect();
+        cells.into_iter().filter_map(|c| c.get().cloned()).collect()
+    }
+
+    /// Forget `server`'s connection (it was deleted).
+    async fn forget(&self, server: &str) {
+        self.hosts.lock().await.remove(server);
+    }
+
+    /// Close every connection; the run's directories go unless `keep`.
+    pub async fn finish(&self, keep: bool) {
+        for conn in self.all().await {
+            // Best effort: a server that went away keeps nothing of ours
+            // that matters, and the run's outcome is already decided.
+            let _ = conn.transport.finish(keep).await;
+        }
+    }
+}
+
+impl HostConn {
+    /// The transport.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+
+    async fn run_dir(&self, run_id: &str) -> Result<String, TransportError> {
+        self.run_dir
+            .get_or_try_init(|| self.transport.run_dir(run_id))
+            .await
+            .cloned()
+    }
+}
+
+#[async_trait::async_trait]
+impl Connector for Pool {
+    async fn connect(&self, server: &Server, facts: &ServerFacts) -> Result<Arc<dyn Transport>, TransportError> {
+        Ok(self.host(server, facts).await?.transport.clone())
+    }
+}
+
+/// The real executor: providers for server tasks, taskserv scripts on
+/// their servers through the run's transports.
 #[derive(Debug)]
 pub struct Runner {
     run_id: String,
     plan: Arc<Plan>,
     catalog: Arc<Catalog>,
-    providers: BTreeMap<String, Arc<dyn Provider>>,
-    transport: Arc<dyn Transport>,
+    providers: Providers,
     paths: Paths,
     lines: Option<mpsc::UnboundedSender<TaskLine>>,
     secrets: Arc<RunSecrets>,
     mask: Masker,
-    // One connection per SSH host for the whole run; the cell makes
-    // concurrent first tasks on a host share one connect.
-    ssh: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<HostConn>>>>>,
+    pool: Arc<Pool>,
+    /// What providers said of each server this run; asked once, then
+    /// reused by every task on it (a static server is probed once).
+    facts: tokio::sync::Mutex<HashMap<String, ServerFacts>>,
+    /// Each taskserv's scripts copied once per run (links resolved), for
+    /// every server to stage from; the cell makes concurrent first uses
+    /// share one copy.
+    scripts: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<PathBuf>>>>,
 }
 
 impl Runner {
@@ -125,22 +326,23 @@ impl Runner {
         run_id: String,
         plan: Arc<Plan>,
         catalog: Arc<Catalog>,
-        providers: BTreeMap<String, Arc<dyn Provider>>,
-        transport: Arc<dyn Transport>,
+        providers: Providers,
         paths: Paths,
         lines: Option<mpsc::UnboundedSender<TaskLine>>,
     ) -> Runner {
+        let pool = Arc::new(Pool::new(&paths));
         Runner {
             run_id,
             plan,
             catalog,
             providers,
-            transport,
             paths,
             lines,
             secrets: Arc::new(RunSecrets::default()),
             mask: Masker::none(),
-            ssh: tokio::sync::Mutex::new(HashMap::new()),
+            pool,
+            facts: tokio::sync::Mutex::new(HashMap::new()),
+            scripts: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -179,26 +381,43 @@ impl Runner {
             .servers
             .iter()
             .find(|s| s.hostname == name)
-            .ok_or_else(|| TaskFailure(format!("server {name} is not in the workflow")))
+            .ok_or_else(|| TaskFailure::permanent(format!("server {name} is not in the workflow")))
     }
 
     fn provider(&self, name: &str) -> Result<&Arc<dyn Provider>, TaskFailure> {
         self.providers
             .get(name)
-            .ok_or_else(|| TaskFailure(format!("provider {name} cannot be driven by this build")))
+            .ok_or_else(|| TaskFailure::permanent(format!("provider {name} cannot be driven by this build")))
     }
 
-    fn ctx(&self, task: &str) -> ProviderContext {
+    /// The context of a provider call about `server` (None: about the
+    /// provider's network) made by `task`.
+    fn ctx(&self, provider: &str, server: Option<&Server>, task: &str) -> ProviderContext {
+        let plan = server.and_then(|s| {
+            self.catalog
+                .providers
+                .get(provider)
+                .and_then(|p| p.plans.get(&s.plan))
+                .copied()
+        });
         ProviderContext {
-            hosts_dir: self.paths.hosts_dir.clone(),
-            fleet_dir: self.paths.fleet_dir.clone(),
+            state_dir: self.paths.provider_dir(provider),
+            run_id: self.run_id.clone(),
             idempotency_key: Self::idempotency_key(&self.run_id, task),
+            plan,
+            connector: self.pool.clone(),
+        }
+    }
+
+    fn transport_failure(&self, e: &TransportError) -> TaskFailure {
+        TaskFailure {
+            kind: e.kind(),
+            message: self.mask.mask(&e.to_string()),
         }
     }
 
     async fn log(&self, task: &str, text: &str) {
         let text = self.mask.mask(text);
-        let text = text.as_str();
         let file = Self::log_file(&self.paths.logs_dir, task);
         let write = async {
             if let Some(dir) = file.parent() {
@@ -216,16 +435,26 @@ impl Runner {
         let _ = write.await;
     }
 
-    /// The facts of a server that must already exist.
+    /// The facts of a server that must already exist: asked of its
+    /// provider once per run.
     async fn facts(&self, server: &Server, task: &str) -> Result<ServerFacts, TaskFailure> {
+        if let Some(f) = self.facts.lock().await.get(&server.hostname) {
+            return Ok(f.clone());
+        }
         let provider = self.provider(&server.provider)?;
-        match provider.status(server, &self.ctx(task)).await {
-            Ok(ServerStatus::Running(f)) => Ok(f),
-            Ok(ServerStatus::Absent) => Err(TaskFailure(format!(
+        match provider
+            .status(server, &self.ctx(&server.provider, Some(server), task))
+            .await?
+        {
+            ServerStatus::Running(f) => {
+                self.facts.lock().await.insert(server.hostname.clone(), f.clone());
+                Ok(f)
+            }
+            ServerStatus::Down(why) => Err(TaskFailure::transient(format!("server {}: {why}", server.hostname))),
+            ServerStatus::Absent => Err(TaskFailure::permanent(format!(
                 "server {} does not exist (provider {} reports it absent); create it first",
                 server.hostname, server.provider
             ))),
-            Err(e) => Err(TaskFailure(e.to_string())),
         }
     }
 
@@ -242,7 +471,7 @@ impl Runner {
             ("DROVER_ATTEMPT".to_string(), attempt.to_string()),
             ("DROVER_SERVER".to_string(), server.hostname.clone()),
             ("DROVER_ADDRESS".to_string(), facts.address.clone()),
-            ("DROVER_ROOT".to_string(), facts.root.display().to_string()),
+            ("DROVER_ROOT".to_string(), facts.root.clone()),
             ("DROVER_TASKSERV".to_string(), task.taskserv.clone().unwrap_or_default()),
         ];
         for (k, v) in &self.plan.workflow.variables {
@@ -256,10 +485,90 @@ impl Runner {
         env
     }
 
-    /// Render the taskserv's templates for this server into the task's
-    /// working directory (owner-only: they may hold secrets) and return
-    /// the directory, or None when it ships none.
-    async fn render_templates(&self, taskserv: &str, server: &Server) -> Result<Option<PathBuf>, TaskFailure> {
+    /// The scripts folder of a taskserv.
+    fn scripts_dir(&self, taskserv: &str) -> Result<PathBuf, TaskFailure> {
+        let decl = self
+            .catalog
+            .taskservs
+            .get(taskserv)
+            .ok_or_else(|| TaskFailure::permanent(format!("taskserv {taskserv} is not in the catalog")))?;
+        decl.origin
+            .parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("scripts"))
+            .ok_or_else(|| TaskFailure::permanent(format!("taskserv {taskserv} has no folder")))
+    }
+
+    /// The taskserv's scripts copied for this run with links resolved
+    /// (fs::copy follows them; transports refuse links), made once.
+    async fn scripts_copy(&self, taskserv: &str) -> Result<PathBuf, TaskFailure> {
+        let cell = self
+            .scripts
+            .lock()
+            .await
+            .entry(taskserv.to_string())
+            .or_default()
+            .clone();
+        let copy = cell
+            .get_or_try_init(|| async {
+                let local = self.scripts_dir(taskserv)?;
+                let copy = self.paths.work_dir(&self.run_id).join("scripts").join(taskserv);
+                let (from, to) = (local.clone(), copy.clone());
+                let made = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                    let _ = std::fs::remove_dir_all(&to);
+                    std::fs::create_dir_all(&to)?;
+                    for e in std::fs::read_dir(&from)?.flatten() {
+                        if e.path().is_file() {
+                            let dest = to.join(e.file_name());
+                            std::fs::copy(e.path(), &dest)?;
+                            std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| TaskFailure::transient(format!("copying the scripts of {taskserv}: {e}")))?;
+                made.map_err(|e| {
+                    TaskFailure::transient(format!(
+                        "cannot copy the scripts of {taskserv} from {}: {e}",
+                        local.display()
+                    ))
+                })?;
+                Ok::<_, TaskFailure>(copy)
+            })
+            .await?;
+        Ok(copy.clone())
+    }
+
+    /// The taskserv's scripts on the server (staged once per run, links
+    /// resolved): the directory holding them there.
+    async fn stage_scripts(&self, conn: &HostConn, run_dir: &str, taskserv: &str) -> Result<String, TaskFailure> {
+        let remote = format!("{run_dir}/taskserv-{taskserv}");
+        let mut staged = conn.staged.lock().await;
+        if staged.contains(taskserv) {
+            return Ok(remote);
+        }
+        let copy = self.scripts_copy(taskserv).await?;
+        conn.transport
+            .stage(&copy, &remote)
+            .await
+            .map_err(|e| self.transport_failure(&e))?;
+        staged.insert(taskserv.to_string());
+        Ok(remote)
+    }
+
+    /// The taskserv's templates rendered for `server` and staged into the
+    /// run's directory there (owner-only: they may hold secrets); the
+    /// remote directory, or None when it ships none. The local copy is
+    /// gone when this returns.
+    async fn stage_templates(
+        &self,
+        conn: &HostConn,
+        run_dir: &str,
+        taskserv: &str,
+        server: &Server,
+        task: &str,
+    ) -> Result<Option<String>, TaskFailure> {
         let Some(decl) = self.catalog.taskservs.get(taskserv) else {
             return Ok(None);
         };
@@ -267,52 +576,50 @@ impl Runner {
             return Ok(None);
         };
         let ctx = crate::template::context(taskserv, server, &self.plan.workflow.variables, &self.secrets.tree);
-        let rendered =
-            crate::template::render_dir(&src, &ctx).map_err(|e| TaskFailure(self.mask.mask(&e.to_string())))?;
-        let dir = self
-            .paths
-            .work_dir
-            .join(&server.hostname)
-            .join("templates")
-            .join(taskserv);
+        let rendered = crate::template::render_dir(&src, &ctx)
+            .map_err(|e| TaskFailure::permanent(self.mask.mask(&e.to_string())))?;
+        let local = self.paths.work_dir(&self.run_id).join("templates").join(format!(
+            "{}-{}",
+            server.hostname,
+            Self::log_file(Path::new(""), task).display()
+        ));
         let write = async {
             use std::os::unix::fs::PermissionsExt;
-            tokio::fs::create_dir_all(&dir).await?;
-            tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).await?;
+            tokio::fs::create_dir_all(&local).await?;
+            tokio::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o700)).await?;
             for r in &rendered {
                 let mut f = tokio::fs::OpenOptions::new()
                     .create(true)
                     .write(true)
                     .truncate(true)
                     .mode(0o600)
-                    .open(dir.join(&r.name))
+                    .open(local.join(&r.name))
                     .await?;
                 f.write_all(r.content.as_bytes()).await?;
             }
             Ok::<(), std::io::Error>(())
         };
-        write
-            .await
-            .map_err(|e| TaskFailure(format!("cannot write rendered templates to {}: {e}", dir.display())))?;
-        Ok(Some(dir))
+        let written = write.await;
+        let remote = format!("{run_dir}/templates-{taskserv}");
+        let staged = match written {
+            Ok(()) => conn
+                .transport
+                .stage(&local, &remote)
+                .await
+                .map_err(|e| self.transport_failure(&e)),
+            Err(e) => Err(TaskFailure::transient(format!(
+                "cannot write rendered templates to {}: {e}",
+                local.display()
+            ))),
+        };
+        // The rendered files may hold secrets: here they live only until
+        // they are on the server.
+        let _ = tokio::fs::remove_dir_all(&local).await;
+        staged.map(|()| Some(remote))
     }
 
-    fn script(&self, taskserv: &str, script: Script) -> Result<PathBuf, TaskFailure> {
-        let decl = self
-            .catalog
-            .taskservs
-            .get(taskserv)
-            .ok_or_else(|| TaskFailure(format!("taskserv {taskserv} is not in the catalog")))?;
-        let dir = decl
-            .origin
-            .parent()
-            .and_then(Path::parent)
-            .ok_or_else(|| TaskFailure(format!("taskserv {taskserv} has no folder")))?;
-        Ok(dir.join("scripts").join(script.file_name()))
-    }
-
-    /// Run a shell program on `server` (local connection) with the task's
-    /// environment, streaming output to the task log.
+    /// Run a shell program on `server` with the task's environment,
+    /// streaming output to the task log.
     async fn shell(
         &self,
         task: &Task,
@@ -323,97 +630,38 @@ impl Runner {
         cancel: CancellationToken,
     ) -> Result<Outcome, TaskFailure> {
         let On { server, facts } = on;
-        let templates = match &task.taskserv {
-            Some(t) => self.render_templates(t, server).await?,
-            None => None,
-        };
-        let result = match server.connection {
-            Connection::Local => {
-                self.shell_here(task, attempt, server, facts, what, &templates, timeout, cancel)
-                    .await
-            }
-            Connection::Ssh => {
-                self.shell_ssh(task, attempt, server, facts, what, &templates, timeout, cancel)
-                    .await
-            }
-        };
-        // The rendered templates may hold secrets: they live only as long
-        // as the script that uses them.
-        if let Some(dir) = &templates {
-            let _ = tokio::fs::remove_dir_all(dir).await;
-        }
-        result
-    }
-
-    /// A script of a server with a local connection: a process here.
-    #[allow(clippy::too_many_arguments)]
-    async fn shell_here(
-        &self,
-        task: &Task,
-        attempt: u32,
-        server: &Server,
-        facts: &ServerFacts,
-        what: What<'_>,
-        templates: &Option<PathBuf>,
-        timeout: Duration,
-        cancel: CancellationToken,
-    ) -> Result<Outcome, TaskFailure> {
-        let cwd = self.paths.work_dir.join(&server.hostname);
-        tokio::fs::create_dir_all(&cwd)
+        let conn = self
+            .pool
+            .host(server, facts)
             .await
-            .map_err(|e| TaskFailure(format!("cannot create working directory {}: {e}", cwd.display())))?;
-        let args = match what {
-            What::Script(taskserv, script) => vec![self.script(taskserv, script)?.display().to_string()],
-            What::Command(c) => vec!["-c".to_string(), c],
-        };
-        let mut env = self.env(task, attempt, server, facts);
-        if let Some(dir) = templates {
-            env.push(("DROVER_TEMPLATES".to_string(), dir.display().to_string()));
-        }
-        self.exec_on(self.transport.as_ref(), task, args, env, cwd, timeout, cancel)
+            .map_err(|e| self.transport_failure(&e))?;
+        let run_dir = conn
+            .run_dir(&self.run_id)
             .await
-    }
-
-    /// A script of a server reached over SSH: its taskserv's scripts and
-    /// rendered templates travel into the run's directory on the host
-    /// (/tmp/drover-<run>), over the one connection drover keeps to it.
-    #[allow(clippy::too_many_arguments)]
-    async fn shell_ssh(
-        &self,
-        task: &Task,
-        attempt: u32,
-        server: &Server,
-        facts: &ServerFacts,
-        what: What<'_>,
-        templates: &Option<PathBuf>,
-        timeout: Duration,
-        cancel: CancellationToken,
-    ) -> Result<Outcome, TaskFailure> {
-        let conn = self.conn(server, facts).await?;
-        let fail = |e: SshError| TaskFailure(self.mask.mask(&e.to_string()));
+            .map_err(|e| self.transport_failure(&e))?;
         let args = match what {
             What::Script(taskserv, script) => {
-                let dir = self.upload_scripts(&conn, taskserv).await?;
+                let dir = self.stage_scripts(&conn, &run_dir, taskserv).await?;
                 vec![format!("{dir}/{}", script.file_name())]
             }
             What::Command(c) => vec!["-c".to_string(), c],
         };
         let mut env = self.env(task, attempt, server, facts);
-        let remote_templates = match (templates, &task.taskserv) {
-            (Some(local), Some(t)) => {
-                let remote = format!("{}/templates-{t}", conn.run_dir);
-                conn.transport.upload(local, &remote, 0o700).await.map_err(fail)?;
-                env.push(("DROVER_TEMPLATES".to_string(), remote.clone()));
-                Some(remote)
-            }
-            _ => None,
+        let templates = match &task.taskserv {
+            Some(t) => self.stage_templates(&conn, &run_dir, t, server, &task.id).await?,
+            None => None,
         };
-        let cwd = PathBuf::from(format!("{}/work", conn.run_dir));
+        if let Some(dir) = &templates {
+            env.push(("DROVER_TEMPLATES".to_string(), dir.clone()));
+        }
+        let cwd = PathBuf::from(format!("{run_dir}/work"));
         let result = self
-            .exec_on(&conn.transport, task, args, env, cwd, timeout, cancel)
+            .exec_on(conn.transport.as_ref(), task, args, env, cwd, timeout, cancel)
             .await;
-        if let Some(remote) = remote_templates {
-            let _ = conn.transport.remove_dir(&remote).await;
+        // The rendered templates may hold secrets: they live only as long
+        // as the script that uses them.
+        if let Some(dir) = &templates {
+            let _ = conn.transport.remove(dir).await;
         }
         result
     }
@@ -457,101 +705,7 @@ impl Runner {
         if let Some(f) = forward {
             let _ = f.await;
         }
-        result.map_err(|e| TaskFailure(self.mask.mask(&e.to_string())))
-    }
-
-    /// The connection to `server`, made once for the whole run; concurrent
-    /// tasks on one host wait for the same connection.
-    async fn conn(&self, server: &Server, facts: &ServerFacts) -> Result<Arc<HostConn>, TaskFailure> {
-        let cell = {
-            let mut pool = self.ssh.lock().await;
-            pool.entry(server.hostname.clone()).or_default().clone()
-        };
-        let conn = cell
-            .get_or_try_init(|| async {
-                let target = match &facts.ssh {
-                    Some(f) => SshTarget {
-                        host: server.hostname.clone(),
-                        address: facts.address.clone(),
-                        port: f.port,
-                        user: f.user.clone(),
-                        key_file: Some(f.key_file.clone()),
-                        use_agent: false,
-                        known_hosts: f.known_hosts.clone(),
-                        host_key_policy: HostKeyPolicy::Verify,
-                        connect_timeout: Duration::from_secs(10),
-                        keepalive: Duration::from_secs(15),
-                    },
-                    None => SshTarget {
-                        host: server.hostname.clone(),
-                        address: server.address.clone().unwrap_or_else(|| facts.address.clone()),
-                        port: server.ssh.port,
-                        user: server.ssh.user.clone(),
-                        key_file: server.ssh.key_file.as_ref().map(PathBuf::from),
-                        use_agent: server.ssh.key_file.is_none(),
-                        known_hosts: self.paths.known_hosts.clone(),
-                        host_key_policy: HostKeyPolicy::Verify,
-                        connect_timeout: Duration::from_secs(10),
-                        keepalive: Duration::from_secs(15),
-                    },
-                };
-                let transport = SshTransport::connect(&target)
-                    .await
-                    .map_err(|e| TaskFailure(e.to_string()))?;
-                let run_dir = transport
-                    .temp_dir(&self.run_id)
-                    .await
-                    .map_err(|e| TaskFailure(e.to_string()))?;
-                Ok::<_, TaskFailure>(Arc::new(HostConn {
-                    transport,
-                    run_dir,
-                    uploaded: tokio::sync::Mutex::new(HashSet::new()),
-                }))
-            })
-            .await?;
-        Ok(conn.clone())
-    }
-
-    /// The taskserv's scripts on the host (uploaded once per run), with
-    /// links resolved: the remote directory holding them.
-    async fn upload_scripts(&self, conn: &HostConn, taskserv: &str) -> Result<String, TaskFailure> {
-        let remote = format!("{}/taskserv-{taskserv}", conn.run_dir);
-        let mut uploaded = conn.uploaded.lock().await;
-        if uploaded.contains(taskserv) {
-            return Ok(remote);
-        }
-        let local = self
-            .script(taskserv, Script::Install)?
-            .parent()
-            .map(Path::to_path_buf)
-            .ok_or_else(|| TaskFailure(format!("taskserv {taskserv} has no scripts folder")))?;
-        // Staged with links resolved (fs::copy follows them), then sent as
-        // one directory: the transport refuses links, and sends a tree in
-        // one go.
-        let staged = self.paths.work_dir.join("payload").join(taskserv);
-        let stage = || -> std::io::Result<()> {
-            std::fs::create_dir_all(&staged)?;
-            for e in std::fs::read_dir(&local)?.flatten() {
-                if e.path().is_file() {
-                    let to = staged.join(e.file_name());
-                    std::fs::copy(e.path(), &to)?;
-                    std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-                }
-            }
-            Ok(())
-        };
-        stage().map_err(|e| {
-            TaskFailure(format!(
-                "cannot stage the scripts of {taskserv} from {}: {e}",
-                local.display()
-            ))
-        })?;
-        conn.transport
-            .upload(&staged, &remote, 0o700)
-            .await
-            .map_err(|e| TaskFailure(e.to_string()))?;
-        uploaded.insert(taskserv.to_string());
-        Ok(remote)
+        result.map_err(|e| self.transport_failure(&e))
     }
 
     async fn run_script(
@@ -562,7 +716,10 @@ impl Runner {
         cancel: CancellationToken,
     ) -> Result<(), TaskFailure> {
         let (Some(server_name), Some(taskserv)) = (&task.server, &task.taskserv) else {
-            return Err(TaskFailure(format!("task {} names no server or taskserv", task.id)));
+            return Err(TaskFailure::permanent(format!(
+                "task {} names no server or taskserv",
+                task.id
+            )));
         };
         let server = self.server(server_name)?;
         let facts = self.facts(server, &task.id).await?;
@@ -586,10 +743,13 @@ impl Runner {
                 .and_then(|d| d.health_check.clone())
         {
             let timeout = Duration::from_secs(hc.timeout);
-            let mut last = String::new();
+            let mut last = TaskFailure::transient("");
             for n in 0..=hc.retries {
                 if n > 0 {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = cancel.cancelled() => return Err(TaskFailure::cancelled("health check cancelled")),
+                    }
                 }
                 self.log(&task.id, &format!("--- health check {}: {}\n", n + 1, hc.command))
                     .await;
@@ -605,20 +765,83 @@ impl Runner {
                     .await?;
                 match check_outcome(&outcome, "health check", timeout) {
                     Ok(()) => return Ok(()),
-                    Err(TaskFailure(e)) => last = e,
-                }
-                if cancel.is_cancelled() {
-                    break;
+                    Err(e) if e.kind == FailureKind::Cancelled => return Err(e),
+                    Err(e) => last = e,
                 }
             }
-            return Err(TaskFailure(format!(
-                "{last} (`{}`, {} tries)",
-                hc.command,
-                hc.retries + 1
-            )));
+            return Err(TaskFailure {
+                kind: last.kind,
+                message: format!("{} (`{}`, {} tries)", last.message, hc.command, hc.retries + 1),
+            });
         }
         Ok(())
     }
+
+    /// A provider call on `server`, bounded by the operation's timeout and
+    /// the cancellation token.
+    async fn server_call(&self, task: &Task, cancel: CancellationToken) -> Result<Found, TaskFailure> {
+        let server = self.server(task.server.as_deref().unwrap_or_default())?;
+        let provider = self.provider(&server.provider)?;
+        let ctx = self.ctx(&server.provider, Some(server), &task.id);
+        let call = async {
+            match task.action {
+                Action::CreateServer => {
+                    let facts = provider.create(server, &ctx).await?;
+                    self.facts.lock().await.insert(server.hostname.clone(), facts.clone());
+                    Ok(found(&facts))
+                }
+                Action::UpdateServer => {
+                    let facts = provider.update(server, &ctx).await?;
+                    self.facts.lock().await.insert(server.hostname.clone(), facts.clone());
+                    Ok(found(&facts))
+                }
+                Action::DeleteServer => {
+                    provider.delete(server, &ctx).await?;
+                    self.forget(&server.hostname).await;
+                    Ok(Found::new())
+                }
+                _ => match provider.status(server, &ctx).await? {
+                    ServerStatus::Running(facts) => Ok(found(&facts)),
+                    ServerStatus::Down(why) => {
+                        Err(TaskFailure::transient(format!("server {}: {why}", server.hostname)))
+                    }
+                    ServerStatus::Absent => {
+                        Err(TaskFailure::permanent(format!("server {} is absent", server.hostname)))
+                    }
+                },
+            }
+        };
+        let timeout = Duration::from_secs(self.plan.operations[task.operation].timeout);
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(timeout, call) => r.unwrap_or_else(|_| Err(TaskFailure::transient(format!(
+                "provider {} did not answer within {}s", server.provider, timeout.as_secs()
+            )))),
+            () = cancel.cancelled() => Err(TaskFailure::cancelled("cancelled")),
+        };
+        if let Ok(found) = &outcome {
+            let what = found
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            self.log(&task.id, &format!("{} {}: {what}\n", task.action, server.hostname))
+                .await;
+        }
+        outcome
+    }
+
+    /// A server is gone: its facts and its connection are forgotten.
+    async fn forget(&self, server: &str) {
+        self.facts.lock().await.remove(server);
+        self.pool.forget(server).await;
+    }
+}
+
+/// What a server task journals: the address and what the provider found.
+fn found(facts: &ServerFacts) -> Found {
+    let mut found = facts.found.clone();
+    found.insert("address".into(), facts.address.clone());
+    found
 }
 
 /// What a task runs: one of its taskserv's scripts, or a shell command
@@ -628,22 +851,6 @@ enum What<'a> {
     Command(String),
 }
 
-/// The run's connection to one SSH server, with the run's directory on it
-/// and the taskservs whose scripts are already there.
-struct HostConn {
-    transport: SshTransport,
-    run_dir: String,
-    uploaded: tokio::sync::Mutex<HashSet<String>>,
-}
-
-impl std::fmt::Debug for HostConn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostConn")
-            .field("run_dir", &self.run_dir)
-            .finish_non_exhaustive()
-    }
-}
-
 /// The server a command runs on, with what its provider reports.
 #[derive(Clone, Copy)]
 struct On<'a> {
@@ -651,139 +858,132 @@ struct On<'a> {
     facts: &'a ServerFacts,
 }
 
+/// How a command's end counts: a non-zero exit, a signal or a timeout
+/// are transient (the next attempt may do better), a cancel is not a
+/// failure of the command.
 fn check_outcome(outcome: &Outcome, what: &str, timeout: Duration) -> Result<(), TaskFailure> {
     match outcome {
         Outcome::Exited(0) => Ok(()),
-        Outcome::Exited(code) => Err(TaskFailure(format!("{what} exited with status {code}"))),
-        Outcome::Signaled(sig) => Err(TaskFailure(format!("{what} was killed by signal {sig}"))),
-        Outcome::TimedOut => Err(TaskFailure(format!(
+        Outcome::Exited(code) => Err(TaskFailure::transient(format!("{what} exited with status {code}"))),
+        Outcome::Signaled(sig) => Err(TaskFailure::transient(format!("{what} was killed by signal {sig}"))),
+        Outcome::TimedOut => Err(TaskFailure::transient(format!(
             "{what} timed out after {}s and was killed",
             timeout.as_secs()
         ))),
-        Outcome::Cancelled => Err(TaskFailure(format!("{what} was cancelled"))),
+        Outcome::Cancelled => Err(TaskFailure::cancelled(format!("{what} was cancelled"))),
     }
 }
 
 #[async_trait::async_trait]
 impl TaskExecutor for Runner {
-    async fn run(&self, task: &Task, attempt: u32, cancel: CancellationToken) -> Result<(), TaskFailure> {
+    async fn run(&self, task: &Task, attempt: u32, cancel: CancellationToken) -> Result<Found, TaskFailure> {
         self.log(&task.id, &format!("--- attempt {attempt}: {} ---\n", task.action))
             .await;
         let result = match task.action {
-            Action::Install => self.run_script(task, attempt, Script::Install, cancel).await,
-            Action::Update => self.run_script(task, attempt, Script::Update, cancel).await,
-            Action::Remove => self.run_script(task, attempt, Script::Remove, cancel).await,
-            Action::Check => self.run_script(task, attempt, Script::Check, cancel).await,
+            Action::Install => self
+                .run_script(task, attempt, Script::Install, cancel)
+                .await
+                .map(|()| Found::new()),
+            Action::Update => self
+                .run_script(task, attempt, Script::Update, cancel)
+                .await
+                .map(|()| Found::new()),
+            Action::Remove => self
+                .run_script(task, attempt, Script::Remove, cancel)
+                .await
+                .map(|()| Found::new()),
+            Action::Check => self
+                .run_script(task, attempt, Script::Check, cancel)
+                .await
+                .map(|()| Found::new()),
             Action::CreateNetwork => {
                 let p = task.provider.as_deref().unwrap_or_default();
                 let provider = self.provider(p)?;
                 provider
-                    .create_network(&self.ctx(&task.id))
+                    .create_network(&self.ctx(p, None, &task.id))
                     .await
-                    .map_err(|e| TaskFailure(e.to_string()))
+                    .map(|()| Found::new())
+                    .map_err(TaskFailure::from)
             }
             Action::CreateServer | Action::UpdateServer | Action::DeleteServer | Action::CheckServer => {
-                let server = self.server(task.server.as_deref().unwrap_or_default())?;
-                let provider = self.provider(&server.provider)?;
-                let ctx = self.ctx(&task.id);
-                let call = async {
-                    match task.action {
-                        Action::CreateServer => provider
-                            .create(server, &ctx)
-                            .await
-                            .map(|f| format!("created, address {}", f.address)),
-                        Action::UpdateServer => provider.update(server, &ctx).await.map(|_| "updated".to_string()),
-                        Action::DeleteServer => provider.delete(server, &ctx).await.map(|()| "deleted".to_string()),
-                        _ => match provider.status(server, &ctx).await {
-                            Ok(ServerStatus::Running(f)) => Ok(format!("running, address {}", f.address)),
-                            Ok(ServerStatus::Absent) => {
-                                Err(provider.error(format!("server {} is absent", server.hostname)))
-                            }
-                            Err(e) => Err(e),
-                        },
-                    }
-                };
-                let timeout = Duration::from_secs(self.plan.operations[task.operation].timeout);
-                let outcome = tokio::select! {
-                    r = tokio::time::timeout(timeout, call) => r.map_err(|_| TaskFailure(format!("provider call timed out after {}s", timeout.as_secs())))
-                        .and_then(|r| r.map_err(|e| TaskFailure(e.to_string()))),
-                    () = cancel.cancelled() => Err(TaskFailure("cancelled".into())),
-                };
-                if let Ok(msg) = &outcome {
-                    self.log(&task.id, &format!("{}: {msg}\n", server.hostname)).await;
-                }
-                outcome.map(|_| ())
+                self.server_call(task, cancel).await
             }
         };
-        if let Err(TaskFailure(e)) = &result {
-            self.log(&task.id, &format!("--- attempt {attempt} failed: {e}\n"))
-                .await;
+        if let Err(e) = &result {
+            self.log(
+                &task.id,
+                &format!("--- attempt {attempt} failed ({}): {}\n", e.kind, e.message),
+            )
+            .await;
         }
         result
     }
 
-    async fn undo(&self, task: &Task, cancel: CancellationToken) -> Undo {
-        let taskserv_script = |s: Script| {
+    fn compensation(&self, task: &Task) -> Compensation {
+        let ships = |s: Script| {
             task.taskserv
                 .as_deref()
                 .and_then(|t| self.catalog.taskservs.get(t))
                 .is_some_and(|d| d.scripts.contains(&s))
         };
-        let result = match task.action {
-            Action::Check | Action::CheckServer => return Undo::Nothing,
-            Action::Remove => {
-                return Undo::Impossible(
-                    "a removed taskserv is not reinstalled by rollback; re-run the workflow".into(),
-                );
-            }
+        let taskserv = task.taskserv.as_deref().unwrap_or("?");
+        match task.action {
+            Action::Check | Action::CheckServer => Compensation::Nothing,
+            Action::Remove => Compensation::Impossible(
+                "a removed taskserv is not reinstalled by rollback; re-run the workflow".into(),
+            ),
             Action::DeleteServer => {
-                return Undo::Impossible("a deleted server is not recreated by rollback; re-run the workflow".into());
+                Compensation::Impossible("a deleted server is not recreated by rollback; re-run the workflow".into())
             }
-            Action::UpdateServer => return Undo::Impossible("providers cannot revert a server update".into()),
-            Action::Install if !taskserv_script(Script::Remove) => {
-                return Undo::Impossible(format!(
-                    "taskserv {} ships no remove.sh",
-                    task.taskserv.as_deref().unwrap_or("?")
-                ));
+            Action::UpdateServer => Compensation::Impossible("providers cannot revert a server update".into()),
+            Action::Install if !ships(Script::Remove) => {
+                Compensation::Impossible(format!("taskserv {taskserv} ships no remove.sh"))
             }
-            Action::Update if !taskserv_script(Script::Rollback) => {
-                return Undo::Impossible(format!(
-                    "taskserv {} ships no rollback.sh",
-                    task.taskserv.as_deref().unwrap_or("?")
-                ));
+            Action::Update if !ships(Script::Rollback) => {
+                Compensation::Impossible(format!("taskserv {taskserv} ships no rollback.sh"))
             }
-            Action::Install => {
-                self.log(&task.id, "--- undo: remove.sh ---\n").await;
-                self.run_script(task, 0, Script::Remove, cancel).await
-            }
-            Action::Update => {
-                self.log(&task.id, "--- undo: rollback.sh ---\n").await;
-                self.run_script(task, 0, Script::Rollback, cancel).await
-            }
-            Action::CreateServer => {
-                self.log(&task.id, "--- undo: delete server ---\n").await;
-                match self.server(task.server.as_deref().unwrap_or_default()) {
-                    Ok(server) => match self.provider(&server.provider) {
-                        Ok(p) => p
-                            .delete(server, &self.ctx(&task.id))
-                            .await
-                            .map_err(|e| TaskFailure(e.to_string())),
-                        Err(e) => Err(e),
-                    },
-                    Err(e) => Err(e),
+            Action::Install => Compensation::Run("remove".into()),
+            Action::Update => Compensation::Run("rollback".into()),
+            Action::CreateServer => Compensation::Run("delete server".into()),
+            Action::CreateNetwork => Compensation::Run("delete network".into()),
+        }
+    }
+
+    async fn undo(&self, task: &Task, cancel: CancellationToken) -> Undo {
+        let result = match self.compensation(task) {
+            Compensation::Nothing => return Undo::Nothing,
+            Compensation::Impossible(why) => return Undo::Impossible(why),
+            Compensation::Run(action) => {
+                self.log(&task.id, &format!("--- undo: {action} ---\n")).await;
+                match task.action {
+                    Action::Install => self.run_script(task, 0, Script::Remove, cancel).await,
+                    Action::Update => self.run_script(task, 0, Script::Rollback, cancel).await,
+                    Action::CreateServer => {
+                        let mut delete = task.clone();
+                        delete.action = Action::DeleteServer;
+                        self.server_call(&delete, cancel).await.map(|_| ())
+                    }
+                    Action::CreateNetwork => {
+                        let p = task.provider.as_deref().unwrap_or_default();
+                        match self.provider(p) {
+                            Ok(provider) => provider
+                                .delete_network(&self.ctx(p, None, &task.id))
+                                .await
+                                .map_err(TaskFailure::from),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    _ => Ok(()),
                 }
             }
-            Action::CreateNetwork => match self.provider(task.provider.as_deref().unwrap_or_default()) {
-                Ok(p) => p
-                    .delete_network(&self.ctx(&task.id))
-                    .await
-                    .map_err(|e| TaskFailure(e.to_string())),
-                Err(e) => Err(e),
-            },
         };
         match result {
             Ok(()) => Undo::Done,
-            Err(TaskFailure(e)) => Undo::Failed(e),
+            Err(e) => {
+                self.log(&task.id, &format!("--- undo failed ({}): {}\n", e.kind, e.message))
+                    .await;
+                Undo::Failed(e)
+            }
         }
     }
 
@@ -792,32 +992,34 @@ impl TaskExecutor for Runner {
         let mut env = vec![("DROVER_RUN_ID".to_string(), self.run_id.clone())];
         let log = self.paths.logs_dir.join("wait-conditions.log");
         let args = vec!["-c".to_string(), condition.command.clone()];
-        // Where it runs: a server's transport (the local one or its SSH
-        // connection) in its working directory, or here.
-        let mut conn = None;
-        let cwd = match &condition.server {
+        // Where it runs: the server's transport in the run's directory
+        // there, or here.
+        let (transport, cwd): (Arc<dyn Transport>, PathBuf) = match &condition.server {
             Some(name) => {
                 let server = self.server(name)?;
                 let facts = self.facts(server, "wait").await?;
                 env.push(("DROVER_SERVER".to_string(), name.clone()));
-                env.push(("DROVER_ROOT".to_string(), facts.root.display().to_string()));
-                match server.connection {
-                    Connection::Local => self.paths.work_dir.join(name),
-                    Connection::Ssh => {
-                        let c = self.conn(server, &facts).await?;
-                        let cwd = PathBuf::from(format!("{}/work", c.run_dir));
-                        conn = Some(c);
-                        cwd
-                    }
-                }
+                env.push(("DROVER_ROOT".to_string(), facts.root.clone()));
+                let conn = self
+                    .pool
+                    .host(server, &facts)
+                    .await
+                    .map_err(|e| self.transport_failure(&e))?;
+                let run_dir = conn
+                    .run_dir(&self.run_id)
+                    .await
+                    .map_err(|e| self.transport_failure(&e))?;
+                (conn.transport.clone(), PathBuf::from(format!("{run_dir}/work")))
             }
-            None => self.paths.work_dir.clone(),
+            None => {
+                let here = LocalTransport::new(self.paths.data_dir.join("work").join("orchestrator"));
+                let dir = here
+                    .run_dir(&self.run_id)
+                    .await
+                    .map_err(|e| self.transport_failure(&e))?;
+                (Arc::new(here), PathBuf::from(dir))
+            }
         };
-        if conn.is_none() {
-            tokio::fs::create_dir_all(&cwd)
-                .await
-                .map_err(|e| TaskFailure(e.to_string()))?;
-        }
         let cmd = Command {
             program: "/bin/sh".into(),
             args,
@@ -827,29 +1029,17 @@ impl TaskExecutor for Runner {
             log,
             mask: self.mask.clone(),
         };
-        let transport: &dyn Transport = match &conn {
-            Some(c) => &c.transport,
-            None => self.transport.as_ref(),
-        };
         let outcome = transport
             .exec(cmd, None, cancel)
             .await
-            .map_err(|e| TaskFailure(self.mask.mask(&e.to_string())))?;
+            .map_err(|e| self.transport_failure(&e))?;
         check_outcome(&outcome, "wait condition", timeout)
     }
 
     async fn finish(&self) {
-        // The run's directories on SSH hosts go, and the connections close.
-        let cells: Vec<_> = self.ssh.lock().await.values().cloned().collect();
-        for cell in cells {
-            if let Some(conn) = cell.get() {
-                let dirs = if self.paths.keep_remote_dirs {
-                    RunDirs::Keep
-                } else {
-                    RunDirs::Remove
-                };
-                let _ = conn.transport.cleanup(dirs).await;
-            }
-        }
+        self.pool.finish(self.paths.keep_remote_dirs).await;
+        let _ = tokio::fs::remove_dir_all(self.paths.work_dir(&self.run_id)).await;
+        let orchestrator = self.paths.data_dir.join("work").join("orchestrator").join(&self.run_id);
+        let _ = tokio::fs::remove_dir_all(orchestrator).await;
     }
 }

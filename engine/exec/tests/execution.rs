@@ -722,32 +722,12 @@ async fn rolling_batches_run_in_order_with_a_pause_between() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolling_halts_when_failures_exceed_the_threshold() {
-    let f = Fixture::new();
-    f.control("install.a@s0", "fail");
-    let s = f.run(rolling_workflow("rolling-halt")).await;
-    assert_eq!(s.status, RunStatus::Failed, "{}", s.reason);
-    assert_eq!(
-        f.runs_of("install", "a@s1").len(),
-        1,
-        "the rest of the first batch runs"
-    );
-    for i in 2..6 {
-        let t = format!("install/a@s{i}");
-        assert_eq!(status_of(&s, &t), Status::Skipped, "{t}");
-        let why = task(&s, &t).error.clone().unwrap_or_default();
-        assert!(why.contains("rolling") && why.contains("50%"), "{why}");
-        assert!(f.runs_of("install", &format!("a@s{i}")).is_empty());
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_moves_past_a_batch_whose_tasks_were_all_skipped() {
     let f = Fixture::new();
     // s2 and s3 (the second batch) cannot be created, so their installs
     // are skipped as soon as the creates are done, long before their
     // batch's turn; the third batch must still run.
-    std::fs::create_dir_all(f.dir.path().join("hosts")).expect("hosts dir");
+    std::fs::create_dir_all(f.dir.path().join("providers/local/hosts")).expect("hosts dir");
     for h in ["s2", "s3"] {
         std::fs::write(f.host(h), "not a directory").expect("blocker file");
     }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use drover_exec::Status;
-use drover_exec::hosts::{FleetGuard, HostFleet, HostState};
+use drover_provider_local::hosts::{FleetGuard, HostFleet, HostState};
 use drover_state::RunStatus;
 use serde_json::{Value, json};
 use support::{Fixture, status_of};
@@ -21,7 +21,8 @@ fn host(name: &str, address: &str, taskservs: &[&str]) -> Value {
 
 /// The fleet the runs of `f` use, guarded: its hosts are deleted on drop.
 fn guard(f: &Fixture, names: &[&str]) -> FleetGuard {
-    let fleet = HostFleet::new(f.dir.path().join("fleet")).expect("fleet (needs root and openssh-server)");
+    let fleet =
+        HostFleet::new(f.dir.path().join("providers/local/fleet")).expect("fleet (needs root and openssh-server)");
     let g = FleetGuard::new(fleet);
     for n in names {
         g.adopt(n);
@@ -30,7 +31,11 @@ fn guard(f: &Fixture, names: &[&str]) -> FleetGuard {
 }
 
 fn root_of(f: &Fixture, server: &str) -> PathBuf {
-    f.dir.path().join("fleet/hosts").join(server).join("root")
+    f.dir
+        .path()
+        .join("providers/local/fleet/hosts")
+        .join(server)
+        .join("root")
 }
 
 fn create_op() -> Value {
@@ -83,7 +88,14 @@ async fn a_multi_operation_workflow_runs_per_server_pipelines_over_one_connectio
             );
         }
         // Eight tasks on the host, one SSH connection.
-        let log = std::fs::read_to_string(f.dir.path().join("fleet/hosts").join(n).join("sshd.log")).expect("sshd log");
+        let log = std::fs::read_to_string(
+            f.dir
+                .path()
+                .join("providers/local/fleet/hosts")
+                .join(n)
+                .join("sshd.log"),
+        )
+        .expect("sshd log");
         assert_eq!(log.matches("Accepted publickey").count(), 1, "{n}: {log}");
     }
     let e = f.executions();
@@ -280,7 +292,10 @@ async fn rollback_deletes_the_hosts_it_created() {
     let kh = std::fs::read_to_string(g.fleet().known_hosts()).unwrap_or_default();
     assert!(!kh.contains("127.0.225."), "known_hosts keeps deleted hosts: {kh}");
     let ps = std::process::Command::new("pgrep")
-        .args(["-f", &f.dir.path().join("fleet/hosts").display().to_string()])
+        .args([
+            "-f",
+            &f.dir.path().join("providers/local/fleet/hosts").display().to_string(),
+        ])
         .output()
         .expect("pgrep");
     assert!(

@@ -62,6 +62,8 @@ pub struct Config {
     pub retention_days: u32,
     /// Overrides every run's parallelism.
     pub max_parallel: Option<u32>,
+    /// The providers runs can drive (the binary's registry).
+    pub providers: drover_provider::Providers,
 }
 
 /// Why the server stopped with an error.
@@ -100,7 +102,7 @@ pub async fn serve(
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
     let store = Arc::new(Store::open(&config.state)?);
-    let mut opts = Options::for_state(&config.state);
+    let mut opts = Options::for_state(&config.state, config.providers.clone());
     opts.max_parallel = config.max_parallel;
     let orch = Orchestrator::new(store, opts, loader, config.limits);
     orch.add_log_dir(&config.logs_dir, config.retention_days);

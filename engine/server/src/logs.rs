@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use drover_core::Plan;
 use drover_exec::runner::TaskLine;
-use drover_exec::transport::Stream;
+use drover_transport::Stream;
 use tokio::sync::broadcast;
 
 use crate::wire::LogEvent;

@@ -253,8 +253,7 @@ impl Metrics {
         }
         self.queue_depth.set(queued as i64);
         self.runs_active.set(active as i64);
-        self.ssh_connections
-            .set(drover_exec::transport::ssh::open_connections());
+        self.ssh_connections.set(drover_transport::ssh::open_connections());
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

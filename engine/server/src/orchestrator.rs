@@ -154,11 +154,11 @@ impl Orchestrator {
         let mut q = lock(&self.queue);
         let mut interrupted = Vec::new();
         let mut queued = Vec::new();
-        let mut rollbacks = Vec::new();
         for r in runs {
             match r.status {
-                RunStatus::RollingBack => rollbacks.push(r.id),
-                RunStatus::Running | RunStatus::Aborted => interrupted.push(r.id),
+                // A rollback that was going on goes on (its journal says
+                // how it was started), as do interrupted runs.
+                RunStatus::Running | RunStatus::Aborted | RunStatus::RollingBack => interrupted.push(r.id),
                 RunStatus::Paused => {
                     q.keep_paused.insert(r.id.clone());
                     interrupted.push(r.id);
@@ -167,17 +167,9 @@ impl Orchestrator {
                 _ => {}
             }
         }
-        let n = interrupted.len() + queued.len() + rollbacks.len();
+        let n = interrupted.len() + queued.len();
         q.pending.extend(interrupted);
         q.pending.extend(queued);
-        // Interrupted rollbacks continue at once, as they were started: by
-        // an operator, outside the queue.
-        for id in rollbacks {
-            match run::rollback(self.store.clone(), &id, &self.opts, None) {
-                Ok(handle) => self.adopt(&mut q, handle),
-                Err(e) => tracing::error!(run_id = %id, error = %e, "an interrupted rollback cannot continue"),
-            }
-        }
         drop(q);
         if n > 0 {
             tracing::info!(runs = n, "taking up unfinished runs from the journal");
@@ -218,19 +210,9 @@ impl Orchestrator {
                     // It was checked when accepted; what changed since
                     // (a secrets file, a provider) is the operator's to fix.
                     tracing::error!(run_id = %id, error = %e, "a queued run cannot start; marked failed");
-                    let _ = self.store.append(
-                        &id,
-                        &[(
-                            drover_exec::scheduler::now_ms(),
-                            None,
-                            &Event::RunFinished {
-                                status: RunStatus::Failed,
-                            },
-                        )],
-                    );
-                    let _ = self
-                        .store
-                        .set_status(&id, RunStatus::Failed, drover_exec::scheduler::now_ms());
+                    if let Err(e) = run::fail_unstartable(&self.store, &id, &e.to_string()) {
+                        tracing::error!(run_id = %id, error = %e, "cannot record that the run failed");
+                    }
                 }
             }
         }
@@ -507,7 +489,7 @@ impl Orchestrator {
             self.metrics.submission("validated");
             return Ok((false, resp));
         }
-        let id = match run::enqueue(&self.store, inputs) {
+        let id = match run::enqueue(&self.store, inputs, &self.opts.providers) {
             Ok(id) => id,
             Err(e) => {
                 self.metrics.submission("invalid");
@@ -529,8 +511,10 @@ impl Orchestrator {
     pub fn pause(&self, id: &str) -> Result<RunStatus, ApiError> {
         let q = lock(&self.queue);
         let status = self.store.run(id)?.status;
+        // An active run may still read `queued` until its first turn is
+        // journaled.
         match q.active.get(id) {
-            Some(a) if status == RunStatus::Running || status == RunStatus::Paused => {
+            Some(a) if matches!(status, RunStatus::Queued | RunStatus::Running | RunStatus::Paused) => {
                 let _ = a.control.send(Control::Pause);
                 Ok(RunStatus::Paused)
             }
@@ -546,7 +530,7 @@ impl Orchestrator {
         let mut q = lock(&self.queue);
         let status = self.store.run(id)?.status;
         if let Some(a) = q.active.get(id)
-            && matches!(status, RunStatus::Running | RunStatus::Paused)
+            && matches!(status, RunStatus::Queued | RunStatus::Running | RunStatus::Paused)
         {
             let _ = a.control.send(Control::Resume);
             return Ok(RunStatus::Running);
@@ -578,8 +562,13 @@ impl Orchestrator {
     pub fn cancel(&self, id: &str) -> Result<RunStatus, ApiError> {
         let mut q = lock(&self.queue);
         let status = self.store.run(id)?.status;
+        // A rollback in progress stops too: what is not undone yet stays
+        // for the next one.
         if let Some(a) = q.active.get(id)
-            && matches!(status, RunStatus::Running | RunStatus::Paused)
+            && matches!(
+                status,
+                RunStatus::Queued | RunStatus::Running | RunStatus::Paused | RunStatus::RollingBack
+            )
         {
             let _ = a.control.send(Control::Cancel);
             return Ok(RunStatus::Cancelled);
@@ -587,26 +576,12 @@ impl Orchestrator {
         if let Some(pos) = q.pending.iter().position(|p| p == id) {
             q.pending.remove(pos);
             drop(q);
-            let now = drover_exec::scheduler::now_ms();
-            self.store.append(
-                id,
-                &[
-                    (now, None, &Event::CancelRequested),
-                    (
-                        now,
-                        None,
-                        &Event::RunFinished {
-                            status: RunStatus::Cancelled,
-                        },
-                    ),
-                ],
-            )?;
-            self.store.set_status(id, RunStatus::Cancelled, now)?;
+            run::cancel_unstarted(&self.store, id).map_err(exec_error)?;
             return Ok(RunStatus::Cancelled);
         }
-        if status == RunStatus::Aborted {
-            let now = drover_exec::scheduler::now_ms();
-            self.store.set_status(id, RunStatus::Cancelled, now)?;
+        if matches!(status, RunStatus::Aborted | RunStatus::Paused) {
+            drop(q);
+            run::cancel_unstarted(&self.store, id).map_err(exec_error)?;
             return Ok(RunStatus::Cancelled);
         }
         Err(ApiError::conflict(format!(
@@ -618,18 +593,30 @@ impl Orchestrator {
     /// Re-run the failed and cancelled tasks of a finished run.
     pub async fn retry(self: &Arc<Self>, id: &str, operation: Option<&str>) -> Result<RunStatus, ApiError> {
         self.settled(id).await?;
-        let mut q = self.not_busy(id)?;
-        let handle = run::retry(self.store.clone(), id, operation, &self.opts, None).map_err(exec_error)?;
-        self.adopt(&mut q, handle);
+        let journaled = {
+            let mut q = self.not_busy(id)?;
+            let mut handle = run::retry(self.store.clone(), id, operation, &self.opts, None).map_err(exec_error)?;
+            let journaled = handle.take_journaled();
+            self.adopt(&mut q, handle);
+            journaled
+        };
+        // Answered once the journal says it runs again.
+        journaled.await;
         Ok(RunStatus::Running)
     }
 
     /// Undo what a finished, failed or interrupted run did.
     pub async fn rollback(self: &Arc<Self>, id: &str) -> Result<RunStatus, ApiError> {
         self.settled(id).await?;
-        let mut q = self.not_busy(id)?;
-        let handle = run::rollback(self.store.clone(), id, &self.opts, None).map_err(exec_error)?;
-        self.adopt(&mut q, handle);
+        let journaled = {
+            let mut q = self.not_busy(id)?;
+            let mut handle = run::rollback(self.store.clone(), id, &self.opts, None).map_err(exec_error)?;
+            let journaled = handle.take_journaled();
+            self.adopt(&mut q, handle);
+            journaled
+        };
+        // Answered once the journal says the rollback started.
+        journaled.await;
         Ok(RunStatus::RollingBack)
     }
 
@@ -666,21 +653,14 @@ impl Orchestrator {
     /// every run is aborted (journaled, resumable at the next start).
     pub async fn shutdown(&self, grace: Duration) {
         self.stopping.cancel();
-        let (ids, paused) = {
+        let ids: Vec<String> = {
             let q = lock(&self.queue);
-            let ids: Vec<String> = q.active.keys().cloned().collect();
-            // Runs an operator paused stay paused after the restart; the
-            // abort below would otherwise leave them `aborted` (resumed
-            // running). Read before our own pause below.
-            let paused: Vec<String> = ids
-                .iter()
-                .filter(|id| self.store.run(id).is_ok_and(|r| r.status == RunStatus::Paused))
-                .cloned()
-                .collect();
+            // Nothing new starts; an operator's pause holds (the scheduler
+            // ends an aborted run that was paused as paused).
             for a in q.active.values() {
-                let _ = a.control.send(Control::Pause);
+                let _ = a.control.send(Control::Hold);
             }
-            (ids, paused)
+            q.active.keys().cloned().collect()
         };
         if ids.is_empty() {
             return;
@@ -711,13 +691,6 @@ impl Orchestrator {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !lock(&self.queue).active.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        for id in paused {
-            if self.store.run(&id).is_ok_and(|r| r.status == RunStatus::Aborted) {
-                let _ = self
-                    .store
-                    .set_status(&id, RunStatus::Paused, drover_exec::scheduler::now_ms());
-            }
         }
         tracing::info!("every run checkpointed; they resume at the next start");
     }
@@ -783,9 +756,11 @@ fn log_transition(p: &Progress, operation_of: &HashMap<String, String>, server_o
         Event::TaskCancelled { reason } => {
             tracing::info!(task, server, operation, reason = %reason, "task cancelled")
         }
-        Event::RollbackStarted { reason } => tracing::warn!(reason = %reason, "rollback started"),
-        Event::UndoFailed { error } => tracing::warn!(task, server, error = %error, "undo failed"),
-        Event::RunFinished { status } => tracing::info!(status = status.as_str(), "run finished"),
+        Event::RollbackStarted { reason, by_hand } => tracing::warn!(reason = %reason, by_hand, "rollback started"),
+        Event::UndoFailed { error, kind } => {
+            tracing::warn!(task, server, error = %error, kind = kind.as_str(), "undo failed")
+        }
+        Event::RunFinished { status, .. } => tracing::info!(status = status.as_str(), "run finished"),
         Event::RunPaused => tracing::info!("run paused"),
         Event::RunUnpaused => tracing::info!("run resumed"),
         Event::CancelRequested => tracing::info!("cancel requested"),

@@ -11,10 +11,11 @@
 //! of its loop in one transaction (one fsync), which is what makes
 //! thousands of transitions a second durable on an ordinary disk.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::PathBuf;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::BTreeMap;
+
+pub use drover_core::FailureKind;
 use serde::{Deserialize, Serialize};
 
 /// Errors of the state store.
@@ -45,6 +46,52 @@ pub enum StateError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another process holds the store: one orchestrator (or `drover run`)
+    /// per state file.
+    #[error(
+        "the state store {path} is in use by {holder}; one process owns a state store at a time: stop it, submit \
+         through it (`drover batch`), or give this one another --state"
+    )]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+        /// Who holds it (pid, command, since when), as it recorded itself.
+        holder: String,
+    },
+    /// The lock file cannot be made or read.
+    #[error("cannot lock the state store {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state location names a database this build cannot use.
+    #[error(
+        "state location {location:?}: {scheme}:// is not supported by this build; give a path to an SQLite file (or sqlite://PATH)"
+    )]
+    UnsupportedScheme {
+        /// What was given.
+        location: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// A stored value names a status no status has.
+    #[error(
+        "state store: run {run} has the unknown status {value:?}; was the database written by another version of drover?"
+    )]
+    UnknownStatus {
+        /// The run.
+        run: String,
+        /// What is stored.
+        value: String,
+    },
+    /// The store was opened for reading only.
+    #[error("the state store {0} is open for reading only")]
+    ReadOnly(PathBuf),
+    /// The writer thread is gone (it panicked, or the store is closing).
+    #[error("the state store's writer stopped: {0}")]
+    Writer(String),
 }
 
 /// Where a run stands.
@@ -89,18 +136,31 @@ impl RunStatus {
         }
     }
 
-    fn parse(s: &str) -> RunStatus {
-        match s {
-            "queued" => RunStatus::Queued,
-            "paused" => RunStatus::Paused,
-            "succeeded" => RunStatus::Succeeded,
-            "failed" => RunStatus::Failed,
-            "cancelled" => RunStatus::Cancelled,
-            "aborted" => RunStatus::Aborted,
-            "rolled_back" => RunStatus::RolledBack,
-            "rolling_back" => RunStatus::RollingBack,
-            _ => RunStatus::Running,
+    /// The status named `s`; None for a name no status has.
+    pub fn parse(s: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Where a run stands after `event`, from where it stood: the status
+    /// column is this fold of the journal, written in the same
+    /// transaction as the entries that change it.
+    pub fn after(self, event: &Event) -> RunStatus {
+        match event {
+            Event::RunStarted { .. } | Event::RunUnpaused => RunStatus::Running,
+            Event::RunPaused => RunStatus::Paused,
+            Event::RollbackStarted { .. } => RunStatus::RollingBack,
+            Event::RunFinished { status, .. } => *status,
+            _ => self,
         }
+    }
+
+    /// Whether the run is over and nothing resumes it: what retention may
+    /// remove.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled | RunStatus::RolledBack
+        )
     }
 
     /// Whether the run can still make progress by resuming it.
@@ -144,6 +204,9 @@ pub enum Event {
     RunFinished {
         /// The final status.
         status: RunStatus,
+        /// Why, in a sentence (what the report says).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// An attempt of a task began.
     TaskStarted {
@@ -159,6 +222,10 @@ pub enum Event {
         attempt: u32,
         /// How long it took.
         duration_ms: u64,
+        /// What the attempt found out (a server task: its address and what
+        /// its provider reported, e.g. the OS of an existing server).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        found: BTreeMap<String, String>,
     },
     /// An attempt failed.
     TaskFailed {
@@ -168,6 +235,10 @@ pub enum Event {
         duration_ms: u64,
         /// What happened.
         error: String,
+        /// Whether another attempt can help: transient failures are
+        /// retried per policy, permanent ones never.
+        #[serde(default = "transient")]
+        kind: FailureKind,
         /// Whether another attempt follows.
         will_retry: bool,
     },
@@ -189,6 +260,8 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A gate started polling its wait condition.
+    GateWaiting,
     /// A gate opened (its wait is over).
     GateOpened,
     /// A gate will never open.
@@ -205,6 +278,10 @@ pub enum Event {
     RollbackStarted {
         /// Why (automatic on failure, or by hand).
         reason: String,
+        /// Asked for by an operator: everything not undone yet is undone.
+        /// Otherwise automatic: safe points and preserve_successful hold.
+        #[serde(default)]
+        by_hand: bool,
     },
     /// A compensation of a task began (its remove / delete / rollback).
     UndoStarted {
@@ -220,6 +297,9 @@ pub enum Event {
     UndoFailed {
         /// What happened.
         error: String,
+        /// Whether another try can help.
+        #[serde(default = "transient")]
+        kind: FailureKind,
     },
     /// The task's effect cannot be undone; reported, not hidden.
     NotUndoable {
@@ -231,6 +311,11 @@ pub enum Event {
         /// Whether every compensation succeeded.
         complete: bool,
     },
+}
+
+/// Journals written before failures had a kind: every failure was retried.
+fn transient() -> FailureKind {
+    FailureKind::Transient
 }
 
 /// A journal entry as stored.
@@ -267,297 +352,9 @@ pub struct RunRecord {
     pub inputs: serde_json::Value,
 }
 
-/// The journal of runs on one SQLite database.
-#[derive(Debug)]
-pub struct Store {
-    // One connection, used from one thread at a time: SQLite serialises
-    // writers anyway, and the scheduler batches its writes.
-    conn: Mutex<Connection>,
-    path: PathBuf,
-}
+pub use store::{Store, parse_location};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    workflow TEXT NOT NULL,
-    file TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created_at_ms INTEGER NOT NULL,
-    updated_at_ms INTEGER NOT NULL,
-    inputs TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS journal (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    seq INTEGER NOT NULL,
-    at_ms INTEGER NOT NULL,
-    node TEXT,
-    event TEXT NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) WITHOUT ROWID;
-";
-
-impl Store {
-    /// Open (creating if needed) the store at `path`.
-    pub fn open(path: &Path) -> Result<Store, StateError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        let open_err = |source| StateError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
-        Ok(Store {
-            conn: Mutex::new(conn),
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Record a new run.
-    pub fn create_run(&self, run: &RunRecord) -> Result<(), StateError> {
-        self.conn().execute(
-            "INSERT INTO runs (id, workflow, file, status, created_at_ms, updated_at_ms, inputs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                run.id,
-                run.workflow,
-                run.file,
-                run.status.as_str(),
-                run.created_at_ms,
-                run.updated_at_ms,
-                serde_json::to_string(&run.inputs)?
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// Append events to a run's journal, in one durable transaction.
-    /// Returns the sequence number of the last one.
-    pub fn append(&self, run_id: &str, events: &[(i64, Option<&str>, &Event)]) -> Result<i64, StateError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let mut seq: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(seq), 0) FROM journal WHERE run_id = ?1",
-            params![run_id],
-            |r| r.get(0),
-        )?;
-        {
-            let mut stmt =
-                tx.prepare_cached("INSERT INTO journal (run_id, seq, at_ms, node, event) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-            for (at_ms, node, event) in events {
-                seq += 1;
-                stmt.execute(params![run_id, seq, at_ms, node, serde_json::to_string(event)?])?;
-            }
-        }
-        tx.commit()?;
-        Ok(seq)
-    }
-
-    /// Set a run's status.
-    pub fn set_status(&self, run_id: &str, status: RunStatus, at_ms: i64) -> Result<(), StateError> {
-        let n = self.conn().execute(
-            "UPDATE runs SET status = ?2, updated_at_ms = ?3 WHERE id = ?1",
-            params![run_id, status.as_str(), at_ms],
-        )?;
-        if n == 0 {
-            return Err(StateError::UnknownRun(run_id.to_string()));
-        }
-        Ok(())
-    }
-
-    /// One run.
-    pub fn run(&self, run_id: &str) -> Result<RunRecord, StateError> {
-        let conn = self.conn();
-        let row = conn
-            .query_row(
-                "SELECT id, workflow, file, status, created_at_ms, updated_at_ms, inputs FROM runs WHERE id = ?1",
-                params![run_id],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, String>(6)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let Some((id, workflow, file, status, created, updated, inputs)) = row else {
-            return Err(StateError::UnknownRun(run_id.to_string()));
-        };
-        Ok(RunRecord {
-            id,
-            workflow,
-            file,
-            status: RunStatus::parse(&status),
-            created_at_ms: created,
-            updated_at_ms: updated,
-            inputs: serde_json::from_str(&inputs)?,
-        })
-    }
-
-    /// Every run, newest first, without their inputs.
-    pub fn runs(&self) -> Result<Vec<RunRecord>, StateError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, workflow, file, status, created_at_ms, updated_at_ms FROM runs ORDER BY created_at_ms DESC, id DESC",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(RunRecord {
-                id: r.get(0)?,
-                workflow: r.get(1)?,
-                file: r.get(2)?,
-                status: RunStatus::parse(&r.get::<_, String>(3)?),
-                created_at_ms: r.get(4)?,
-                updated_at_ms: r.get(5)?,
-                inputs: serde_json::Value::Null,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    }
-
-    /// A run's journal, in order.
-    pub fn journal(&self, run_id: &str) -> Result<Vec<Entry>, StateError> {
-        self.journal_since(run_id, 0, i64::MAX)
-    }
-
-    /// At most `limit` entries of a run's journal after `after_seq`, in
-    /// order: what a stream resuming from an event id reads.
-    pub fn journal_since(&self, run_id: &str, after_seq: i64, limit: i64) -> Result<Vec<Entry>, StateError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, at_ms, node, event FROM journal WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![run_id, after_seq, limit], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, at_ms, node, event) = row?;
-            out.push(Entry {
-                seq,
-                at_ms,
-                node,
-                event: serde_json::from_str(&event)?,
-            });
-        }
-        Ok(out)
-    }
-}
+mod store;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(id: &str) -> RunRecord {
-        RunRecord {
-            id: id.into(),
-            workflow: "w".into(),
-            file: "w.k".into(),
-            status: RunStatus::Running,
-            created_at_ms: 1,
-            updated_at_ms: 1,
-            inputs: serde_json::json!({"x": 1}),
-        }
-    }
-
-    #[test]
-    fn journal_survives_reopening_in_order() -> Result<(), StateError> {
-        let dir = tempfile::tempdir().map_err(|e| StateError::Dir {
-            path: "tmp".into(),
-            source: e,
-        })?;
-        let path = dir.path().join("nested/state.db");
-        {
-            let s = Store::open(&path)?;
-            s.create_run(&record("r1"))?;
-            let started = Event::TaskStarted {
-                attempt: 1,
-                idempotency_key: "r1:t".into(),
-            };
-            let ok = Event::TaskSucceeded {
-                attempt: 1,
-                duration_ms: 5,
-            };
-            assert_eq!(s.append("r1", &[(10, Some("t"), &started), (11, Some("t"), &ok)])?, 2);
-            assert_eq!(
-                s.append(
-                    "r1",
-                    &[(
-                        12,
-                        None,
-                        &Event::RunFinished {
-                            status: RunStatus::Succeeded
-                        }
-                    )]
-                )?,
-                3
-            );
-            s.set_status("r1", RunStatus::Succeeded, 12)?;
-        }
-        let s = Store::open(&path)?;
-        let j = s.journal("r1")?;
-        assert_eq!(j.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
-        assert_eq!(j[0].node.as_deref(), Some("t"));
-        assert!(matches!(j[1].event, Event::TaskSucceeded { duration_ms: 5, .. }));
-        let r = s.run("r1")?;
-        assert_eq!(r.status, RunStatus::Succeeded);
-        assert_eq!(r.inputs, serde_json::json!({"x": 1}));
-        assert!(matches!(s.run("nope"), Err(StateError::UnknownRun(_))));
-        Ok(())
-    }
-
-    #[test]
-    fn runs_are_listed_newest_first() -> Result<(), StateError> {
-        let s = Store::open(Path::new(":memory:"))?;
-        let mut a = record("a");
-        a.created_at_ms = 1;
-        let mut b = record("b");
-        b.created_at_ms = 2;
-        s.create_run(&a)?;
-        s.create_run(&b)?;
-        let ids: Vec<String> = s.runs()?.into_iter().map(|r| r.id).collect();
-        assert_eq!(ids, ["b", "a"]);
-        Ok(())
-    }
-
-    #[test]
-    fn events_round_trip_through_their_disk_format() {
-        let e = Event::TaskFailed {
-            attempt: 2,
-            duration_ms: 9,
-            error: "exit 3".into(),
-            will_retry: true,
-        };
-        let s = serde_json::to_string(&e).unwrap_or_default();
-        assert_eq!(
-            s,
-            r#"{"event":"task_failed","attempt":2,"duration_ms":9,"error":"exit 3","will_retry":true}"#
-        );
-        assert_eq!(serde_json::from_str::<Event>(&s).ok(), Some(e));
-    }
-}
+mod tests;

@@ -195,31 +195,36 @@ fn describe(e: &Event) -> String {
         Event::RunPaused => "run paused".into(),
         Event::RunUnpaused => "run resumed".into(),
         Event::CancelRequested => "cancel requested".into(),
-        Event::RunFinished { status } => format!("run finished: {}", status.as_str()),
+        Event::RunFinished { status, reason } => match reason {
+            Some(r) => format!("run finished: {}: {}", status.as_str(), one_line(r)),
+            None => format!("run finished: {}", status.as_str()),
+        },
         Event::TaskStarted { attempt, .. } => format!("running (attempt {attempt})"),
         Event::TaskSucceeded { duration_ms, .. } => format!("succeeded in {}", secs(*duration_ms)),
         Event::TaskFailed {
             attempt,
             error,
+            kind,
             will_retry,
             ..
         } => format!(
-            "attempt {attempt} failed{}: {}",
+            "attempt {attempt} failed ({kind}){}: {}",
             if *will_retry { ", will retry" } else { "" },
             one_line(error)
         ),
         Event::TaskRetrying { next_attempt, delay_ms } => format!("attempt {next_attempt} in {}", secs(*delay_ms)),
         Event::TaskSkipped { reason } => format!("skipped: {reason}"),
         Event::TaskCancelled { reason } => format!("cancelled: {reason}"),
+        Event::GateWaiting => "waiting for its condition".into(),
         Event::GateOpened => "opened".into(),
         Event::GateBlocked { reason } => format!("blocked: {reason}"),
         Event::Checkpoint { operations_completed } => {
             format!("safe point after {}", operations_completed.join(", "))
         }
-        Event::RollbackStarted { reason } => format!("rollback started: {reason}"),
+        Event::RollbackStarted { reason, .. } => format!("rollback started: {reason}"),
         Event::UndoStarted { action } => format!("undoing ({action})"),
         Event::UndoSucceeded { duration_ms } => format!("undone in {}", secs(*duration_ms)),
-        Event::UndoFailed { error } => format!("undo failed: {}", one_line(error)),
+        Event::UndoFailed { error, .. } => format!("undo failed: {}", one_line(error)),
         Event::NotUndoable { reason } => format!("cannot be undone: {reason}"),
         Event::RollbackFinished { complete } => {
             format!("rollback {}", if *complete { "complete" } else { "incomplete" })

@@ -77,6 +77,7 @@ impl Fixture {
             seed: 42,
             keep_remote_dirs: false,
             start_paused: false,
+            providers: drover_registry::providers(),
         }
     }
 
@@ -136,7 +137,7 @@ impl Fixture {
 
     /// The root directory of a local host.
     pub fn host(&self, server: &str) -> PathBuf {
-        self.dir.path().join("hosts").join(server)
+        self.dir.path().join("providers/local/hosts").join(server)
     }
 
     pub fn installed(&self, server: &str, taskserv: &str) -> bool {
