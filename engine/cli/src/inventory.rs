@@ -1,5 +1,6 @@
-//! `drover inventory list|groups FILE`: the servers of a workflow and the
-//! groups they resolve to (hierarchy and criteria evaluated now).
+//! `drover inventory list|groups FILE` and `drover ping FILE`: the servers
+//! of an inventory file (or of a workflow) and the groups they resolve to
+//! (hierarchy and criteria evaluated now).
 
 use std::io::Write;
 use std::path::Path;
@@ -8,11 +9,11 @@ use std::process::ExitCode;
 use drover_core::inventory::Inventory;
 use drover_core::model::Server;
 
-use crate::{ReportFormat, load_inputs, report_failure};
+use crate::{ReportFormat, load_inventory, report_failure};
 
 /// `drover inventory list FILE [--tag T] [--group G]`.
 pub fn list(file: &Path, tags: &[String], groups: &[String], out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let inputs = match load_inputs(file) {
+    let inputs = match load_inventory(file) {
         Ok(i) => i,
         Err(f) => return report_failure(f, ReportFormat::Text, out),
     };
@@ -87,7 +88,7 @@ pub fn ping(
     target: &crate::runs::Target,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    let inputs = match load_inputs(file) {
+    let inputs = match load_inventory(file) {
         Ok(i) => i,
         Err(f) => return report_failure(f, ReportFormat::Text, out),
     };
@@ -139,7 +140,7 @@ pub fn ping(
 
 /// `drover inventory groups FILE`.
 pub fn groups(file: &Path, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let inputs = match load_inputs(file) {
+    let inputs = match load_inventory(file) {
         Ok(i) => i,
         Err(f) => return report_failure(f, ReportFormat::Text, out),
     };

@@ -95,20 +95,21 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
-    /// The servers of a workflow and the groups they are in.
+    /// The servers of an inventory (or workflow) file and the groups they are in.
     Inventory {
         #[command(subcommand)]
         command: InventoryCommand,
     },
     /// Check that servers answer over SSH: one OK/FAIL line each, with latency.
     Ping {
-        /// The workflow file (.k).
+        /// An inventory file or a workflow file (.k).
         file: PathBuf,
-        /// Only servers with this tag ("!t": without it); repeatable.
-        #[arg(long = "tag", value_name = "T")]
+        /// Only servers with every one of these tags ("!t": without t);
+        /// repeatable or comma-separated.
+        #[arg(long = "tag", value_name = "T", value_delimiter = ',')]
         tags: Vec<String>,
-        /// Only servers in this group; repeatable.
-        #[arg(long = "group", value_name = "G")]
+        /// Only servers in every one of these groups; repeatable or comma-separated.
+        #[arg(long = "group", value_name = "G", value_delimiter = ',')]
         groups: Vec<String>,
         #[command(flatten)]
         state: StateArgs,
@@ -151,18 +152,20 @@ enum RunsCommand {
 enum InventoryCommand {
     /// List servers (all, or those with every --tag and in every --group).
     List {
-        /// The workflow file (.k).
+        /// An inventory file or a workflow file (.k).
         file: PathBuf,
-        /// Only servers with this tag ("!t": without it); repeatable.
-        #[arg(long = "tag", value_name = "T")]
+        /// Only servers with every one of these tags ("!t": without t);
+        /// repeatable or comma-separated (`--tag k8s,worker`: both).
+        #[arg(long = "tag", value_name = "T", value_delimiter = ',')]
         tags: Vec<String>,
-        /// Only servers in this group (hierarchy and criteria resolved); repeatable.
-        #[arg(long = "group", value_name = "G")]
+        /// Only servers in every one of these groups (hierarchy and criteria
+        /// resolved); repeatable or comma-separated.
+        #[arg(long = "group", value_name = "G", value_delimiter = ',')]
         groups: Vec<String>,
     },
     /// List groups: how each is defined and the servers it resolves to now.
     Groups {
-        /// The workflow file (.k).
+        /// An inventory file or a workflow file (.k).
         file: PathBuf,
     },
 }
@@ -398,6 +401,24 @@ pub(crate) fn load_inputs(file: &Path) -> Result<drover_exec::Inputs, Failure> {
         LoadError::Model(d) => Failure::Input(report::Problems::Model(d)),
     })?;
     drover_core::compile(&source, &catalog).map_err(|d| Failure::Input(report::Problems::Model(d)))?;
+    Ok(drover_exec::Inputs { source, catalog })
+}
+
+/// Evaluate and validate an inventory file (or a workflow's servers and
+/// groups).
+pub(crate) fn load_inventory(file: &Path) -> Result<drover_exec::Inputs, Failure> {
+    let loader = Loader::discover().map_err(|e| Failure::Environment(e.to_string()))?;
+    let fail = |e| match e {
+        LoadError::Engine(e) => Failure::Environment(e.to_string()),
+        LoadError::Kcl(d) => Failure::Input(report::Problems::Kcl(d)),
+        LoadError::Model(d) => Failure::Input(report::Problems::Model(d)),
+    };
+    let source = loader.load_inventory(file).map_err(fail)?;
+    let catalog = loader.load_catalog().map_err(fail)?;
+    let problems = drover_core::validate::validate_inventory(&source, &catalog);
+    if !problems.is_empty() {
+        return Err(Failure::Input(report::Problems::Model(problems)));
+    }
     Ok(drover_exec::Inputs { source, catalog })
 }
 

@@ -85,13 +85,13 @@ pub fn run(file: Option<&Path>, resume: Option<&str>, t: &Target, out: &mut impl
     let (store, opts) = open(t)?;
     let rt = runtime()?;
     let handle = match (file, resume) {
-        (_, Some(id)) => rt.block_on(async { drover_exec::run::resume(store, id, &opts, None) }),
+        (_, Some(id)) => rt.block_on(async { drover_exec::run::resume(store.clone(), id, &opts, None) }),
         (Some(file), None) => {
             let inputs = match load_inputs(file) {
                 Ok(i) => i,
                 Err(f) => return report_failure(f, crate::ReportFormat::Text, out),
             };
-            rt.block_on(async { drover_exec::run::start(store, inputs, &opts, None) })
+            rt.block_on(async { drover_exec::run::start(store.clone(), inputs, &opts, None) })
         }
         (None, None) => {
             eprintln!("drover: give a workflow FILE, or --resume RUN_ID");
@@ -102,15 +102,15 @@ pub fn run(file: Option<&Path>, resume: Option<&str>, t: &Target, out: &mut impl
         Ok(h) => h,
         Err(e) => return exec_failure(e),
     };
-    follow(&rt, handle, t, out, Ending::Run)
+    follow(&rt, handle, (&store, &opts), t, out, Ending::Run)
 }
 
 /// `drover retry ID [--operation OP]`.
 pub fn retry(id: &str, operation: Option<&str>, t: &Target, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let (store, opts) = open(t)?;
     let rt = runtime()?;
-    match rt.block_on(async { drover_exec::run::retry(store, id, operation, &opts, None) }) {
-        Ok(h) => follow(&rt, h, t, out, Ending::Run),
+    match rt.block_on(async { drover_exec::run::retry(store.clone(), id, operation, &opts, None) }) {
+        Ok(h) => follow(&rt, h, (&store, &opts), t, out, Ending::Run),
         Err(e) => exec_failure(e),
     }
 }
@@ -119,8 +119,8 @@ pub fn retry(id: &str, operation: Option<&str>, t: &Target, out: &mut impl Write
 pub fn rollback(id: &str, t: &Target, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let (store, opts) = open(t)?;
     let rt = runtime()?;
-    match rt.block_on(async { drover_exec::run::rollback(store, id, &opts, None) }) {
-        Ok(h) => follow(&rt, h, t, out, Ending::Rollback),
+    match rt.block_on(async { drover_exec::run::rollback(store.clone(), id, &opts, None) }) {
+        Ok(h) => follow(&rt, h, (&store, &opts), t, out, Ending::Rollback),
         Err(e) => exec_failure(e),
     }
 }
@@ -166,6 +166,7 @@ pub fn prune(older_than: Option<std::time::Duration>, t: &Target, out: &mut impl
 fn follow(
     rt: &tokio::runtime::Runtime,
     mut handle: RunHandle,
+    (store, opts): (&Store, &Options),
     t: &Target,
     out: &mut impl Write,
     ending: Ending,
@@ -178,10 +179,21 @@ fn follow(
         handle.logs_dir.display()
     );
     let events = handle.subscribe();
+    let log_events = handle.subscribe();
     let lines = handle.lines.take();
     let layout = crate::progress::Layout::of_plan(&handle.plan);
     let ctl = handle.controller();
     let verbose = t.verbose;
+    // The workflow's logging: its level and format for the run's own log
+    // file (<logs>/<run>/drover.jsonl or drover.log), as under `drover
+    // serve`; the terminal keeps the live view.
+    let logging = handle.plan.workflow.logging.clone();
+    let _log_guard = drover_server::logging::init_run_files(handle.logs_dir.parent().unwrap_or(Path::new(".")))
+        .map_err(|e| eprintln!("drover: the run's log file will not be written: {e}"))
+        .ok();
+    drover_server::logging::register_run_in(&handle.run_id, &handle.logs_dir, logging.level, logging.format);
+    let (operation_of, server_of) = task_maps(&handle.plan);
+    let span = tracing::info_span!("run", run_id = %handle.run_id, workflow = %handle.plan.workflow.name);
     let summary = rt.block_on(async move {
         // Ctrl-C stops the run cleanly: running tasks are cancelled, the
         // journal and a report marked aborted are written, and the run can
@@ -191,19 +203,59 @@ fn follow(
                 let _ = ctl.send(Control::Abort);
             }
         });
+        let log = tokio::spawn(async move {
+            let mut events = log_events;
+            loop {
+                match events.recv().await {
+                    Ok(p) => span.in_scope(|| drover_server::logging::log_transition(&p, &operation_of, &server_of)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
         let (tx, updates) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(crate::progress::bridge(events, tx));
         let view = tokio::spawn(crate::progress::watch(layout, updates, lines, verbose));
         let summary = handle.wait().await;
         let _ = view.await;
+        let _ = log.await;
         summary
     });
     match summary {
         Ok(s) => {
             print_summary(&s, out)?;
+            retention(store, opts);
             Ok(exit_for(s.status, ending))
         }
         Err(e) => exec_failure(e),
+    }
+}
+
+/// Task id → operation id and server, for the run's log lines.
+fn task_maps(
+    plan: &drover_core::Plan,
+) -> (
+    std::collections::HashMap<String, String>,
+    std::collections::HashMap<String, String>,
+) {
+    let tasks = || plan.graph.node_weights().filter_map(|n| n.task());
+    (
+        tasks()
+            .map(|t| (t.id.clone(), plan.operations[t.operation].id.clone()))
+            .collect(),
+        tasks()
+            .filter_map(|t| t.server.clone().map(|s| (t.id.clone(), s)))
+            .collect(),
+    )
+}
+
+/// After a run: finished runs past their workflow's `logging.retention_days`
+/// leave the store, with their logs (never one in progress or resumable).
+fn retention(store: &Store, opts: &Options) {
+    match drover_exec::run::prune(store, opts, None, drover_exec::scheduler::now_ms()) {
+        Ok(ids) if !ids.is_empty() => eprintln!("removed {} run(s) past their retention", ids.len()),
+        Ok(_) => {}
+        Err(e) => eprintln!("drover: retention: {e}"),
     }
 }
 

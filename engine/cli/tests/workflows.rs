@@ -8,7 +8,21 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Inventory files (servers and groups that workflows import) live in
+/// workflows/inventory/; everything else under workflows/ is a workflow.
+fn is_inventory(file: &str) -> bool {
+    file.starts_with("workflows/inventory/")
+}
+
 fn workflow_files() -> Vec<String> {
+    all_k_files().into_iter().filter(|f| !is_inventory(f)).collect()
+}
+
+fn inventory_files() -> Vec<String> {
+    all_k_files().into_iter().filter(|f| is_inventory(f)).collect()
+}
+
+fn all_k_files() -> Vec<String> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for e in std::fs::read_dir(dir).expect("readable").flatten() {
             let p = e.path();
@@ -66,6 +80,37 @@ fn every_workflow_validates_and_its_plan_matches_the_reviewed_snapshot() {
             });
         }
     }
+}
+
+#[test]
+fn every_inventory_lists_its_servers_and_groups() {
+    let files = inventory_files();
+    assert!(!files.is_empty(), "expected workflows/inventory/fleet.k");
+    for f in &files {
+        let (code, out, err) = drover(&["inventory", "list", f]);
+        assert_eq!(code, 0, "{f}: inventory list failed:\n{err}");
+        insta::with_settings!({snapshot_path => "snapshots", prepend_module_to_snapshot => false, omit_expression => true}, {
+            insta::assert_snapshot!(snapshot_name(f, "list"), out);
+        });
+        let (code, out, err) = drover(&["inventory", "groups", f]);
+        assert_eq!(code, 0, "{f}: inventory groups failed:\n{err}");
+        insta::with_settings!({snapshot_path => "snapshots", prepend_module_to_snapshot => false, omit_expression => true}, {
+            insta::assert_snapshot!(snapshot_name(f, "groups"), out);
+        });
+    }
+    // Tags given with commas all apply; the workflow that imports the
+    // inventory sees the same servers.
+    let (code, out, _) = drover(&["inventory", "list", "workflows/inventory/fleet.k", "--tag", "debian,db"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("db-1") && out.contains("db-2") && !out.contains("web-1"),
+        "{out}"
+    );
+    assert!(out.contains("2 of 6 servers"), "{out}");
+    let (code, from_workflow, _) = drover(&["inventory", "list", "workflows/fleet.k"]);
+    let (_, from_inventory, _) = drover(&["inventory", "list", "workflows/inventory/fleet.k"]);
+    assert_eq!(code, 0);
+    assert_eq!(from_workflow, from_inventory);
 }
 
 #[test]

@@ -561,51 +561,27 @@ pub enum StateStore {
     Postgres,
 }
 
-/// Tracing settings.
+/// State store and metrics of a run.
+///
+/// Fields of older versions (`state_path`, `checkpoint_frequency`,
+/// `telemetry`) were removed from the schema because nothing acted on
+/// them; runs stored with them still load (unknown fields are ignored
+/// here: the KCL schema already refuses them in a workflow).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TelemetryConfig {
-    /// Emit spans.
-    pub tracing: bool,
-    /// Fraction of runs traced.
-    pub trace_sample_ratio: f64,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        TelemetryConfig {
-            tracing: true,
-            trace_sample_ratio: 1.0,
-        }
-    }
-}
-
-/// State store, checkpoints, metrics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MonitoringConfig {
-    /// Which store holds the journal.
+    /// Which store holds the journal (only SQLite in this build; the
+    /// schema refuses the others).
     pub state_store: StateStore,
-    /// Where, when not the default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state_path: Option<String>,
-    /// Checkpoint every N completed tasks.
-    pub checkpoint_frequency: u32,
-    /// Export metrics.
+    /// Whether the run's tasks are counted in the orchestrator's
+    /// Prometheus metrics.
     pub metrics: bool,
-    /// Tracing.
-    #[serde(default)]
-    pub telemetry: TelemetryConfig,
 }
 
 impl Default for MonitoringConfig {
     fn default() -> Self {
         MonitoringConfig {
             state_store: StateStore::Sqlite,
-            state_path: None,
-            checkpoint_frequency: 1,
             metrics: true,
-            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -742,6 +718,18 @@ pub struct Catalog {
     pub providers: BTreeMap<String, ProviderDecl>,
     /// Taskservs by name.
     pub taskservs: BTreeMap<String, TaskservDecl>,
+}
+
+/// An inventory file's `inventory` value: servers and groups, no work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryDef {
+    /// The servers.
+    #[serde(default)]
+    pub servers: Vec<Server>,
+    /// The groups.
+    #[serde(default)]
+    pub groups: Vec<GroupDef>,
 }
 
 /// A workflow with the file it came from.

@@ -18,6 +18,21 @@ pub fn validate(source: &Source, catalog: &Catalog) -> Vec<Diagnostic> {
         file: &source.file,
         catalog,
         diags: Vec::new(),
+        inventory: false,
+    };
+    v.workflow(source);
+    v.diags
+}
+
+/// Check the servers and groups of `source` (an inventory, or the
+/// inventory part of a workflow) against `catalog`: what `drover
+/// inventory` and `drover ping` need; operations are not looked at.
+pub fn validate_inventory(source: &Source, catalog: &Catalog) -> Vec<Diagnostic> {
+    let mut v = Validator {
+        file: &source.file,
+        catalog,
+        diags: Vec::new(),
+        inventory: true,
     };
     v.workflow(source);
     v.diags
@@ -27,6 +42,8 @@ struct Validator<'a> {
     file: &'a Path,
     catalog: &'a Catalog,
     diags: Vec<Diagnostic>,
+    /// Only the inventory (servers, groups) is checked.
+    inventory: bool,
 }
 
 impl Validator<'_> {
@@ -144,7 +161,7 @@ impl Validator<'_> {
         if wf.name.trim().is_empty() {
             self.push(Diagnostic::new(self.file, "name", "the workflow has no name"));
         }
-        if wf.operations.is_empty() {
+        if wf.operations.is_empty() && !self.inventory {
             self.push(
                 Diagnostic::new(
                     self.file,

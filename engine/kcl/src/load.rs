@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use drover_core::Diagnostic;
-use drover_core::model::{Catalog, ProviderDecl, Script, Source, TaskservDecl, Workflow};
+use drover_core::model::{Catalog, InventoryDef, ProviderDecl, Script, Source, TaskservDecl, Workflow};
 use serde::de::DeserializeOwned;
 
 use crate::diagnostics::KclDiagnostic;
@@ -110,6 +110,59 @@ impl Loader {
             "WorkflowDef",
             "workflow = drover.WorkflowDef { ... }",
         )?;
+        let missing = missing_secrets(file, &workflow);
+        if !missing.is_empty() {
+            return Err(LoadError::Model(missing));
+        }
+        Ok(Source {
+            file: file.to_path_buf(),
+            workflow,
+        })
+    }
+
+    /// Evaluate an inventory file (its `inventory` value: servers and
+    /// groups) or a workflow file (its servers and groups), as a source
+    /// whose workflow has no operations: what `drover inventory` and
+    /// `drover ping` work on.
+    pub fn load_inventory(&self, file: &Path) -> Result<Source, LoadError> {
+        if !file.is_file() {
+            return Err(LoadError::Model(vec![Diagnostic::new(file, "-", "no such file").help(
+                "give the path of an inventory or workflow .k file, e.g. workflows/inventory/fleet.k",
+            )]));
+        }
+        let absolute = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+        let value = self.eval(&absolute)?;
+        if value.get("inventory").is_none() && value.get("workflow").is_some() {
+            let workflow: Workflow = take(
+                value,
+                "workflow",
+                file,
+                "WorkflowDef",
+                "workflow = drover.WorkflowDef { ... }",
+            )?;
+            return Ok(Source {
+                file: file.to_path_buf(),
+                workflow,
+            });
+        }
+        let inventory: InventoryDef = take(
+            value,
+            "inventory",
+            file,
+            "Inventory",
+            "inventory = drover.Inventory { servers = [...], groups = [...] } (or a workflow file)",
+        )?;
+        let name = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "inventory".into());
+        let workflow: Workflow = serde_json::from_value(serde_json::json!({
+            "name": name,
+            "operations": [],
+            "servers": inventory.servers,
+            "groups": inventory.groups,
+        }))
+        .map_err(|e| LoadError::Model(vec![Diagnostic::new(file, "inventory", e.to_string())]))?;
         Ok(Source {
             file: file.to_path_buf(),
             workflow,
@@ -215,6 +268,50 @@ impl Named for TaskservDecl {
     fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// The secrets files and age key a workflow names that do not exist
+/// (relative to the workflow file): a run could not decrypt them, so the
+/// workflow is not valid.
+fn missing_secrets(file: &Path, workflow: &Workflow) -> Vec<Diagnostic> {
+    let Some(sp) = &workflow.secrets else {
+        return Vec::new();
+    };
+    let base = file.parent().unwrap_or(Path::new(""));
+    let mut out = Vec::new();
+    for (i, f) in sp.files.iter().enumerate() {
+        if !base.join(f).is_file() {
+            out.push(
+                Diagnostic::new(
+                    file,
+                    format!("secrets.files[{i}]"),
+                    format!(
+                        "secrets file {f} does not exist (looked for {})",
+                        base.join(f).display()
+                    ),
+                )
+                .help("paths are relative to the workflow file; create it with `sops --encrypt --age <recipient>`")
+                .at(f),
+            );
+        }
+    }
+    if let Some(k) = &sp.age_key_file
+        && !base.join(k).is_file()
+    {
+        out.push(
+            Diagnostic::new(
+                file,
+                "secrets.age_key_file",
+                format!(
+                    "age key file {k} does not exist (looked for {})",
+                    base.join(k).display()
+                ),
+            )
+            .help("paths are relative to the workflow file; make one with `age-keygen -o <file>`")
+            .at(k),
+        );
+    }
+    out
 }
 
 /// `<dir>/<name>/kcl/dependencies.k` for every folder of `dir`, by name.

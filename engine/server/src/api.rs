@@ -199,9 +199,9 @@ async fn list(
     if q.limit == Some(0) {
         return Err(ApiError::bad_request("limit must be at least 1"));
     }
-    let runs: Vec<RunInfo> = orch
-        .store()
-        .runs()?
+    let store = orch.store().clone();
+    let runs: Vec<RunInfo> = blocking(move || Ok(store.runs()?))
+        .await?
         .iter()
         .filter(|r| want.is_none_or(|w| r.status == w))
         .take(q.limit.map_or(usize::MAX, |l| l as usize))
@@ -213,11 +213,18 @@ async fn list(
     }))
 }
 
-fn summary_of(
+/// Runs `f` (store reads: SQLite, the journal) on the blocking pool, off
+/// the runtime's workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?
+}
+
+async fn summary_of(
     orch: &Orchestrator,
     id: &str,
 ) -> Result<(RunRecord, Arc<drover_core::Plan>, drover_exec::report::Summary), ApiError> {
-    drover_exec::run::status(orch.store(), id, orch.options()).map_err(exec_error)
+    let (store, opts, id) = (orch.store().clone(), orch.options().clone(), id.to_string());
+    blocking(move || drover_exec::run::status(&store, &id, &opts).map_err(exec_error)).await
 }
 
 /// A run's state: per operation and per task.
@@ -233,7 +240,7 @@ async fn status(
     State(orch): State<Arc<Orchestrator>>,
     Path(id): Path<String>,
 ) -> Result<Json<RunStatusView>, ApiError> {
-    let (record, plan, summary) = summary_of(&orch, &id)?;
+    let (record, plan, summary) = summary_of(&orch, &id).await?;
     let by_task: HashMap<&str, &drover_exec::report::TaskSummary> =
         summary.tasks.iter().map(|t| (t.task.as_str(), t)).collect();
     let operations = plan
@@ -393,7 +400,11 @@ async fn logs(
     headers: HeaderMap,
 ) -> Result<EventStream, ApiError> {
     let after = last_event_id(&headers, &q)?;
-    let (_, plan, _) = summary_of(&orch, &id)?;
+    // The run's plan is built once and shared (not the whole status).
+    let plan = {
+        let (store, id) = (orch.store().clone(), id.clone());
+        blocking(move || drover_exec::run::plan(&store, &id).map_err(exec_error)).await?
+    };
     let path = stream_file(&drover_exec::run::logs_dir(&plan, orch.options(), &id));
     let state = (
         StreamReader::new(path),
@@ -456,7 +467,10 @@ async fn events(
     headers: HeaderMap,
 ) -> Result<EventStream, ApiError> {
     let after = last_event_id(&headers, &q)?;
-    orch.store().run(&id)?;
+    {
+        let (store, id) = (orch.store().clone(), id.clone());
+        blocking(move || Ok(store.run(&id)?)).await?;
+    }
     let state = (
         Follow {
             orch,
@@ -469,11 +483,14 @@ async fn events(
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
             let (follow, after) = &mut st;
-            let entries = match follow.orch.store().journal_since(&follow.id, *after, 1000) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the journal for a stream");
-                    return None;
+            let entries = {
+                let (store, id, from) = (follow.orch.store().clone(), follow.id.clone(), *after);
+                match blocking(move || Ok(store.journal_since(&id, from, 1000)?)).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::error!(error = %e.body.message, "cannot read the journal for a stream");
+                        return None;
+                    }
                 }
             };
             if let Some(last) = entries.last() {
@@ -628,8 +645,11 @@ async fn run_metrics(
     State(orch): State<Arc<Orchestrator>>,
     Path(id): Path<String>,
 ) -> Result<Json<RunMetrics>, ApiError> {
-    let (record, plan, summary) = summary_of(&orch, &id)?;
-    let journal = orch.store().journal(&id)?;
+    let (record, plan, summary) = summary_of(&orch, &id).await?;
+    let journal = {
+        let (store, id) = (orch.store().clone(), id.clone());
+        blocking(move || Ok(store.journal(&id)?)).await?
+    };
     let mut attempts = 0u64;
     let mut retries = 0u64;
     let mut undone = 0u64;
@@ -694,7 +714,8 @@ async fn run_metrics(
 )]
 async fn metrics(State(orch): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
     let mut by_status = HashMap::new();
-    for r in orch.store().runs()? {
+    let store = orch.store().clone();
+    for r in blocking(move || Ok(store.runs()?)).await? {
         *by_status.entry(r.status).or_insert(0usize) += 1;
     }
     let (active, queued) = orch.counts();

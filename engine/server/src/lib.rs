@@ -162,8 +162,41 @@ pub async fn serve(
 /// Remove run logs past their retention, hourly.
 async fn cleanup_logs(orch: Arc<Orchestrator>) {
     loop {
-        for (dir, days) in orch.log_dirs() {
-            match logging::cleanup(&dir, days, std::time::SystemTime::now()) {
+        // Finished runs past their workflow's retention_days go, with
+        // their journals and logs; runs in progress or resumable never.
+        let pruned = {
+            let (store, opts) = (orch.store().clone(), orch.options().clone());
+            tokio::task::spawn_blocking(move || {
+                drover_exec::run::prune(&store, &opts, None, drover_exec::scheduler::now_ms())
+            })
+            .await
+        };
+        match pruned {
+            Ok(Ok(ids)) if !ids.is_empty() => tracing::info!(runs = ids.len(), "removed runs past retention"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "run retention failed"),
+            Err(e) => tracing::warn!(error = %e, "run retention failed"),
+        }
+        // Log directories left without a run: by age, never one of a run
+        // that is still going or can be resumed.
+        let runs = {
+            let store = orch.store().clone();
+            tokio::task::spawn_blocking(move || store.runs())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        // Without the list of runs nothing is removed this time.
+        let unfinished: Option<std::collections::HashSet<String>> = runs.map(|runs| {
+            runs.into_iter()
+                .filter(|r| !r.status.is_final())
+                .map(|r| r.id)
+                .collect()
+        });
+        for (dir, days) in orch.log_dirs().into_iter().filter(|_| unfinished.is_some()) {
+            let unfinished = unfinished.as_ref();
+            let keep = |name: &str| unfinished.is_none_or(|u| u.contains(name));
+            match logging::cleanup(&dir, days, std::time::SystemTime::now(), &keep) {
                 Ok(removed) if !removed.is_empty() => {
                     tracing::info!(dir = %dir.display(), removed = removed.len(), days, "removed logs past retention")
                 }

@@ -37,6 +37,8 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drover_core::model::LoggingConfig;
+use drover_exec::Progress;
+use drover_state::Event as JournalEvent;
 use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -168,6 +170,18 @@ pub fn init(settings: &LogSettings) -> Result<LogGuard, LogError> {
     })?;
     let rust_log = std::env::var("RUST_LOG").ok();
     let (subscriber, closed) = subscriber(settings, rust_log.as_deref(), io::stdout, io::stdout().is_terminal())?;
+    subscriber.try_init().map_err(LogError::AlreadyInstalled)?;
+    Ok(LogGuard { closed })
+}
+
+/// For `drover run`, whose terminal shows the live view: install a global
+/// subscriber writing only the per-run files (each run at its own
+/// registered level and format, see [`register_run_in`]), nothing to
+/// stdout. `RUST_LOG` is not consulted: a run's `logging.level` decides.
+pub fn init_run_files(logs_dir: &Path) -> Result<LogGuard, LogError> {
+    let files = RunFileLayer::new(logs_dir.to_path_buf());
+    let closed = files.closed.clone();
+    let subscriber = tracing_subscriber::registry().with(files.with_filter(layer_filter(None, LogLevel::Trace)?));
     subscriber.try_init().map_err(LogError::AlreadyInstalled)?;
     Ok(LogGuard { closed })
 }
@@ -761,6 +775,48 @@ pub fn trace_id() -> String {
     }
 }
 
+/// One structured log line per notable transition of a run (the journal
+/// has all), emitted in the caller's span: inside a run's span it goes to
+/// the run's file. `operation_of` and `server_of` map task ids.
+pub fn log_transition(p: &Progress, operation_of: &HashMap<String, String>, server_of: &HashMap<String, String>) {
+    let task = p.node.as_deref().unwrap_or("");
+    let server = server_of.get(task).map(String::as_str).unwrap_or("");
+    let operation = operation_of.get(task).map(String::as_str).unwrap_or("");
+    match &p.event {
+        JournalEvent::TaskStarted { attempt, .. } => {
+            tracing::debug!(task, server, operation, attempt, "task started")
+        }
+        JournalEvent::TaskSucceeded { duration_ms, .. } => {
+            tracing::info!(task, server, operation, duration_ms, "task succeeded")
+        }
+        JournalEvent::TaskFailed {
+            error,
+            will_retry,
+            attempt,
+            ..
+        } => {
+            tracing::warn!(task, server, operation, attempt, will_retry, error = %error, "task failed")
+        }
+        JournalEvent::TaskSkipped { reason } => {
+            tracing::info!(task, server, operation, reason = %reason, "task skipped")
+        }
+        JournalEvent::TaskCancelled { reason } => {
+            tracing::info!(task, server, operation, reason = %reason, "task cancelled")
+        }
+        JournalEvent::RollbackStarted { reason, by_hand } => {
+            tracing::warn!(reason = %reason, by_hand, "rollback started")
+        }
+        JournalEvent::UndoFailed { error, kind } => {
+            tracing::warn!(task, server, error = %error, kind = kind.as_str(), "undo failed")
+        }
+        JournalEvent::RunFinished { status, .. } => tracing::info!(status = status.as_str(), "run finished"),
+        JournalEvent::RunPaused => tracing::info!("run paused"),
+        JournalEvent::RunUnpaused => tracing::info!("run resumed"),
+        JournalEvent::CancelRequested => tracing::info!("cancel requested"),
+        _ => {}
+    }
+}
+
 /// Remove the run directories under `logs_dir` whose newest file was last
 /// written more than `retention_days` before `now` (0 keeps everything);
 /// returns the directories removed.
@@ -772,8 +828,15 @@ pub fn trace_id() -> String {
 /// are never followed out of `logs_dir`. Entries that cannot be read are
 /// skipped, as are directories that cannot be removed (they are logged and
 /// tried again next time). A `logs_dir` that does not exist has nothing to
-/// remove; one that cannot be read is an error.
-pub fn cleanup(logs_dir: &Path, retention_days: u32, now: SystemTime) -> io::Result<Vec<PathBuf>> {
+/// remove; one that cannot be read is an error. A directory named after a
+/// run for which `keep` says yes (one in progress or resumable) stays,
+/// whatever its age.
+pub fn cleanup(
+    logs_dir: &Path,
+    retention_days: u32,
+    now: SystemTime,
+    keep: &dyn Fn(&str) -> bool,
+) -> io::Result<Vec<PathBuf>> {
     if retention_days == 0 {
         return Ok(Vec::new());
     }
@@ -791,6 +854,9 @@ pub fn cleanup(logs_dir: &Path, retention_days: u32, now: SystemTime) -> io::Res
             continue;
         }
         let dir = entry.path();
+        if keep(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
         let Some(newest) = newest_run_file(&dir) else { continue };
         // A file from the future (a clock step) counts as new.
         if now.duration_since(newest).unwrap_or(Duration::ZERO) <= retention {
@@ -1229,7 +1295,10 @@ mod tests {
         run_dir(&nested, "sub", &["b.log"], 90 * DAY, now)?;
         File::create(logs.join("stray.log"))?.set_modified(now - 90 * DAY)?;
 
-        let mut removed = cleanup(&logs, 30, now)?;
+        // A run in progress keeps its logs, however old they are.
+        let running = run_dir(&logs, "running-run", &["a.log"], 90 * DAY, now)?;
+        let mut removed = cleanup(&logs, 30, now, &|name| name == "running-run")?;
+        assert!(running.is_dir());
         removed.sort();
         let mut expected = vec![old, old_text];
         expected.sort();
@@ -1239,8 +1308,11 @@ mod tests {
         }
         assert!(logs.join("stray.log").is_file());
 
-        assert!(cleanup(&logs, 0, now + 1000 * DAY)?.is_empty(), "0 keeps forever");
-        assert!(cleanup(&root.path().join("absent"), 30, now)?.is_empty());
+        assert!(
+            cleanup(&logs, 0, now + 1000 * DAY, &|_| false)?.is_empty(),
+            "0 keeps forever"
+        );
+        assert!(cleanup(&root.path().join("absent"), 30, now, &|_| false)?.is_empty());
         Ok(())
     }
 
@@ -1255,14 +1327,14 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("precious.log"), inside.join("linked.log"))?;
 
         assert!(
-            cleanup(&logs, 30, now)?.is_empty(),
+            cleanup(&logs, 30, now, &|_| false)?.is_empty(),
             "a run dir holding a link is not touched"
         );
         assert!(outside.join("precious.log").is_file());
         assert!(logs.join("link-to-outside").exists());
 
         fs::remove_file(inside.join("linked.log"))?;
-        assert_eq!(cleanup(&logs, 30, now)?, [inside]);
+        assert_eq!(cleanup(&logs, 30, now, &|_| false)?, [inside]);
         assert!(outside.join("precious.log").is_file());
         Ok(())
     }

@@ -258,6 +258,9 @@ impl Orchestrator {
             .node_weights()
             .filter_map(|n| n.task().and_then(|t| t.server.clone().map(|s| (t.id.clone(), s))))
             .collect();
+        // monitoring.metrics = False: the run's tasks are not counted (the
+        // run itself is, by status, from the store).
+        let counted = plan.workflow.monitoring.metrics;
         tracing::info!(parent: &span, tasks = plan.task_count(), "run started");
         let pump_span = span.clone();
         let ended = CancellationToken::new();
@@ -270,9 +273,11 @@ impl Orchestrator {
                         biased;
                         p = events.recv() => match p {
                             Ok(p) => {
-                                this.metrics.observe(&operation_of, &p);
+                                if counted {
+                                    this.metrics.observe(&operation_of, &p);
+                                }
                                 count_running(&running_tasks, &operation_of, &p);
-                                log_transition(&p, &operation_of, &server_of);
+                                crate::logging::log_transition(&p, &operation_of, &server_of);
                             }
                             Err(broadcast::error::RecvError::Lagged(n)) => {
                                 tracing::warn!(missed = n, "metrics missed journal events (the journal has them)");
@@ -294,7 +299,9 @@ impl Orchestrator {
                 // The run is over: what is left in the channels is all
                 // there will be.
                 while let Ok(p) = events.try_recv() {
-                    this.metrics.observe(&operation_of, &p);
+                    if counted {
+                        this.metrics.observe(&operation_of, &p);
+                    }
                 }
                 if let Some(mut rx) = lines {
                     while let Ok(l) = rx.try_recv() {
@@ -728,42 +735,6 @@ fn count_running(n: &AtomicUsize, operation_of: &HashMap<String, String>, p: &Pr
         Event::TaskSucceeded { .. } | Event::TaskFailed { .. } | Event::TaskCancelled { .. } => {
             let _ = n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(1)));
         }
-        _ => {}
-    }
-}
-
-/// One structured log line per notable transition (the journal has all).
-fn log_transition(p: &Progress, operation_of: &HashMap<String, String>, server_of: &HashMap<String, String>) {
-    let task = p.node.as_deref().unwrap_or("");
-    let server = server_of.get(task).map(String::as_str).unwrap_or("");
-    let operation = operation_of.get(task).map(String::as_str).unwrap_or("");
-    match &p.event {
-        Event::TaskStarted { attempt, .. } => {
-            tracing::debug!(task, server, operation, attempt, "task started")
-        }
-        Event::TaskSucceeded { duration_ms, .. } => {
-            tracing::info!(task, server, operation, duration_ms, "task succeeded")
-        }
-        Event::TaskFailed {
-            error,
-            will_retry,
-            attempt,
-            ..
-        } => {
-            tracing::warn!(task, server, operation, attempt, will_retry, error = %error, "task failed")
-        }
-        Event::TaskSkipped { reason } => tracing::info!(task, server, operation, reason = %reason, "task skipped"),
-        Event::TaskCancelled { reason } => {
-            tracing::info!(task, server, operation, reason = %reason, "task cancelled")
-        }
-        Event::RollbackStarted { reason, by_hand } => tracing::warn!(reason = %reason, by_hand, "rollback started"),
-        Event::UndoFailed { error, kind } => {
-            tracing::warn!(task, server, error = %error, kind = kind.as_str(), "undo failed")
-        }
-        Event::RunFinished { status, .. } => tracing::info!(status = status.as_str(), "run finished"),
-        Event::RunPaused => tracing::info!("run paused"),
-        Event::RunUnpaused => tracing::info!("run resumed"),
-        Event::CancelRequested => tracing::info!("cancel requested"),
         _ => {}
     }
 }
