@@ -191,6 +191,7 @@ pub struct FleetBuilder {
     sudo: Sudo,
     max_sessions: Option<u32>,
     sshd_options: Vec<String>,
+    private_dirs: Vec<PathBuf>,
     state_root: PathBuf,
     ready_timeout: Option<Duration>,
 }
@@ -208,6 +209,7 @@ impl Default for FleetBuilder {
             sudo: Sudo::None,
             max_sessions: None,
             sshd_options: Vec::new(),
+            private_dirs: Vec::new(),
             state_root: default_state_root(),
             ready_timeout: None,
         }
@@ -272,6 +274,16 @@ impl FleetBuilder {
     /// sshd's `MaxSessions` (default: OpenSSH's own, 10).
     pub fn max_sessions(mut self, n: u32) -> Self {
         self.max_sessions = Some(n);
+        self
+    }
+
+    /// Give every host a directory of its own at `path` (absolute, e.g.
+    /// `/etc/drover`), empty at start and writable by root: what a real
+    /// machine has of its own and the hosts of one machine would otherwise
+    /// share. The mount point is made on the machine if missing (an empty
+    /// directory); what the host writes there stays in its state.
+    pub fn private_dir(mut self, path: &str) -> Self {
+        self.private_dirs.push(PathBuf::from(path));
         self
     }
 
@@ -353,6 +365,12 @@ impl FleetBuilder {
         // sshd's privilege separation directory, which Debian makes at boot
         // (through systemd, which a container does not run).
         sys::mkdir(Path::new("/run/sshd"), 0o755)?;
+        for d in &self.private_dirs {
+            anyhow::ensure!(d.is_absolute(), "private_dir {} must be absolute", d.display());
+            if !d.is_dir() {
+                std::fs::create_dir_all(d).with_context(|| format!("cannot make the mount point {}", d.display()))?;
+            }
+        }
         let sftp = ["/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -372,6 +390,7 @@ impl FleetBuilder {
             client_public: client.public_line().to_string(),
             max_sessions: self.max_sessions,
             sshd_options: self.sshd_options.clone(),
+            private_dirs: self.private_dirs.clone(),
         });
 
         // Addresses: the specs' own, then free ones of locked blocks.
@@ -447,6 +466,8 @@ pub(crate) struct Shared {
     pub(crate) client_public: String,
     pub(crate) max_sessions: Option<u32>,
     pub(crate) sshd_options: Vec<String>,
+    /// Directories each host has of its own (see [`FleetBuilder::private_dir`]).
+    pub(crate) private_dirs: Vec<PathBuf>,
 }
 
 /// Real SSH hosts, each an OpenSSH sshd in namespaces of its own with its

@@ -181,12 +181,23 @@ impl Host {
         self.dir.join("home").join(user)
     }
 
-    /// Where a path of the host is on this machine: `/home/…` and `/tmp/…`
-    /// are the host's own (under [`Host::dir`]); anything else is shared
-    /// with the machine and returned as it is. For reading what a test's
-    /// script wrote on the host.
+    /// Where the host keeps its own copy of the private directory `dir`.
+    fn private_path(&self, dir: &Path) -> PathBuf {
+        self.dir.join("private").join(dir.strip_prefix("/").unwrap_or(dir))
+    }
+
+    /// Where a path of the host is on this machine: `/home/…`, `/tmp/…`
+    /// and the private directories are the host's own (under
+    /// [`Host::dir`]); anything else is shared with the machine and
+    /// returned as it is. For reading what a test's script wrote on the
+    /// host.
     pub fn path(&self, on_host: impl AsRef<Path>) -> PathBuf {
         let on_host = on_host.as_ref();
+        for d in &self.shared.private_dirs {
+            if let Ok(rest) = on_host.strip_prefix(d) {
+                return self.private_path(d).join(rest);
+            }
+        }
         if let Ok(rest) = on_host.strip_prefix("/home") {
             return self.dir.join("home").join(rest);
         }
@@ -290,6 +301,9 @@ impl Host {
         let etc = self.dir.join("etc");
         sys::mkdir(&etc, 0o755)?;
         sys::mkdir(&self.dir.join("tmp"), 0o1777)?;
+        for d in &self.shared.private_dirs {
+            std::fs::create_dir_all(self.private_path(d))?;
+        }
         let home = self.dir.join("home");
         sys::mkdir(&home, 0o755)?;
         for user in &self.shared.users {
@@ -397,6 +411,14 @@ impl Host {
         }
         if shared.private_tmp {
             binds.push((self.dir.join("tmp"), "/tmp"));
+        }
+        let private: Vec<(PathBuf, String)> = shared
+            .private_dirs
+            .iter()
+            .map(|d| (self.private_path(d), d.display().to_string()))
+            .collect();
+        for (source, target) in &private {
+            binds.push((source.clone(), target.as_str()));
         }
         let binds: Vec<(CString, CString)> = binds
             .into_iter()

@@ -386,12 +386,24 @@ fn a_panicking_test_leaves_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run by `errors_name_what_is_missing` as user nobody, not on its own.
+/// As root a fleet starts; as anyone else it is refused, saying why.
+/// `errors_name_what_is_missing` runs this again as user nobody.
 #[test]
-#[ignore = "run as a non-root user by errors_name_what_is_missing"]
-fn probe_as_non_root() {
-    let err = TestFleet::start(1).err().map(|e| format!("{e:#}")).unwrap_or_default();
-    println!("ERROR: {err}");
+fn a_fleet_starts_as_root_and_says_why_not_otherwise() {
+    match TestFleet::start(1) {
+        Ok(fleet) => {
+            assert!(nix::unistd::geteuid().is_root(), "a fleet started without root");
+            assert!(fleet.host(0).is_running());
+        }
+        Err(e) => {
+            let err = format!("{e:#}");
+            assert!(
+                !nix::unistd::geteuid().is_root(),
+                "a fleet did not start as root: {err}"
+            );
+            println!("ERROR: {err}");
+        }
+    }
 }
 
 #[test]
@@ -400,7 +412,11 @@ fn errors_name_what_is_missing() -> anyhow::Result<()> {
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(std::env::current_exe()?)
-        .args(["--exact", "probe_as_non_root", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "a_fleet_starts_as_root_and_says_why_not_otherwise",
+            "--nocapture",
+        ])
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -461,39 +477,34 @@ fn a_hundred_hosts_start_and_answer() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The size the fleet benchmark asks for: `cargo nextest run -p
-/// drover-testkit --run-ignored only a_thousand_hosts --no-capture`.
-#[test]
-#[ignore = "1,000 hosts: for measuring, not for every run"]
-fn a_thousand_hosts_start() -> anyhow::Result<()> {
-    let fleet = TestFleet::builder().hosts(1000).port(2222).start()?;
-    println!("1000 hosts started in {:.3} s", fleet.startup_time().as_secs_f64());
-    let t = Instant::now();
-    for host in fleet.hosts() {
-        let mut stream = TcpStream::connect_timeout(&host.socket_addr().into(), Duration::from_secs(10))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut banner = [0u8; 8];
-        stream.read_exact(&mut banner)?;
-        assert_eq!(&banner, b"SSH-2.0-", "{}", host.name());
-    }
-    println!("1000 banners in {:.3} s", t.elapsed().as_secs_f64());
-    let host = fleet.host(999);
-    assert_eq!(
-        ok(
-            &mut ssh(Some(fleet.client_key()), fleet.known_hosts(), host),
-            &["hostname"]
-        ),
-        host.name()
-    );
-    let t = Instant::now();
-    drop(fleet);
-    println!("1000 hosts stopped and removed in {:.3} s", t.elapsed().as_secs_f64());
-    Ok(())
-}
-
 fn base64_decode(text: &str) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+#[test]
+fn private_directories_are_each_hosts_own() -> anyhow::Result<()> {
+    let fleet = TestFleet::builder()
+        .hosts(2)
+        .port(2222)
+        .sudo(Sudo::All)
+        .private_dir("/etc/drover-testkit-private")
+        .start()?;
+    for (i, host) in fleet.hosts().iter().enumerate() {
+        fleet.run(
+            host,
+            &format!("sudo -n sh -c 'echo {i} > /etc/drover-testkit-private/who'"),
+        )?;
+    }
+    for (i, host) in fleet.hosts().iter().enumerate() {
+        let seen = fleet.run(host, "cat /etc/drover-testkit-private/who")?;
+        assert_eq!(seen.trim(), i.to_string());
+        let here = std::fs::read_to_string(host.path("/etc/drover-testkit-private/who"))?;
+        assert_eq!(here.trim(), i.to_string());
+    }
+    // The machine's own directory stays empty.
+    assert_eq!(std::fs::read_dir("/etc/drover-testkit-private")?.count(), 0);
+    Ok(())
 }
