@@ -11,14 +11,19 @@ use serde_json::{Value, json};
 
 fn catalog() -> Catalog {
     let mut c = Catalog::default();
-    for (name, network) in [("local", false), ("aws", true)] {
+    // (name, requires_network, network_before_servers, shared_resources)
+    for (name, requires, before, shared) in [
+        ("local", false, false, vec![]),
+        ("aws", true, true, vec!["vpc".to_string()]),
+        ("sdn", true, false, vec![]),
+    ] {
         c.providers.insert(
             name.into(),
             ProviderDecl {
                 name: name.into(),
-                requires_network: network,
-                network_before_servers: network,
-                shared_resources: vec![],
+                requires_network: requires,
+                network_before_servers: before,
+                shared_resources: shared,
                 api_rate_limit: 5.0,
                 batch_size: 3,
                 plans: [
@@ -233,10 +238,25 @@ fn network_comes_before_the_servers_of_providers_that_ask_for_it() {
     assert_eq!(p.task_count(), 4);
     let aws = &p.provider_limits["aws"];
     assert_eq!((aws.batch_size, aws.api_rate_limit), (3, 5.0));
+    assert_eq!(aws.shared_resources, ["vpc"], "shared resources reach the executor");
     // Deleting needs no network task.
     let p =
         plan(json!({"name": "w", "servers": [server("x", "aws", &[])], "operations": [op("d", "delete", "server")]}));
     assert_eq!(p.task_count(), 1);
+}
+
+#[test]
+fn a_provider_that_requires_a_network_gets_one_even_when_its_servers_do_not_wait() {
+    let p = plan(json!({
+        "name": "w",
+        "servers": [server("x", "sdn", &[]), server("y", "sdn", &[])],
+        "operations": [op("c", "create", "server")],
+    }));
+    // requires_network: the network task is planned (and rolled back);
+    // without network_before_servers the servers do not wait for it.
+    assert_eq!(p.task_count(), 3);
+    assert!(!before(&p, "c/network:sdn", "c/x"));
+    assert!(!before(&p, "c/network:sdn", "c/y"));
 }
 
 #[test]

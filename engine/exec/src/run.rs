@@ -797,3 +797,49 @@ fn launch(l: Launch<'_>) -> Result<RunHandle, ExecError> {
         journaled,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-server workflow on a catalog with the local provider only.
+    fn inputs() -> Inputs {
+        let catalog: Catalog = serde_json::from_value(serde_json::json!({
+            "providers": {"local": {
+                "name": "local", "requires_network": false, "network_before_servers": false,
+                "api_rate_limit": 10.0, "batch_size": 10,
+                "plans": {"small": {"cpu": 1, "memory": 512, "disk": 1}}
+            }},
+            "taskservs": {}
+        }))
+        .unwrap_or_default();
+        let workflow = serde_json::from_value(serde_json::json!({
+            "name": "w",
+            "servers": [{"hostname": "h", "provider": "local", "plan": "small", "connection": "local"}],
+            "operations": [{"id": "c", "type": "create", "target": "server"}],
+        }));
+        Inputs {
+            source: Source {
+                file: PathBuf::from("w.k"),
+                workflow: workflow.unwrap_or_else(|e| panic!("workflow: {e}")),
+            },
+            catalog,
+        }
+    }
+
+    #[test]
+    fn a_stored_runs_plan_is_built_once_and_shared() -> Result<(), ExecError> {
+        let store = Store::open(Path::new(":memory:"))?;
+        let id = enqueue(
+            &store,
+            inputs(),
+            &Providers::new().with(drover_provider_local::LocalProvider),
+        )?;
+        let a = plan(&store, &id)?;
+        let b = plan(&store, &id)?;
+        assert!(Arc::ptr_eq(&a, &b), "status views and streams re-planned the run");
+        let (_, c, _) = status(&store, &id, &Options::for_state(store.path(), Providers::new()))?;
+        assert!(Arc::ptr_eq(&a, &c));
+        Ok(())
+    }
+}
