@@ -513,9 +513,6 @@ impl Scheduler {
                 .iter()
                 .filter(|t| !self.nodes[t.index()].status.is_terminal())
                 .count();
-            if self.op_left[i] == 0 {
-                self.op_outcome[i] = Some(self.outcome_of(i));
-            }
             if let Some(r) = self.rolling[i].as_mut() {
                 for &t in &op.tasks {
                     let st = self.nodes[t.index()].status;
@@ -543,7 +540,21 @@ impl Scheduler {
                 }
             }
         }
+        // Outcomes of finished operations once the halts are known again
+        // (a rolling operation failed if its roll halted).
+        for i in 0..self.plan.operations.len() {
+            if self.op_left[i] == 0 {
+                self.op_outcome[i] = Some(self.outcome_of(i));
+            }
+        }
+        // Operations that completed after the last safe point count
+        // towards the next one, as they did before the interruption.
         self.completed_ops = self.safe_point.clone();
+        for (i, op) in self.plan.operations.iter().enumerate() {
+            if self.op_outcome[i] == Some(OpOutcome::Succeeded) && !self.completed_ops.contains(&op.id) {
+                self.completed_ops.push(op.id.clone());
+            }
+        }
         for n in order {
             let rt = &self.nodes[n.index()];
             if rt.status == Status::Pending && rt.remaining == 0 {
@@ -622,6 +633,14 @@ impl Scheduler {
                     && let Some(reason) = self.rollback_requested.clone()
                     && self.plan.workflow.rollback_strategy.enabled
                 {
+                    // The workflow timeout (the one stop that ends Failed)
+                    // stopped the work; the rollback a failure asked for
+                    // still runs: the timeout bounds the work, not its
+                    // undoing.
+                    let reason = match self.stopping.take() {
+                        Some((_, why)) => format!("{reason}; {why}"),
+                        None => reason,
+                    };
                     self.enter_rollback(reason, false);
                     return true;
                 }
@@ -661,9 +680,12 @@ impl Scheduler {
                 .map(|n| self.id(*n))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let tolerated = failed
-                .iter()
-                .all(|n| self.task(*n).is_some_and(|t| self.rolling[t.operation].is_some()));
+            // Tolerated: failures of rolling operations whose roll did
+            // not halt (a halted roll exceeded its threshold).
+            let tolerated = failed.iter().all(|n| {
+                self.task(*n)
+                    .is_some_and(|t| self.rolling[t.operation].is_some() && self.op_halted[t.operation].is_none())
+            });
             let tolerated = if tolerated {
                 ", within the rolling failure threshold"
             } else {

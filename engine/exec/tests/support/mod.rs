@@ -3,6 +3,8 @@
 //! for what the scripts recorded.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -56,10 +56,13 @@ fail)
     sleep "${mode#sleep }"
     ;;
 hang)
-    echo $$ >"$ctl/hang.$me.pid"
     sleep 1000 &
-    echo $! >"$ctl/hang.$me.child"
+    child=$!
+    # Recorded before the pids are written: a test that sees the pids
+    # (and then kills the group) finds the record too.
     record hang
+    echo $$ >"$ctl/hang.$me.pid"
+    echo $child >"$ctl/hang.$me.child"
     wait
     ;;
 *)
