@@ -267,6 +267,16 @@ impl Pool {
         self.hosts.lock().await.remove(server);
     }
 
+    /// Close `server`'s connection, if the run has one, removing what the
+    /// run put there (unless `keep`), and forget it.
+    async fn release(&self, server: &str, keep: bool) {
+        let cell = self.hosts.lock().await.remove(server);
+        if let Some(conn) = cell.and_then(|c| c.get().cloned()) {
+            // Best effort, as at the end of a run.
+            let _ = conn.transport.finish(keep).await;
+        }
+    }
+
     /// Close every connection; the run's directories go unless `keep`.
     pub async fn finish(&self, keep: bool) {
         for conn in self.all().await {
@@ -796,6 +806,11 @@ impl Runner {
                     Ok(found(&facts))
                 }
                 Action::DeleteServer => {
+                    // The run's directories on the server go while it still
+                    // answers: a provider that only forgets its servers
+                    // (static) leaves the machine running, and the end of
+                    // the run no longer knows this connection.
+                    self.pool.release(&server.hostname, self.paths.keep_remote_dirs).await;
                     provider.delete(server, &ctx).await?;
                     self.forget(&server.hostname).await;
                     Ok(Found::new())
@@ -944,7 +959,17 @@ impl TaskExecutor for Runner {
             }
             Action::Install => Compensation::Run("remove".into()),
             Action::Update => Compensation::Run("rollback".into()),
-            Action::CreateServer => Compensation::Run("delete server".into()),
+            Action::CreateServer => {
+                // A server that existed before drover is forgotten, not
+                // destroyed: the journal says so.
+                let destroys = task
+                    .server
+                    .as_deref()
+                    .and_then(|s| self.server(s).ok())
+                    .and_then(|s| self.providers.get(&s.provider))
+                    .is_none_or(|p| p.destroys_servers());
+                Compensation::Run(if destroys { "delete server" } else { "forget server" }.into())
+            }
             Action::CreateNetwork => Compensation::Run("delete network".into()),
         }
     }

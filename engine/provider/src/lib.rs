@@ -133,6 +133,13 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// Report `server`.
     async fn status(&self, server: &Server, ctx: &ProviderContext) -> Result<ServerStatus, ProviderError>;
 
+    /// Whether [`Provider::delete`] destroys the server (the default) or
+    /// only forgets it, leaving the machine as it is (servers that existed
+    /// before drover). Rollback journals which it does.
+    fn destroys_servers(&self) -> bool {
+        true
+    }
+
     /// Whether [`Provider::update`] does anything; a plan that updates
     /// servers of a provider that cannot is refused before it runs.
     fn updates_servers(&self) -> bool {

@@ -165,6 +165,11 @@ impl Provider for StaticProvider {
         Ok(facts)
     }
 
+    /// Delete only forgets: the machine stays as it is.
+    fn destroys_servers(&self) -> bool {
+        false
+    }
+
     /// Forgets the server; nothing runs on it.
     async fn delete(&self, _server: &Server, _ctx: &ProviderContext) -> Result<(), ProviderError> {
         Ok(())
