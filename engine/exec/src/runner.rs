@@ -895,22 +895,17 @@ impl TaskExecutor for Runner {
         self.log(&task.id, &format!("--- attempt {attempt}: {} ---\n", task.action))
             .await;
         let result = match task.action {
-            Action::Install => self
-                .run_script(task, attempt, Script::Install, cancel)
-                .await
-                .map(|()| Found::new()),
-            Action::Update => self
-                .run_script(task, attempt, Script::Update, cancel)
-                .await
-                .map(|()| Found::new()),
-            Action::Remove => self
-                .run_script(task, attempt, Script::Remove, cancel)
-                .await
-                .map(|()| Found::new()),
-            Action::Check => self
-                .run_script(task, attempt, Script::Check, cancel)
-                .await
-                .map(|()| Found::new()),
+            Action::Install | Action::Update | Action::Remove | Action::Check => {
+                let script = match task.action {
+                    Action::Install => Script::Install,
+                    Action::Update => Script::Update,
+                    Action::Remove => Script::Remove,
+                    _ => Script::Check,
+                };
+                self.run_script(task, attempt, script, cancel)
+                    .await
+                    .map(|()| Found::new())
+            }
             Action::CreateNetwork => {
                 let p = task.provider.as_deref().unwrap_or_default();
                 let provider = self.provider(p)?;

@@ -102,14 +102,7 @@ impl Loader {
             ]));
         }
         let absolute = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
-        let value = self.eval(&absolute)?;
-        let workflow: Workflow = take(
-            value,
-            "workflow",
-            file,
-            "WorkflowDef",
-            "workflow = drover.WorkflowDef { ... }",
-        )?;
+        let workflow = workflow_of(self.eval(&absolute)?, file)?;
         let missing = missing_secrets(file, &workflow);
         if !missing.is_empty() {
             return Err(LoadError::Model(missing));
@@ -133,16 +126,9 @@ impl Loader {
         let absolute = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
         let value = self.eval(&absolute)?;
         if value.get("inventory").is_none() && value.get("workflow").is_some() {
-            let workflow: Workflow = take(
-                value,
-                "workflow",
-                file,
-                "WorkflowDef",
-                "workflow = drover.WorkflowDef { ... }",
-            )?;
             return Ok(Source {
                 file: file.to_path_buf(),
-                workflow,
+                workflow: workflow_of(value, file)?,
             });
         }
         let inventory: InventoryDef = take(
@@ -268,6 +254,17 @@ impl Named for TaskservDecl {
     fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// The `workflow` value of an evaluated workflow file.
+fn workflow_of(value: serde_json::Value, file: &Path) -> Result<Workflow, LoadError> {
+    take(
+        value,
+        "workflow",
+        file,
+        "WorkflowDef",
+        "workflow = drover.WorkflowDef { ... }",
+    )
 }
 
 /// The secrets files and age key a workflow names that do not exist
