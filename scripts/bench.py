@@ -47,14 +47,17 @@ FULL = {
     "exec": ["--servers", "1000", "--runs", "5"],
     "api": ["--runs", "200", "--max-running", "8", "--max-pending", "50"],
     "resume": ["--servers", "200", "--runs", "3"],
-    "fleet": ["--sizes", "10,50,100,250", "--runs", "3", "--budget", "100", "--max-run", "60"],
+    # Two fleets (local, existing) at each size, every peer with drover's
+    # key exchange and with OpenSSH's default: sizes up to 100 keep the
+    # stage within the 30 minutes on 2 cores (see TEXT["fleet"]).
+    "fleet": ["--sizes", "10,50,100", "--runs", "3", "--budget", "100", "--max-run", "60"],
 }
 QUICK = {
     "plan": ["--servers", "100", "--runs", "2"],
     "exec": ["--servers", "100", "--runs", "2"],
     "api": ["--runs", "10"],
     "resume": ["--servers", "20", "--runs", "1"],
-    "fleet": ["--sizes", "3,5", "--runs", "1", "--budget", "30", "--max-run", "20"],
+    "fleet": ["--sizes", "3,5", "--runs", "1", "--budget", "20", "--max-run", "10"],
 }
 # Kept free at the end of the time limit: deleting the last fleet, the report.
 FLEET_MARGIN_S = 60
@@ -309,6 +312,21 @@ def cell(s):
 # ---------------------------------------------------------------- report
 
 
+def verdict(met):
+    """A target's verdict: met and missed only from figures measured in this run."""
+    if met is None:
+        return "not measured"
+    return "met" if met else "NOT MET"
+
+
+def peer_figure(p):
+    """A peer's figure and its ratio; a projection (not run) gets no ratio."""
+    est = p["figure"].get("estimate") or ""
+    if est.startswith("not run"):
+        return f"{est}; ~{fmt(p['figure']['value'])} projected from a smaller fleet"
+    return f"{figure(p['figure'])} → {ratio(p['ratio'], bool(est))}"
+
+
 def summary_rows(benches):
     rows, notes = [], []
     order = ["fleet", "exec", "plan", "api", "resume"]
@@ -317,17 +335,16 @@ def summary_rows(benches):
         if not d:
             continue
         heads = d["headline"]
-        # The memory rows come after every fleet row.
-        for h in sorted(heads, key=lambda h: h["id"].startswith("memory")):
+        # The local fleet's rows, then the existing fleet's, then the memory rows.
+        for h in sorted(heads, key=lambda h: (h["id"].startswith("memory"), "-existing-" in h["id"])):
             unit = h["unit"]
             peers = []
             for p in h["peers"]:
-                est = p["figure"].get("estimate") or ""
-                if est.startswith("not run"):
-                    # A projection, not a measurement: no ratio from it.
-                    peers.append(f"{cell(p['name'])}: {est}; ~{fmt(p['figure']['value'])} projected from a smaller fleet")
-                else:
-                    peers.append(f"{cell(p['name'])}: {figure(p['figure'])} → {ratio(p['ratio'], bool(est))}")
+                text = f"{cell(p['name'])}: {peer_figure(p)}"
+                b = p.get("beside")
+                if b:
+                    text += f" (with {cell(b['what'])}: {peer_figure(b)})"
+                peers.append(text)
             lim = "–"
             if h.get("limit"):
                 l = h["limit"]
@@ -338,7 +355,7 @@ def summary_rows(benches):
             tgt = "none set"
             if h.get("target"):
                 t = h["target"]
-                tgt = f"{cell(t['what'])}: **{'met' if t['met'] else 'NOT MET'}**"
+                tgt = f"{cell(t['what'])}: **{verdict(t['met'])}**"
             rows.append(
                 [
                     f"{cell(h['what'])}, {unit}",
@@ -355,30 +372,56 @@ def summary_rows(benches):
 
 TEXT = {
     "fleet": """\
-Per size N, the benchmark creates a fleet of N real hosts on this machine
-(each an sshd in its own namespaces on its own loopback address, `HostFleet`),
-then times side by side, in interleaved rounds: one command (`true`) on every
-host, and a 10-step sequence on every host, with `drover run` (a workflow of
-one taskserv operation; 10 taskservs in a `requires` chain for 10 steps),
-`pdsh -R ssh -f N`, `parallel-ssh -p N`, and `ansible -m shell -f N` /
+Per size N, the benchmark makes two fleets of N real hosts on this machine
+and measures the same work on each: **drover's local hosts**, made with
+drover's local provider backend (`HostFleet`: each an sshd in its own
+namespaces on its own loopback address), reached as root on port 22, drover's
+servers of provider `local`; and **existing hosts**, started by the benchmark
+itself with drover-testkit (real OpenSSH sshd processes, each in namespaces of
+its own), reached as the non-root user `fleet` on port 2222, drover's servers
+of provider `static` (`ssh = drover.SshAccess {user, port, key_file,
+known_hosts}`; the command needs no root, so no `become`). On each it times
+side by side, in interleaved rounds: one command (`true`) on every host, and
+a 10-step sequence on every host, with `drover run` (a workflow of one
+taskserv operation; 10 taskservs in a `requires` chain for 10 steps), `pdsh
+-R ssh -f N`, `parallel-ssh -p N`, and `ansible -m shell -f N` /
 `ansible-playbook` with 10 shell tasks (forks = N). Every peer runs each step
 as its own invocation; drover keeps one SSH connection per host for all
-steps. Same key, same known_hosts checked strictly, N hosts at once; every
-command must succeed (for drover: every task succeeded in its journal).
+steps. Same hosts, user, port, key, known_hosts checked strictly, N hosts at
+once; every command must succeed (for drover: every task succeeded in its
+journal).
+
+Key exchange, like for like: drover's SSH client (russh) and OpenSSH's
+client do not choose the same key exchange, and on 2 cores the handshake is
+most of a one-command run. Before the fleets, a probe host (drover-testkit,
+its sshd at LogLevel DEBUG1) logs which key exchange one connection of each
+tool negotiates (table below); the peers are then made to use drover's
+(`-o KexAlgorithms=...`: pdsh through `PDSH_SSH_ARGS_APPEND`, parallel-ssh
+`-O`, ansible `ANSIBLE_SSH_EXTRA_ARGS`), and the benchmark fails if a peer
+negotiates anything else. Every ratio and target is judged on that
+like-for-like figure; the peers with OpenSSH's default key exchange are
+measured too and shown beside it. Both fleets' sshd run with OpenSSH's
+default algorithms (no KexAlgorithms, Ciphers or MACs line, checked).
 
 The physical limit is one SSH handshake per host: bare `ssh host true` to
-one host and to all N at once, with OpenSSH's default key exchange
-(sntrup761x25519, what the peers negotiate) and with curve25519-sha256
-(what drover's russh negotiates with this sshd). On 2 cores the hosts' sshd
-processes and the client share the CPU, so a large fleet is CPU-bound for
-every tool: see the machine CPU column.
+one host and to all N at once, with drover's key exchange (the limit shown)
+and with OpenSSH's default. On 2 cores the hosts' sshd processes and the
+client share the CPU, so a large fleet is CPU-bound for every tool: see the
+machine CPU column.
 
-Time is bounded: drover gets every run; a peer's further runs only while the
-size is within `--budget`; a measurement whose one run is projected (linearly
-from the previous size) beyond `--max-run` is not run; for pdsh and
+Time is bounded (`make bench` must finish within 30 minutes on 2 cores, and
+this stage is most of it): sizes 10, 50 and 100 on both fleets (at 250 the
+two fleets with every peer in both key exchanges would not fit); drover
+gets 3 runs of every case; a peer's further runs only while the fleet and
+size are within `--budget`; a measurement whose one run is projected
+(linearly from the previous size) beyond `--max-run` is not run; for pdsh and
 parallel-ssh, whose ten steps are ten identical invocations, ten times one
-invocation is shown instead (≈, checked against the real thing at the sizes
-where both ran). `--deadline` (the rest of the 30 minutes) bounds the whole.""",
+invocation is then shown instead (≈, an estimate: never used for a target).
+`--deadline` (the rest of the 30 minutes) bounds the whole, by priority:
+drover's runs and the physical limit first, then the peers with drover's key
+exchange, then the peers with OpenSSH's default. A target reads met or NOT
+MET only when every peer it names was measured in this run; otherwise it
+reads not measured.""",
     "memory": """\
 `drover run` holds one SSH connection per host for the whole run; pdsh and
 parallel-ssh hold one `ssh` process per host, ansible a forked worker and an
@@ -447,6 +490,32 @@ none started again after it succeeded; the benchmark fails otherwise.""",
 }
 
 
+FLEET_LABELS = {"local": "drover's local hosts", "existing": "existing hosts"}
+
+
+def kex_section(k, lines):
+    """The probe's table: what each tool negotiated, in each mode."""
+    if not k:
+        lines.append("Key exchange: not probed in this run (the figures of other runs are not shown here).")
+        lines.append("")
+        return
+    lines.append(
+        f"Key exchange, as the probe host's sshd logged it (`kex: algorithm:` at LogLevel DEBUG1, one connection "
+        f"per tool and mode): drover negotiates **{k['drover']}**; the peers' like-for-like runs add "
+        f"`-o {k['peers_option']}`."
+    )
+    lines.append("")
+    rows = []
+    order = sorted(k.get("tools", {}).items(), key=lambda x: (x[0] != "drover", x[0] != "ssh", x[0]))
+    for tool, modes in order:
+        for mode, label in (("own", "its own choice"), ("default", "OpenSSH's default"), ("drover", f"`-o {k['peers_option']}`")):
+            x = modes.get(mode)
+            if x:
+                rows.append([tool, label, f"`{x.get('kex') or '?'}`", f"`{x.get('cipher') or '?'}`"])
+    lines.append(table(["client", "run with", "key exchange negotiated", "cipher"], rows))
+    lines.append("")
+
+
 def fleet_section(d, lines):
     r = d["results"]
     lines.append(TEXT["fleet"])
@@ -456,53 +525,71 @@ def fleet_section(d, lines):
     if v:
         lines.append("Versions: " + "; ".join(f"{k}: {cell(x)}" for k, x in v.items()) + ".")
     lines.append("")
+    kex = r.get("kex") or {}
+    kex_section(kex, lines)
+    lines.append(
+        "Fleets: "
+        + "; ".join(f"**{f['fleet']}**, {f['description']}" for f in r.get("fleets", []))
+        + "."
+    )
+    lines.append("")
+    drover_kex = kex.get("drover", "drover's")
+    default_kex = kex.get("openssh_default", "OpenSSH's default")
     tools = d["params"]["tools"]
     for s in r["sizes"]:
         n = s["hosts"]
+        fl = s.get("fleet", "local")
+        title = f"{n} hosts, {FLEET_LABELS.get(fl, fl)}"
         if s["status"] != "measured":
-            lines.append(f"**{n} hosts**: {s['status']}: {cell(s.get('reason', ''))}")
+            lines.append(f"**{title}**: {s['status']}: {cell(s.get('reason', ''))}")
             lines.append("")
             continue
-        lines.append(f"### {n} hosts")
+        lines.append(f"### {title}")
+        lines.append("")
+        desc = s.get("fleet_description", "")
+        lines.append(f"{desc[:1].upper()}{desc[1:]}.")
         lines.append("")
         rows = []
         for t in tools:
-            cs = s["tools"].get(t)
-            if not cs:
-                continue
+            variants = [(s["tools"].get(t), t if t == "drover" else f"{t}, kex {drover_kex}")]
+            if t != "drover":
+                variants.append((s.get("tools_default_kex", {}).get(t), f"{t}, kex {default_kex} (default)"))
+            for cs, label in variants:
+                if not cs:
+                    continue
 
-            def wall(c, t=t, cs=cs):
-                x = cs[c]
-                if x["wall"]:
-                    return spread(x["wall"], bold=(t == "drover"))
-                if x.get("estimate_s") is not None:
-                    return f"≈{fmt(x['estimate_s'])} (10 × 1 command)"
-                if x.get("skipped"):
-                    return f"not run ({x['skipped']['reason']}: ~{fmt(x['skipped']['projected_s'])} projected)"
-                return "–"
+                def wall(c, t=t, cs=cs):
+                    x = cs[c]
+                    if x["wall"]:
+                        return spread(x["wall"], bold=(t == "drover"))
+                    if x.get("estimate_s") is not None:
+                        return f"≈{fmt(x['estimate_s'])} (10 × 1 command, not run)"
+                    if x.get("skipped"):
+                        return f"not run ({x['skipped']['reason']}: ~{fmt(x['skipped']['projected_s'])} projected)"
+                    return "–"
 
-            def pair(key, conv=lambda v: fmt(v), cs=cs):
-                vals = []
-                for c in ("one", "ten"):
-                    x = cs[c].get(key)
-                    if isinstance(x, dict):
-                        x = x.get("median")
-                    vals.append(conv(x) if x is not None else "–")
-                return " / ".join(vals)
+                def pair(key, conv=lambda v: fmt(v), cs=cs):
+                    vals = []
+                    for c in ("one", "ten"):
+                        x = cs[c].get(key)
+                        if isinstance(x, dict):
+                            x = x.get("median")
+                        vals.append(conv(x) if x is not None else "–")
+                    return " / ".join(vals)
 
-            rss = [cs[c]["maxrss_kib"] for c in ("one", "ten") if cs[c].get("maxrss_kib")]
-            rows.append(
-                [
-                    t,
-                    wall("one"),
-                    wall("ten"),
-                    pair("cpu"),
-                    pair("machine_cpu"),
-                    fmt(max(rss) / 1024) if rss else "–",
-                    pair("tree_pss_kib", lambda k: fmt(k / 1024)),
-                    pair("tree_procs", lambda k: str(k)),
-                ]
-            )
+                rss = [cs[c]["maxrss_kib"] for c in ("one", "ten") if cs[c].get("maxrss_kib")]
+                rows.append(
+                    [
+                        label,
+                        wall("one"),
+                        wall("ten"),
+                        pair("cpu"),
+                        pair("machine_cpu"),
+                        fmt(max(rss) / 1024) if rss else "–",
+                        pair("tree_pss_kib", lambda k: fmt(k / 1024)),
+                        pair("tree_procs", lambda k: str(k)),
+                    ]
+                )
         lines.append(
             table(
                 [
@@ -522,34 +609,42 @@ def fleet_section(d, lines):
         if s.get("ratios"):
             rr = []
             for t, x in s["ratios"].items():
-                one, ten = x.get("one"), x.get("ten")
-                rr.append(
+
+                def rc(key, x=x):
+                    y = x.get(key)
+                    return ratio(y["ratio"], y["estimate"]) if y else "–"
+
+                rr.append([t, rc("one"), rc("ten"), rc("one_default_kex"), rc("ten_default_kex")])
+            lines.append(
+                table(
                     [
-                        t,
-                        ratio(one["ratio"], one["estimate"]) if one else "–",
-                        ratio(ten["ratio"], ten["estimate"]) if ten else "–",
-                    ]
+                        "peer time ÷ drover time",
+                        f"1 command, kex {drover_kex}",
+                        f"10 steps, kex {drover_kex}",
+                        "1 command, default kex",
+                        "10 steps, default kex",
+                    ],
+                    rr,
                 )
-            lines.append(table(["peer time ÷ drover time", "1 command", "10 steps"], rr))
+            )
             lines.append("")
         if s.get("targets"):
-            lines.append(
-                "Targets: "
-                + "; ".join(
-                    f"{'1 command' if t['case'] == 'one' else '10 steps'} {t['what']}: "
-                    f"{'≈' if t['estimate'] else ''}{t['ratio']:.2f}× ({'met' if t['met'] else 'NOT MET'})"
-                    for t in s["targets"]
-                )
-                + "."
-            )
+            parts = []
+            for t in s["targets"]:
+                case = "1 command" if t["case"] == "one" else "10 steps"
+                if t.get("measured", True) and t.get("ratio") is not None:
+                    parts.append(f"{case} {t['what']}: {t['ratio']:.2f}× ({'met' if t['met'] else 'NOT MET'})")
+                else:
+                    parts.append(f"{case} {t['what']}: not measured in this run")
+            lines.append(f"Targets (peers with kex {drover_kex}): " + "; ".join(parts) + ".")
         p = s["physical"]
         if p.get("ssh_all_default"):
             lines.append(
-                f"Physical limit, `ssh host true`: one host {spread(p['ssh_one_default'], 's')} with the default key "
-                f"exchange, {spread(p['ssh_one_curve25519'], 's')} with curve25519; all {n} at once "
-                f"{spread(p['ssh_all_default'], 's')} / {spread(p['ssh_all_curve25519'], 's')} "
-                f"(machine CPU {fmt(p['machine_cpu_all_default']['median'])} / "
-                f"{fmt(p['machine_cpu_all_curve25519']['median'])} core-s)."
+                f"Physical limit, `ssh host true`: one host {spread(p['ssh_one_drover_kex'], 's')} with kex {drover_kex}, "
+                f"{spread(p['ssh_one_default'], 's')} with the default ({default_kex}); all {n} at once "
+                f"{spread(p['ssh_all_drover_kex'], 's')} / {spread(p['ssh_all_default'], 's')} "
+                f"(machine CPU {fmt(p['machine_cpu_all_drover_kex']['median'])} / "
+                f"{fmt(p['machine_cpu_all_default']['median'])} core-s)."
             )
         for c, label in (("one", "1 command"), ("ten", "10 steps")):
             b = s.get("drover_breakdown_ms", {}).get(c)
@@ -578,6 +673,9 @@ def memory_section(d, lines):
         lines.append("Not measured (drover's one-command run was measured at no size).")
         lines.append("")
         return
+    fl = m.get("fleet", "local")
+    lines.append(f"Measured on {FLEET_LABELS.get(fl, fl)}; the peers with drover's key exchange.")
+    lines.append("")
     tools = d["params"]["tools"]
     rows = []
     for s in m["by_size"]:
@@ -783,7 +881,11 @@ def report(args):
     t0 = rec["started_unix"]
     t1 = t0 + rec.get("seconds", 1e9) + 60
     stale = [b for b, d in benches.items() if d and not (t0 - 1 <= d["started_unix"] <= t1)]
-    for b in stale:
+    # A fleet JSON without the key exchange probe predates the like-for-like
+    # measurement (its ratios mixed engine speed with key-exchange cost, its
+    # targets were judged on estimates): left out, said so.
+    outdated = [b for b, d in benches.items() if b == "fleet" and d and not d.get("results", {}).get("kex")]
+    for b in stale + outdated:
         benches[b] = None
     stages = {s["name"]: s for s in rec["stages"]}
     m = rec["machine"]
@@ -819,7 +921,10 @@ def report(args):
     lines.append(
         "How to read it: drover's figure is the median of n runs (min–max); each peer's figure comes from the "
         "same run, and its ratio says how many times better drover is (peer ÷ drover for times and memory, "
-        "drover ÷ peer for rates; above 1: drover is better). ≈ marks an estimate, with how it was made. "
+        "drover ÷ peer for rates; above 1: drover is better). In the fleet rows the peers' figure and ratio are with "
+        "drover's key exchange (like for like); in parentheses the same peer with OpenSSH's default key exchange. "
+        "A target is met or NOT MET only from figures measured in this run, otherwise it is not measured. "
+        "≈ marks an estimate, with how it was made. "
         "The physical limit is what this machine allows at best, measured in the same run; the percentage "
         "says how close drover gets (100%: at the limit). Every figure, with every sample, is in "
         f"`{rel_out}/*.json`; each benchmark's output is in `{rel_out}/*.log`."
@@ -841,6 +946,8 @@ def report(args):
             why = "not run" if not s else s["status"]
             if b in stale:
                 why = "its JSON is from another run, left out"
+            elif b in outdated:
+                why = "its JSON predates the like-for-like measurement (no key exchange probe), left out: run `make bench`"
             lines.append(f"- {b}: **{why}**" + (f" (see `{rel_out}/{s['log']}`)" if s and s.get("log") else "") + ".")
     lines += notes
     lines.append("")
@@ -863,6 +970,11 @@ def report(args):
             s = stages.get(b)
             if b in stale:
                 lines.append("Not shown: its JSON is from another run.")
+            elif b in outdated:
+                lines.append(
+                    "Not shown: its JSON predates the like-for-like measurement (no key exchange probe); "
+                    "`make bench` measures it again."
+                )
             elif s and s["status"].startswith("skipped"):
                 lines.append(f"Not run: {s['status'][len('skipped: '):] if ': ' in s['status'] else s['status']}.")
             elif s:

@@ -25,7 +25,7 @@
 //! evaluation is measured in-process by `drover plan --timings`.
 //!
 //! Usage: drover-bench-api [--runs N] [--max-running R] [--max-pending P]
-//!        [--json FILE]
+//!        [--json FILE] (`--help` for the options).
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -35,6 +35,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use drover_bench::figures::{Better, Figure, Headline, Report, Stat, peak_rss_mib, percentile};
 use serde_json::{Value, json};
 
@@ -91,24 +93,35 @@ fn start(dir: &std::path::Path, max_running: usize, max_pending: usize) -> Resul
     Ok(Server { child, url })
 }
 
+/// API load: N workflow submissions at once against a real `drover serve`
+/// on loopback (bounded by its queue) while API latency is probed; every
+/// run must finish, succeeded, none lost. Run it from the repository root
+/// (`make bench` does), with the release build of drover next to it.
+#[derive(Debug, Parser)]
+#[command(name = "drover-bench-api", version, about, long_about)]
+struct Args {
+    /// Submissions made at once.
+    #[arg(long, default_value_t = 200, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    runs: usize,
+    /// The server's --max-running.
+    #[arg(long, default_value_t = 8, value_name = "R", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    max_running: usize,
+    /// The server's --max-pending.
+    #[arg(long, default_value_t = 50, value_name = "P")]
+    max_pending: usize,
+    /// Write every figure to this JSON file (read by scripts/bench.py).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let mut runs = 200usize;
-    let mut max_running = 8usize;
-    let mut max_pending = 50usize;
-    let mut json_out: Option<PathBuf> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--runs" => runs = args.next().context("--runs N")?.parse()?,
-            "--max-running" => max_running = args.next().context("--max-running R")?.parse()?,
-            "--max-pending" => max_pending = args.next().context("--max-pending P")?.parse()?,
-            "--json" => json_out = Some(args.next().context("--json FILE")?.into()),
-            other => bail!(
-                "unknown argument {other}; usage: drover-bench-api [--runs N] [--max-running R] [--max-pending P] [--json FILE]"
-            ),
-        }
-    }
+    let Args {
+        runs,
+        max_running,
+        max_pending,
+        json: json_out,
+    } = Args::parse();
     let root = std::env::current_dir()?;
     let workflow = root.join("workflows/examples/sequential.k");
     if !workflow.is_file() {

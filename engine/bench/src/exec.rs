@@ -17,12 +17,15 @@
 //!   transitions into one commit.
 //!
 //! Usage: drover-bench-exec [--servers N] [--parallel P] [--runs R] [--json FILE]
+//! (`--help` for the options).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use drover_bench::figures::{Better, Figure, Headline, Report, Stat, peak_rss_mib, thousands};
 use drover_bench::home;
 use drover_core::model::WaitCondition;
@@ -57,25 +60,35 @@ impl TaskExecutor for NoWork {
     }
 }
 
+/// Engine overhead: a DAG of N servers × (create + a 10-taskserv
+/// pipeline) run by the real scheduler with the real journal (SQLite, WAL,
+/// synchronous=FULL) and tasks that do nothing; tasks/s beside the physical
+/// limit (the whole journal in one transaction) and one durable commit per
+/// journal entry. Run it from the repository root (`make bench` does).
+#[derive(Debug, Parser)]
+#[command(name = "drover-bench-exec", version, about, long_about)]
+struct Args {
+    /// Servers of the generated DAG (11 tasks each).
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    servers: usize,
+    /// The global limit of tasks running at once.
+    #[arg(long, default_value_t = 50, value_name = "P", value_parser = clap::value_parser!(u32).range(1..))]
+    parallel: u32,
+    /// Runs (median, min–max).
+    #[arg(long, default_value_t = 3, value_name = "R", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    runs: usize,
+    /// Write every figure to this JSON file (read by scripts/bench.py).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
 fn main() -> Result<()> {
-    let mut servers = 1000usize;
-    let mut parallel = 50u32;
-    let mut runs = 3usize;
-    let mut json_out: Option<PathBuf> = None;
-    let usage = "usage: drover-bench-exec [--servers N] [--parallel P] [--runs R] [--json FILE]";
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--servers" => servers = args.next().context("--servers N")?.parse()?,
-            "--parallel" => parallel = args.next().context("--parallel P")?.parse()?,
-            "--runs" => runs = args.next().context("--runs R")?.parse()?,
-            "--json" => json_out = Some(args.next().context("--json FILE")?.into()),
-            other => bail!("unknown argument {other}; {usage}"),
-        }
-    }
-    if runs == 0 {
-        bail!("--runs must be >= 1");
-    }
+    let Args {
+        servers,
+        parallel,
+        runs,
+        json: json_out,
+    } = Args::parse();
     let mut report = Report::new("exec", "Engine overhead");
     report.params = json!({"servers": servers, "parallel": parallel, "runs": runs});
     let real = Home::discover()?;

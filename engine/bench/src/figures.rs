@@ -17,9 +17,14 @@
 //! "drover": Figure, "peers": [Peer], "limit": Limit|null,
 //! "target": Target|null, "note"}`, where a Figure is `{"value", "min",
 //! "max", "n", "estimate"}` (`estimate`: null when measured, else how it
-//! was estimated), a Peer is `{"name", "figure": Figure, "ratio"}`, a
-//! Limit `{"what", "figure": Figure, "share"}` and a Target `{"what",
-//! "met"}`. Ratios are always "how many times better drover is": peer ÷
+//! was estimated), a Peer is `{"name", "figure": Figure, "ratio",
+//! "beside": {"what", "figure": Figure, "ratio"}|null}` (`beside`: the
+//! same peer measured otherwise, shown next to the figure the ratio is
+//! judged on, e.g. with OpenSSH's default key exchange), a Limit `{"what",
+//! "figure": Figure, "share"}` and a Target `{"what", "met"}` (`met`:
+//! true or false only when every figure it is judged on was measured in
+//! this run; null otherwise: "not measured"). Ratios are always "how many
+//! times better drover is": peer ÷
 //! drover for times, drover ÷ peer for rates; `share` is how close drover
 //! gets to the physical limit: limit ÷ drover for times, drover ÷ limit
 //! for rates (1.0: at the limit).
@@ -190,6 +195,14 @@ impl Figure {
     }
 }
 
+/// A peer's figure in a headline, and the same peer measured otherwise.
+#[derive(Debug, Clone)]
+struct Peer {
+    name: String,
+    figure: Figure,
+    beside: Option<(String, Figure)>,
+}
+
 /// Which way is better for a headline's unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Better {
@@ -208,9 +221,9 @@ pub struct Headline {
     unit: &'static str,
     better: Better,
     drover: Figure,
-    peers: Vec<(String, Figure)>,
+    peers: Vec<Peer>,
     limit: Option<(String, Figure)>,
-    target: Option<(String, bool)>,
+    target: Option<(String, Option<bool>)>,
     note: Option<String>,
 }
 
@@ -238,7 +251,23 @@ impl Headline {
 
     /// A peer (or baseline) measured in the same run, same unit.
     pub fn peer(mut self, name: impl Into<String>, figure: Figure) -> Self {
-        self.peers.push((name.into(), figure));
+        self.peers.push(Peer {
+            name: name.into(),
+            figure,
+            beside: None,
+        });
+        self
+    }
+
+    /// A peer whose ratio is judged on `figure`, with the same peer
+    /// measured otherwise (`beside`: what differs, its figure) shown next
+    /// to it.
+    pub fn peer_beside(mut self, name: impl Into<String>, figure: Figure, beside: Option<(String, Figure)>) -> Self {
+        self.peers.push(Peer {
+            name: name.into(),
+            figure,
+            beside,
+        });
         self
     }
 
@@ -248,9 +277,17 @@ impl Headline {
         self
     }
 
-    /// The project's target and whether this run met it.
+    /// The project's target and whether this run met it, judged on
+    /// figures measured in this run.
     pub fn target(mut self, what: impl Into<String>, met: bool) -> Self {
-        self.target = Some((what.into(), met));
+        self.target = Some((what.into(), Some(met)));
+        self
+    }
+
+    /// The project's target, not judged: a figure it needs was not
+    /// measured in this run (skipped, or only estimated).
+    pub fn target_not_measured(mut self, what: impl Into<String>) -> Self {
+        self.target = Some((what.into(), None));
         self
     }
 
@@ -280,10 +317,15 @@ impl Headline {
             "unit": self.unit,
             "better": match self.better { Better::Lower => "lower", Better::Higher => "higher" },
             "drover": self.drover.json(),
-            "peers": self.peers.iter().map(|(name, f)| json!({
-                "name": name,
-                "figure": f.json(),
-                "ratio": num(self.ratio(f)),
+            "peers": self.peers.iter().map(|p| json!({
+                "name": p.name,
+                "figure": p.figure.json(),
+                "ratio": num(self.ratio(&p.figure)),
+                "beside": p.beside.as_ref().map(|(what, f)| json!({
+                    "what": what,
+                    "figure": f.json(),
+                    "ratio": num(self.ratio(f)),
+                })),
             })).collect::<Vec<_>>(),
             "limit": self.limit.as_ref().map(|(what, f)| json!({
                 "what": what,
@@ -414,6 +456,25 @@ mod tests {
             .json();
         assert_eq!(rate["peers"][0]["ratio"], 3.0);
         assert_eq!(rate["limit"]["share"], 0.5);
+    }
+
+    #[test]
+    fn a_peer_measured_otherwise_is_beside_and_a_target_can_be_unmeasured() {
+        let h = Headline::new("t", "a time", "s", Better::Lower, Figure::single(2.0))
+            .peer_beside(
+                "p",
+                Figure::single(4.0),
+                Some(("other kex".into(), Figure::single(8.0))),
+            )
+            .target_not_measured(">= 5× q (not measured)")
+            .json();
+        assert_eq!(h["peers"][0]["ratio"], 2.0);
+        assert_eq!(h["peers"][0]["beside"]["ratio"], 4.0);
+        assert!(h["target"]["met"].is_null());
+        let met = Headline::new("t", "a time", "s", Better::Lower, Figure::single(2.0))
+            .target("x", true)
+            .json();
+        assert_eq!(met["target"]["met"], true);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!    subprocess per evaluation.
 //!
 //! Usage: drover-bench-plan [--servers N] [--runs R] [--json FILE]
+//! (`--help` for the options).
 //! Run it through `make bench`, which installs the engine first.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use drover_bench::figures::{Better, Headline, Report, Stat, thousands};
 use drover_bench::home::{TASKSERVS, generate_home};
 use drover_kcl::{Home, Loader};
@@ -26,23 +29,31 @@ use serde_json::json;
 /// The full deployment.
 const FULL: &str = "workflows/wuji.k";
 
+/// Planning and KCL evaluation: a generated workflow of N servers × 10
+/// taskservs (KCL evaluation and validation + planning timed apart), the
+/// full deployment (workflows/wuji.k) evaluated in-process against a Python
+/// process with kcl_lib, and the bridge cost of one small workflow. Run it
+/// from the repository root (`make bench` does).
+#[derive(Debug, Parser)]
+#[command(name = "drover-bench-plan", version, about, long_about)]
+struct Args {
+    /// Servers of the generated workflow (each with 10 taskservs).
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    servers: usize,
+    /// Runs of each measurement (median, min–max).
+    #[arg(long, default_value_t = 5, value_name = "R", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    runs: usize,
+    /// Write every figure to this JSON file (read by scripts/bench.py).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
 fn main() -> Result<()> {
-    let mut servers = 1000usize;
-    let mut runs = 5usize;
-    let mut json_out: Option<PathBuf> = None;
-    let usage = "usage: drover-bench-plan [--servers N] [--runs R] [--json FILE]";
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--servers" => servers = args.next().context("--servers N")?.parse()?,
-            "--runs" => runs = args.next().context("--runs R")?.parse()?,
-            "--json" => json_out = Some(args.next().context("--json FILE")?.into()),
-            other => bail!("unknown argument {other}; {usage}"),
-        }
-    }
-    if runs == 0 {
-        bail!("--runs must be >= 1");
-    }
+    let Args {
+        servers,
+        runs,
+        json: json_out,
+    } = Args::parse();
     let mut report = Report::new("plan", "Planning and KCL evaluation");
     report.params = json!({"servers": servers, "taskservs": TASKSERVS, "runs": runs});
     let real_home = Home::discover()?;

@@ -22,7 +22,7 @@
 //! otherwise the benchmark fails.
 //!
 //! Usage: drover-bench-resume [--servers N] [--runs R] [--kill-at F]
-//!        [--parallel P] [--json FILE]
+//!        [--parallel P] [--json FILE] (`--help` for the options).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -30,6 +30,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use drover_bench::figures::{Better, Figure, Headline, Report, Stat, median, thousands};
 use drover_kcl::Home;
 use drover_state::{Event, RunStatus, Store};
@@ -41,39 +43,39 @@ const PER_SERVER: usize = 5;
 /// Script executions per server (the installs; creation runs no script).
 const SCRIPTS_PER_SERVER: usize = 4;
 
+/// Crash-resume: a run of N servers × 5 tasks killed with SIGKILL about
+/// halfway, then `drover run --resume ID`, against running everything
+/// again from scratch; every journal is checked (no task succeeded twice).
+/// Run it from the repository root (`make bench` does), with the release
+/// build of drover next to it.
+#[derive(Debug, Parser)]
+#[command(name = "drover-bench-resume", version, about, long_about)]
 struct Args {
+    /// Servers of the run (5 tasks each).
+    #[arg(long, default_value_t = 200, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     servers: usize,
+    /// Rounds (kill, resume, rerun from scratch); median, min–max.
+    #[arg(long, default_value_t = 3, value_name = "R", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     runs: usize,
+    /// Kill the run once this fraction of its install scripts ran (0.05 to 0.95).
+    #[arg(long, default_value_t = 0.5, value_name = "FRACTION", value_parser = kill_fraction)]
     kill_at: f64,
+    /// The workflow's max_parallel.
+    #[arg(long, default_value_t = 10, value_name = "P", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     parallel: usize,
+    /// Write every figure to this JSON file (read by scripts/bench.py).
+    #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut a = Args {
-        servers: 200,
-        runs: 3,
-        kill_at: 0.5,
-        parallel: 10,
-        json: None,
-    };
-    let usage = "usage: drover-bench-resume [--servers N] [--runs R] [--kill-at FRACTION] [--parallel P] [--json FILE]";
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value; {usage}"));
-        match arg.as_str() {
-            "--servers" => a.servers = value()?.parse().context("--servers N")?,
-            "--runs" => a.runs = value()?.parse().context("--runs R")?,
-            "--kill-at" => a.kill_at = value()?.parse().context("--kill-at FRACTION")?,
-            "--parallel" => a.parallel = value()?.parse().context("--parallel P")?,
-            "--json" => a.json = Some(value()?.into()),
-            other => bail!("unknown argument {other}; {usage}"),
-        }
+/// --kill-at: a fraction between 0.05 and 0.95.
+fn kill_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.05..=0.95).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0.05 and 0.95"))
     }
-    if a.runs == 0 || a.servers == 0 || !(0.05..=0.95).contains(&a.kill_at) || a.parallel == 0 {
-        bail!("--runs, --servers and --parallel must be >= 1, --kill-at between 0.05 and 0.95");
-    }
-    Ok(a)
 }
 
 /// What one round measured.
@@ -103,7 +105,7 @@ struct Round {
 }
 
 fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = Args::parse();
     let real = Home::discover()?;
     let root = real.root().to_path_buf();
     let test_home = root.join("engine/exec/tests/home");
