@@ -260,6 +260,7 @@ async fn status(
                     attempts: t.attempts,
                     duration_ms: t.duration_ms,
                     error: t.error.clone(),
+                    failure: t.failure.map(|k| k.as_str().to_string()),
                     rollback: t.rollback.clone(),
                 })
                 .collect();

@@ -229,6 +229,11 @@ pub struct TaskStatus {
     pub duration_ms: u64,
     /// Why it failed, was skipped or cancelled.
     pub error: Option<String>,
+    /// For a failed task, how its last failure was classified: `transient`
+    /// (retried per the retry policy until attempts ran out) or `permanent`
+    /// (not retried: refused login, changed host key, sudo refused, a
+    /// missing script, ...).
+    pub failure: Option<String>,
     /// What rollback did with it.
     pub rollback: Option<String>,
 }

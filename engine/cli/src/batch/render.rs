@@ -123,7 +123,11 @@ fn task_row(t: &TaskStatus) -> Vec<String> {
         status,
         t.attempts.to_string(),
         format!("{:.1}s", t.duration_ms as f64 / 1000.0),
-        t.error.as_deref().map(one_line).unwrap_or_else(|| "-".into()),
+        match (&t.failure, &t.error) {
+            (Some(kind), Some(e)) => format!("({kind}) {}", one_line(e)),
+            (None, Some(e)) => one_line(e),
+            _ => "-".into(),
+        },
     ]
 }
 
