@@ -260,3 +260,46 @@ fn drover_run_honours_the_workflows_logging_and_retention() {
     assert!(store.run(&second).is_ok(), "a recent run was removed");
     assert!(!dir.path().join("runlogs").join(&first).exists());
 }
+
+#[test]
+fn the_server_removes_finished_runs_past_their_retention_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.db");
+    let file = quick_workflow(
+        dir.path(),
+        "kept",
+        r#"logging = drover.LoggingConfig {dir = "runlogs", retention_days = 1}"#,
+    );
+    for _ in 0..2 {
+        let o = output(drover(dir.path(), &state).arg("run").arg(&file));
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let runs = Store::open_read_only(&state).expect("state").runs().expect("runs");
+    let (old, recent) = (runs[1].id.clone(), runs[0].id.clone());
+    let db = rusqlite::Connection::open(&state).expect("sqlite");
+    db.execute(
+        "UPDATE runs SET updated_at_ms = ?1 WHERE id = ?2",
+        rusqlite::params![drover_exec::scheduler::now_ms() - 2 * 86_400_000, old],
+    )
+    .expect("age the run");
+    drop(db);
+    let server = serve(dir.path(), &state);
+    // The server's cleanup runs when it starts, then hourly.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let store = Store::open_read_only(&state).expect("state");
+        if store.run(&old).is_err() {
+            assert!(store.run(&recent).is_ok(), "a recent run was removed");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the expired run is still there");
+        drop(store);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(server);
+    assert!(
+        !dir.path().join("runlogs").join(&old).exists(),
+        "its logs are still there"
+    );
+    assert!(dir.path().join("runlogs").join(&recent).is_dir());
+}
