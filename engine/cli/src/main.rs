@@ -2,7 +2,8 @@
 //!
 //! Exit status: 0 success, 1 invalid input (the workflow or a declaration
 //! is wrong), 2 usage (wrong arguments), 3 environment (the KCL engine or
-//! drover's home cannot be found). A closed stdout (e.g. `| head`) is not an
+//! drover's home cannot be found, the state store is owned by another
+//! process). A closed stdout (e.g. `| head`) is not an
 //! error.
 
 mod batch;
@@ -23,8 +24,8 @@ use drover_kcl::problems as report;
 use drover_kcl::{LoadError, Loader};
 
 const AFTER_HELP: &str = "\
-Exit status: 0 success, 1 invalid input, 2 usage, 3 environment (KCL engine or drover home missing),
-4 the run failed (or was rolled back; for ping: a server did not answer), 5 the run was cancelled or aborted.
+Exit status: 0 success, 1 invalid input, 2 usage, 3 environment (KCL engine or drover home missing,
+the state store owned by another process), 4 the run failed (or was rolled back; for ping: a server did not answer), 5 the run was cancelled or aborted.
 
 Environment:
   DROVER_HOME     directory holding schemas/, providers/, taskservs/ (default: the source tree)
