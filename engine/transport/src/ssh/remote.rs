@@ -15,6 +15,41 @@
 
 use std::fmt::Write as _;
 
+/// The part of [`WRAPPER`] and [`BECOME_INNER`] that reports the process
+/// group and enters the working directory: written once, because the
+/// transport parses what it prints (`drover-pgid`, `drover-error`).
+macro_rules! report_group_and_enter {
+    () => {
+        r#"read -r boot < /proc/sys/kernel/random/boot_id || boot=-
+printf 'drover-pgid %s %s\n' "$$" "$boot" >&2
+if [ -n "$2" ]; then
+	if ! { mkdir -p -- "$2" && cd -- "$2"; }; then
+		echo "drover-error cannot enter the working directory $2" >&2
+		exit 127
+	fi
+fi
+"#
+    };
+}
+
+/// The end of [`WRAPPER`] and [`BECOME_INNER`]: the program must exist
+/// (`drover-error cannot run ...`, which [`is_not_found`] recognises), then
+/// `drover-exec` and the program itself.
+macro_rules! start_program {
+    () => {
+        r#"shift 2
+case $1 in
+*/*) [ -f "$1" ] && [ -x "$1" ] ;;
+*) command -v -- "$1" > /dev/null ;;
+esac || {
+	echo "drover-error cannot run $1: not found or not executable" >&2
+	exit 127
+}
+echo drover-exec >&2
+exec "$@""#
+    };
+}
+
 /// The wrapper every command runs under, uploaded once per connection into
 /// the connection's remote directory as `exec.sh`.
 ///
@@ -41,7 +76,8 @@ use std::fmt::Write as _;
 ///   runs.
 /// - `exec "$@"` replaces the script with the program: sshd then reports the
 ///   program's own exit status or signal.
-pub(super) const WRAPPER: &str = r#"# drover's wrapper for one command; see engine/transport/src/ssh/remote.rs.
+pub(super) const WRAPPER: &str = concat!(
+    r#"# drover's wrapper for one command; see engine/transport/src/ssh/remote.rs.
 if ! read -r s < /proc/$$/stat; then
 	echo "drover-error cannot read /proc/$$/stat: drover needs a Linux host" >&2
 	exit 127
@@ -55,31 +91,18 @@ if [ -n "$1" ]; then
 	exec 3< "$1"
 	rm -f -- "$1"
 fi
-read -r boot < /proc/sys/kernel/random/boot_id || boot=-
-printf 'drover-pgid %s %s\n' "$$" "$boot" >&2
-if [ -n "$2" ]; then
-	if ! { mkdir -p -- "$2" && cd -- "$2"; }; then
-		echo "drover-error cannot enter the working directory $2" >&2
-		exit 127
-	fi
-fi
-if [ -n "$1" ]; then
+"#,
+    report_group_and_enter!(),
+    r#"if [ -n "$1" ]; then
 	set -a
 	. /dev/fd/3
 	set +a
 	exec 3<&-
 fi
-shift 2
-case $1 in
-*/*) [ -f "$1" ] && [ -x "$1" ] ;;
-*) command -v -- "$1" > /dev/null ;;
-esac || {
-	echo "drover-error cannot run $1: not found or not executable" >&2
-	exit 127
-}
-echo drover-exec >&2
-exec "$@"
-"#;
+"#,
+    start_program!(),
+    "\n"
+);
 
 /// Makes (or, after a reconnect, takes back) the connection's remote
 /// directory and writes the wrapper into it from standard input; prints the
@@ -194,7 +217,8 @@ exec sudo -n -u "$u" -- /bin/sh -c "$1" drover-exec "$@""#;
 /// in one of its own); like the wrapper it makes sure it leads a group and
 /// reports that, so that a timeout ends the program and what it started,
 /// through sudo as the same user.
-pub(super) const BECOME_INNER: &str = r#"if ! read -r s < /proc/$$/stat; then
+pub(super) const BECOME_INNER: &str = concat!(
+    r#"if ! read -r s < /proc/$$/stat; then
 	echo "drover-error cannot read /proc/$$/stat: drover needs a Linux host" >&2
 	exit 127
 fi
@@ -205,27 +229,14 @@ if [ "${s%% *}" != "$$" ]; then
 fi
 drover_env=$(cat) || drover_env=
 exec 0< /dev/null
-read -r boot < /proc/sys/kernel/random/boot_id || boot=-
-printf 'drover-pgid %s %s\n' "$$" "$boot" >&2
-if [ -n "$2" ]; then
-	if ! { mkdir -p -- "$2" && cd -- "$2"; }; then
-		echo "drover-error cannot enter the working directory $2" >&2
-		exit 127
-	fi
-fi
-set -a
+"#,
+    report_group_and_enter!(),
+    r#"set -a
 eval "$drover_env"
 set +a
-shift 2
-case $1 in
-*/*) [ -f "$1" ] && [ -x "$1" ] ;;
-*) command -v -- "$1" > /dev/null ;;
-esac || {
-	echo "drover-error cannot run $1: not found or not executable" >&2
-	exit 127
-}
-echo drover-exec >&2
-exec "$@""#;
+"#,
+    start_program!()
+);
 
 /// With `ssh.become`: extracts a tar stream from standard input into the
 /// directory `$1` (made if missing), as the become user, keeping the
