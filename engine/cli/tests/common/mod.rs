@@ -10,6 +10,8 @@ use std::process::Output;
 
 use drover_state::{Entry, Event};
 
+pub mod server;
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
