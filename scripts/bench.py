@@ -9,7 +9,7 @@
 kept in OUT/<stage>.log: setup (`make setup`: Debian packages, the venv
 with kcl-lib and ansible-core), the build of drover and the benchmarks,
 then every benchmark with `--json OUT/<bench>.json`: plan, exec, api,
-resume, and last fleet (it needs root: it makes real hosts), which gets
+kcl, resume, and last fleet (it needs root: it makes real hosts), which gets
 whatever is left of the time limit (`--minutes`, 30) as its `--deadline`.
 Then `report`. OUT/run.json records the machine, the commit, the stages
 and their times.
@@ -38,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = "engine/bench/results"
-BENCHES = ["plan", "exec", "api", "resume", "fleet"]
+BENCHES = ["plan", "exec", "api", "kcl", "resume", "fleet"]
 
 # The arguments of each benchmark: the full run, and the quick one (a
 # check of the pipeline and the format, in a couple of minutes).
@@ -46,6 +46,7 @@ FULL = {
     "plan": ["--servers", "1000", "--runs", "5"],
     "exec": ["--servers", "1000", "--runs", "5"],
     "api": ["--runs", "200", "--max-running", "8", "--max-pending", "50"],
+    "kcl": ["--seconds", "20"],
     "resume": ["--servers", "200", "--runs", "3"],
     # Two fleets (local, existing) at each size, every peer with drover's
     # key exchange and with OpenSSH's default: sizes up to 100 keep the
@@ -56,6 +57,7 @@ QUICK = {
     "plan": ["--servers", "100", "--runs", "2"],
     "exec": ["--servers", "100", "--runs", "2"],
     "api": ["--runs", "10"],
+    "kcl": ["--seconds", "3"],
     "resume": ["--servers", "20", "--runs", "1"],
     "fleet": ["--sizes", "3,5", "--runs", "1", "--budget", "20", "--max-run", "10"],
 }
@@ -194,7 +196,7 @@ def run(args):
         print("the build failed: no benchmark can run", file=sys.stderr)
         return 1
     bin_dir = ROOT / "target" / args.profile
-    timeouts = {"plan": 900, "exec": 900, "api": 1200, "resume": 1200}
+    timeouts = {"plan": 900, "exec": 900, "api": 1200, "kcl": 600, "resume": 1200}
     for b in BENCHES:
         if b not in only:
             continue
@@ -329,7 +331,7 @@ def peer_figure(p):
 
 def summary_rows(benches):
     rows, notes = [], []
-    order = ["fleet", "exec", "plan", "api", "resume"]
+    order = ["fleet", "exec", "plan", "api", "kcl", "resume"]
     for b in order:
         d = benches.get(b)
         if not d:
@@ -470,10 +472,22 @@ accepted runs over the time until the last was accepted: once the queue is
 full, it is bounded by how fast runs finish.
 
 Physical limits: the server evaluates every submitted workflow with KCL (the
-declarations are cached) and the engine takes one call at a time, so at most
-1 / (one evaluation, measured in-process by `drover plan --timings`)
-submissions get in per second, however many cores; API latency cannot beat
-the same requests on the idle server.""",
+declarations are cached), one evaluation at a time per KCL worker process, so
+at most (workers) / (one evaluation, measured in-process by `drover plan
+--timings`) submissions get in per second (the next section measures the
+workers); API latency cannot beat the same requests on the idle server.""",
+    "kcl": """\
+Submitted workflows are evaluated in KCL worker processes (`drover
+kcl-worker`, one engine each, confined), not in the server. Measured in one
+run: one in-process engine evaluating workflows/examples/sequential.k and
+planning it, one after the other, for the set time (what the server did per
+`validate_only` submission before the workers: one engine, one call at a
+time, without HTTP); then a real `drover serve` with `--kcl-workers 1` and
+with `--kcl-workers N` (N: the number of CPUs), where clients send
+`POST /workflows/batch {"path": ..., "validate_only": true}` back to back.
+Every answer must be 200. The limit is N × the in-process rate: N engines on
+N cores, nothing else on the machine (the server, its HTTP and planning, and
+the clients share the same cores).""",
     "resume": """\
 A 1,000-task run (200 servers × (create + installs of the test taskservs a →
 b, c → d) with `connection = "local"`, every install a `sleep 0.01` of the
@@ -818,6 +832,40 @@ def api_section(d, lines):
     lines.append("")
 
 
+def kcl_section(d, lines):
+    r = d["results"]
+    lines.append(TEXT["kcl"])
+    lines.append("")
+    lines.append(f"Command: `{d['command']}`.")
+    lines.append("")
+
+    def lat(x):
+        return f"p50 {fmt(x['p50'])}, p99 {fmt(x['p99'])}, max {fmt(x['max'])} (n={x['n']})"
+
+    one, pool = r["one_worker"], r["pool"]
+    lines.append(
+        table(
+            ["measure", "figure"],
+            [
+                [
+                    "one in-process engine: evaluations (evaluate + plan) per second",
+                    f"{fmt(r['in_process_per_s'])} ({spread(r['in_process_eval_ms'])} ms each)",
+                ],
+                ["`drover serve --kcl-workers 1`: validate_only submissions per second", fmt(one["per_s"])],
+                [
+                    f"`drover serve --kcl-workers {r['workers']}`: validate_only submissions per second",
+                    f"**{fmt(pool['per_s'])}**",
+                ],
+                [f"… latency with {r['clients']} clients, 1 worker, ms", lat(one["latency_ms"])],
+                [f"… latency with {r['clients']} clients, {r['workers']} workers, ms", lat(pool["latency_ms"])],
+                ["server peak RSS (1 worker; N workers), MiB", f"{fmt(one['server_peak_rss_mib'])}; {fmt(pool['server_peak_rss_mib'])}"],
+                [f"limit: {r['workers']} × the in-process rate", fmt(r["limit_per_s"])],
+            ],
+        )
+    )
+    lines.append("")
+
+
 def resume_section(d, lines):
     r = d["results"]
     p = d["params"]
@@ -864,6 +912,7 @@ SECTIONS = [
     ("exec", "Engine overhead: {tasks} no-op tasks with journaling", exec_section),
     ("plan", "Planning {tasks} tasks and KCL evaluation of the full deployment", plan_section),
     ("api", "Submission throughput and API latency under load", api_section),
+    ("kcl", "KCL evaluation: worker processes against the in-process engine", kcl_section),
     ("resume", "Crash-resume of a {tasks}-task run", resume_section),
 ]
 
@@ -1013,7 +1062,7 @@ def main():
     r.add_argument("--out", default=None, help=f"where the JSON and logs go (default {RESULTS}, quick: target/bench-quick)")
     r.add_argument("--report", default=None, help="the report (default BENCHMARKS.md, quick: OUT/BENCHMARKS.md)")
     r.add_argument("--minutes", type=float, default=30, help="the time limit of the whole run (default 30)")
-    r.add_argument("--only", default=None, help="comma-separated benchmarks to run (plan,exec,api,resume,fleet)")
+    r.add_argument("--only", default=None, help="comma-separated benchmarks to run (plan,exec,api,kcl,resume,fleet)")
     r.add_argument("--no-setup", action="store_true", help="skip `make setup`")
     g = sub.add_parser("report", help="write the report from the JSON of the last run")
     g.add_argument("--out", default=RESULTS)

@@ -51,7 +51,9 @@ echo "== drover ping workflows/quickstart.k (SSH, host keys verified)"
 echo
 echo "== drover batch status $run_id; /metrics"
 "$drover" batch status "$run_id" | head -n 8
-python3 -c "import sys, urllib.request; print(''.join(l for l in urllib.request.urlopen(sys.argv[1] + '/metrics', timeout=3).read().decode().splitlines(True) if l.startswith(('drover_runs{', 'drover_tasks_total'))), end='')" "$DROVER_API"
+# /metrics asks for a token like every endpoint: the server's own, which it
+# wrote next to its state (its path on the command line, not the token).
+python3 -c "import sys, urllib.request; req = urllib.request.Request(sys.argv[1] + '/metrics', headers={'Authorization': 'Bearer ' + open(sys.argv[2]).read().strip()}); print(''.join(l for l in urllib.request.urlopen(req, timeout=3).read().decode().splitlines(True) if l.startswith(('drover_runs{', 'drover_tasks_total'))), end='')" "$DROVER_API" "$work/api-token"
 
 echo
 echo "== drover batch rollback $run_id --watch"

@@ -19,18 +19,18 @@
 //! accepted), 429 refusals, the time until every run finished, p50/p99/max
 //! API latency while runs execute, and the server's peak RSS. The
 //! physical limit of a submission is one KCL evaluation of the workflow:
-//! the server evaluates every submitted workflow (the declarations are
-//! cached) and the engine takes one call at a time, so at most 1 / (one
-//! evaluation) submissions a second get in, however many cores. One
-//! evaluation is measured in-process by `drover plan --timings`.
+//! the server evaluates every submitted workflow in its KCL worker
+//! processes (the declarations are cached), so at most (workers) / (one
+//! evaluation) submissions a second get in. One evaluation is measured
+//! in-process by `drover plan --timings`; drover-bench-kcl measures the
+//! workers themselves.
 //!
 //! Usage: drover-bench-api [--runs N] [--max-running R] [--max-pending P]
 //!        [--json FILE] (`--help` for the options).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,60 +38,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
 use drover_bench::figures::{Better, Figure, Headline, Report, Stat, peak_rss_mib, percentile};
+use drover_bench::server::{client_for, drover_binary, start};
 use serde_json::{Value, json};
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn drover_binary() -> Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let bin = me.with_file_name("drover");
-    if !bin.is_file() {
-        bail!(
-            "{} not found: build it (cargo build --release -p drover-cli)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-fn start(dir: &std::path::Path, max_running: usize, max_pending: usize) -> Result<Server> {
-    let mut child = Command::new(drover_binary()?)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "warn"])
-        .arg("--state")
-        .arg(dir.join("state.db"))
-        .arg("--logs")
-        .arg(dir.join("logs"))
-        .args(["--max-running", &max_running.to_string()])
-        .args(["--max-pending", &max_pending.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting drover serve")?;
-    let stderr = child.stderr.take().context("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
-        let Some(line) = lines.next() else {
-            bail!("drover serve exited before listening");
-        };
-        let line = line?;
-        if let Some(rest) = line.strip_prefix("drover: listening on ") {
-            break rest.trim().to_string();
-        }
-    };
-    // Keep draining stderr so the server never blocks on it.
-    std::thread::spawn(move || for _ in lines {});
-    Ok(Server { child, url })
-}
 
 /// API load: N workflow submissions at once against a real `drover serve`
 /// on loopback (bounded by its queue) while API latency is probed; every
@@ -170,9 +118,18 @@ async fn main() -> Result<()> {
     let eval = Stat::new("ms", evals);
     let validate = Stat::new("ms", validates);
 
-    let server = start(dir.path(), max_running, max_pending)?;
+    let server = start(
+        dir.path(),
+        [
+            "--max-running".to_string(),
+            max_running.to_string(),
+            "--max-pending".to_string(),
+            max_pending.to_string(),
+        ],
+    )?;
     let pid = server.child.id();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
+    // The server asks for a token on loopback too.
+    let client = client_for(dir.path())?;
     let url = Arc::new(server.url.clone());
     println!(
         "API load: {runs} submissions at once of {} to drover serve --max-running {max_running} --max-pending {max_pending} ({})",

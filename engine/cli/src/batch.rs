@@ -9,9 +9,9 @@
 //! survives the server being killed and restarted; [`render`] the tables
 //! and lines printed.
 
-mod client;
+pub(crate) mod client;
 mod follow;
-mod render;
+pub(crate) mod render;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ use crate::progress::{self, Layout, OperationLayout, Update};
 use crate::runs::{Ending, RUN_FAILED, exit_for};
 
 /// Where `drover serve` listens unless told otherwise.
-const DEFAULT_API: &str = "http://127.0.0.1:7070";
+pub(crate) const DEFAULT_API: &str = "http://127.0.0.1:7070";
 
 const INVALID: u8 = 1;
 const USAGE: u8 = 2;
@@ -41,7 +41,8 @@ const ENVIRONMENT: u8 = 3;
 const INTERRUPTED: u8 = 130;
 
 pub(crate) const AFTER_HELP: &str = "\
-The API: --api URL, else DROVER_API, else http://127.0.0.1:7070.
+The API: --api URL, else DROVER_API, else http://127.0.0.1:7070. For https with a
+self-signed or private-CA certificate: --cacert FILE (or DROVER_CACERT).
 
 The token, sent as `Authorization: Bearer` on every request (never printed):
   DROVER_TOKEN                 the token itself, else
@@ -60,6 +61,11 @@ pub(crate) struct BatchArgs {
     /// The drover API's base URL.
     #[arg(long, env = "DROVER_API", value_name = "URL", default_value = DEFAULT_API, global = true)]
     api: String,
+    /// For an https API: trust only the certificates in FILE (PEM: the CA
+    /// that issued the server's certificate, or the server's certificate
+    /// itself when it is self-signed) instead of the built-in roots.
+    #[arg(long, env = "DROVER_CACERT", value_name = "FILE", global = true)]
+    cacert: Option<PathBuf>,
     #[command(subcommand)]
     command: BatchCommand,
 }
@@ -170,7 +176,7 @@ enum StatusFormat {
 
 /// Run a `drover batch` command.
 pub(crate) fn main(args: BatchArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let client = match Client::new(&args.api) {
+    let client = match Client::with_cacert(&args.api, args.cacert.as_deref()) {
         Ok(c) => c,
         Err(Setup { message, code }) => {
             eprintln!("drover: {message}");

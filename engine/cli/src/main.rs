@@ -8,12 +8,14 @@
 
 mod batch;
 mod inventory;
+mod kcl_worker;
 mod progress;
 mod render;
 mod runs;
 mod secrets;
 mod serve;
 mod sse;
+mod token;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,7 +35,8 @@ Environment:
   DROVER_KCL_LIB  path of kcl_lib's _kcl_lib*.so, overriding DROVER_VENV
   DROVER_STATE    the state database (default: $XDG_DATA_HOME/drover/state.db)
   DROVER_API, DROVER_TOKEN, DROVER_TOKEN_FILE
-                  the server `drover batch` talks to, and its token (see `drover batch --help`)";
+                  the server `drover batch` and `drover token` talk to, and the token they show
+                  (see `drover batch --help`)";
 
 /// drover: declarative batch workflows and fleet orchestration.
 #[derive(Debug, Parser)]
@@ -132,6 +135,12 @@ enum Command {
     /// Submit, watch and steer runs on a drover server (`drover serve`) over its HTTP API.
     #[command(after_help = batch::AFTER_HELP)]
     Batch(batch::BatchArgs),
+    /// API tokens of a drover server: create one with a role (viewer, operator, admin), list, revoke.
+    #[command(after_help = token::AFTER_HELP)]
+    Token(token::TokenArgs),
+    /// A KCL worker process of `drover serve` (started by the server itself).
+    #[command(name = "kcl-worker", hide = true)]
+    KclWorker(kcl_worker::WorkerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -307,11 +316,16 @@ fn main() -> ExitCode {
             command: SecretsCommand::Check { file, identity },
         } => secrets::check(&file, identity.as_deref(), &mut out),
         Command::Batch(args) => batch::main(args, &mut out),
+        Command::Token(args) => token::main(args, &mut out),
         Command::Serve(args) => {
             // The server's workers log to stdout: holding its lock here
             // would block them forever.
             drop(out);
             serve::main(args)
+        }
+        Command::KclWorker(args) => {
+            drop(out);
+            kcl_worker::main(args)
         }
     };
     match result {

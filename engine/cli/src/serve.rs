@@ -8,16 +8,50 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_core::model::{LogFormat, LogLevel};
+use drover_server::http::{HttpConfig, TlsFiles};
 use drover_server::logging::{self, LogSettings};
-use drover_server::{Config, Limits};
+use drover_server::{Config, KclSettings, Limits};
 
 /// Options of `drover serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Beyond loopback, every endpoint but /healthz
-    /// requires the bearer token.
+    /// Address to listen on. Every endpoint but /healthz requires a bearer
+    /// token (loopback included, unless --no-auth).
     #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
     listen: SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM, the server's own
+    /// certificate first; needs --tls-key). Beyond loopback the server
+    /// starts only with TLS or --insecure-http.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP beyond loopback: only behind a proxy that
+    /// terminates TLS, or tokens and workflows cross the network in clear.
+    #[arg(long, conflicts_with = "tls_cert")]
+    insecure_http: bool,
+    /// A name clients reach the server by (repeatable; no port). A request
+    /// whose Host header names anything but these, localhost, a loopback
+    /// address or the --listen address is refused (421), so a web page
+    /// cannot reach the API by DNS rebinding.
+    #[arg(long = "public-name", value_name = "NAME")]
+    public_names: Vec<String>,
+    /// Connections open at once. At the limit a new connection takes the
+    /// place of the one idle longest; when every one is serving a request,
+    /// new ones are closed at once. Must fit under `ulimit -n` with 64 to
+    /// spare (the soft limit is raised up to the hard one if needed).
+    #[arg(long, default_value_t = 512, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Seconds a connection has for its TLS handshake and for each
+    /// request's headers; keep-alive connections idle as long are closed.
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// On SIGTERM: how long requests in progress may take to finish before
+    /// their connections are dropped (idle connections close at once, event
+    /// streams end at once). Runs then get --shutdown-grace.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    shutdown_http_grace: u64,
     /// The state database (an SQLite file, or sqlite://PATH); one server
     /// (or `drover run`) owns it at a time.
     #[arg(long, env = "DROVER_STATE", value_name = "PATH", value_parser = crate::state_location)]
@@ -28,22 +62,36 @@ pub struct ServeArgs {
     /// Runs waiting at most; submissions beyond are refused with 429.
     #[arg(long, default_value_t = 100, value_name = "M")]
     max_pending: u32,
-    /// Require the bearer token on loopback too.
+    /// Ask for no token at all. Anyone who can connect to the port — any
+    /// local user, any local process — can then submit workflows, whose
+    /// scripts run on your servers, and steer every run; actions are
+    /// recorded as "anonymous (--no-auth)". Allowed only with a loopback
+    /// --listen address.
     #[arg(long)]
-    require_token: bool,
-    /// The API token file: read, or generated (mode 0600) on first start.
-    /// DROVER_TOKEN, when set, is the token instead. Default: api-token
-    /// next to the state database.
+    no_auth: bool,
+    /// The admin token's file (token "local-admin"): read, or generated
+    /// (mode 0600) on first start; refused unless it is this user's alone.
+    /// DROVER_TOKEN, when set, is the admin token instead ("env-admin").
+    /// Default: api-token next to the state database, where `drover batch`
+    /// and `drover token` on this machine find it.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
-    /// A read-only token that opens /metrics only (for Prometheus).
-    #[arg(long, env = "DROVER_METRICS_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    /// A file holding a token that opens /metrics only (for Prometheus);
+    /// it must be this user's alone (mode 0600). DROVER_METRICS_TOKEN, when
+    /// set, is that token instead of a file.
+    #[arg(long, value_name = "FILE")]
+    metrics_token_file: Option<PathBuf>,
+    /// Refused: a token on the command line is visible to every local user
+    /// (ps, /proc). Use --metrics-token-file or DROVER_METRICS_TOKEN.
+    #[arg(long, value_name = "TOKEN", hide = true)]
     metrics_token: Option<String>,
     /// On SIGTERM: how long running tasks may finish before runs are
     /// checkpointed (aborted, resumed at the next start).
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     shutdown_grace: u64,
-    /// The server's log directory (per-run files in <DIR>/<run>/).
+    /// The server's log directory: a run's logs go to
+    /// <DIR>/<its workflow's logging.dir>/<run>/ (an absolute logging.dir,
+    /// or one with `..`, is refused).
     #[arg(long, default_value = "logs", value_name = "DIR")]
     logs: PathBuf,
     /// Log format on stdout and in the server's files.
@@ -52,12 +100,45 @@ pub struct ServeArgs {
     /// Minimum level (RUST_LOG, when set, takes precedence).
     #[arg(long, value_enum, default_value_t = Level::Info)]
     log_level: Level,
-    /// Days logs are kept (0: forever).
+    /// At most this many days a finished run (its journal and logs) is
+    /// kept, whatever its workflow's logging.retention_days (0: as long as
+    /// that says).
     #[arg(long, default_value_t = 30, value_name = "DAYS")]
     log_retention_days: u32,
     /// At most this many tasks at once in every run (overrides workflows).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     parallel: Option<u32>,
+    /// A directory whose .k files may be submitted by path (repeatable).
+    /// A path is taken relative to the first one, symlinks are resolved,
+    /// and it must end up under one of them. Default: <drover home>/workflows
+    /// when it exists; with none, submissions by path are refused.
+    #[arg(long = "workflows-dir", value_name = "DIR", value_parser = workflows_dir)]
+    workflows_dirs: Vec<PathBuf>,
+    /// KCL worker processes: submitted workflows are evaluated in these,
+    /// this many at once, never in the server (each confined: only the
+    /// schemas, the workflows directories and a scratch directory of its
+    /// own are readable; no environment). Default: the number of CPUs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    kcl_workers: Option<u32>,
+    /// Seconds one evaluation of a submitted workflow may take; a longer
+    /// one is stopped (its worker replaced) and refused with 422.
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    kcl_timeout: u64,
+    /// Memory (address space, MiB) of each KCL worker, its 16 MiB
+    /// evaluation stack included; an evaluation that needs more is refused
+    /// with 422.
+    #[arg(long, default_value_t = 2048, value_name = "MIB", value_parser = clap::value_parser!(u64).range(256..))]
+    kcl_memory: u64,
+}
+
+/// A `--workflows-dir`: an existing directory.
+fn workflows_dir(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.is_dir() {
+        Ok(p)
+    } else {
+        Err(format!("{s} is not a directory"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -76,6 +157,15 @@ enum Level {
 
 /// Run the server until SIGTERM or Ctrl-C.
 pub fn main(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if args.metrics_token.is_some() {
+        // Refused rather than unknown: say where the token goes instead.
+        eprintln!(
+            "drover: --metrics-token puts the token on the command line, where every local user can read it (ps, \
+             /proc/PID/cmdline); put it in a file of your own (mode 0600) and give --metrics-token-file FILE, or set \
+             DROVER_METRICS_TOKEN"
+        );
+        return Ok(ExitCode::from(2));
+    }
     let state = args.state.clone().unwrap_or_else(drover_exec::default_state_path);
     let _guard = logging::init(&LogSettings {
         format: match args.log_format {
@@ -100,33 +190,70 @@ pub fn main(args: ServeArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
+    let workflows_dirs = if args.workflows_dirs.is_empty() {
+        let home = match &loader {
+            Some(l) => Some(l.home().clone()),
+            None => drover_kcl::Home::discover().ok(),
+        };
+        home.map(|h| h.root().join("workflows"))
+            .filter(|d| d.is_dir())
+            .into_iter()
+            .collect()
+    } else {
+        args.workflows_dirs.clone()
+    };
     let token_file = args.token_file.clone().unwrap_or_else(|| {
         state
             .parent()
             .map(|d| d.join("api-token"))
             .unwrap_or_else(|| "api-token".into())
     });
+    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
     let config = Config {
         listen: args.listen,
+        http: HttpConfig {
+            max_connections: args.max_connections as usize,
+            header_timeout: Duration::from_secs(args.header_timeout),
+            shutdown_grace: Duration::from_secs(args.shutdown_http_grace),
+            tls: args
+                .tls_cert
+                .clone()
+                .zip(args.tls_key.clone())
+                .map(|(cert, key)| TlsFiles { cert, key }),
+            insecure_http: args.insecure_http,
+            public_names: args.public_names.clone(),
+        },
         state,
         limits: Limits {
             max_running: args.max_running as usize,
             max_pending: args.max_pending as usize,
         },
-        always_authenticate: args.require_token,
+        no_auth: args.no_auth,
         token: std::env::var("DROVER_TOKEN").ok(),
         token_file,
-        metrics_token: args.metrics_token.clone(),
+        metrics_token: std::env::var("DROVER_METRICS_TOKEN").ok(),
+        metrics_token_file: args.metrics_token_file.clone(),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         logs_dir: args.logs.clone(),
         retention_days: args.log_retention_days,
         max_parallel: args.parallel,
         providers: drover_registry::providers(),
+        kcl: KclSettings {
+            // The workers are this binary (`drover kcl-worker`).
+            worker: (std::env::current_exe()?, vec!["kcl-worker".into()]),
+            workers: args.kcl_workers.map_or_else(
+                || std::thread::available_parallelism().map_or(1, usize::from),
+                |n| n as usize,
+            ),
+            timeout: Duration::from_secs(args.kcl_timeout),
+            memory_bytes: args.kcl_memory << 20,
+            workflows_dirs,
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(drover_server::serve(config, loader, |addr| {
         // The one line a supervisor (or a test) waits for.
-        eprintln!("drover: listening on http://{addr}");
+        eprintln!("drover: listening on {scheme}://{addr}");
     }))?;
     Ok(ExitCode::SUCCESS)
 }

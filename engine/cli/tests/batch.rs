@@ -22,6 +22,9 @@ fn drover(cwd: &Path) -> Command {
         .env("DROVER_VENV", repo().join(".venv"))
         .env_remove("DROVER_TOKEN")
         .env_remove("DROVER_TOKEN_FILE")
+        // The server's state (each test's serve has `--state` the same):
+        // `drover batch` finds the server's token next to it, by itself.
+        .env("DROVER_STATE", cwd.join("state.db"))
         .env("XDG_DATA_HOME", cwd.join("xdg"));
     c
 }

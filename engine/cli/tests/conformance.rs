@@ -51,7 +51,7 @@ impl Reply {
     }
 }
 
-/// A running `drover serve` (token required) over the deterministic test
+/// A running `drover serve` (its token: DROVER_TOKEN) over the deterministic test
 /// home, on a private state store; ended when dropped.
 struct Server {
     child: Child,
@@ -81,18 +81,13 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = std::fs::File::create(dir.path().join("server.log")).expect("server log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_drover"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--require-token",
-                "--shutdown-grace",
-                "1",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-grace", "1"])
             .arg("--state")
             .arg(dir.path().join("state.db"))
             .arg("--logs")
             .arg(dir.path().join("logs"))
+            .arg("--workflows-dir")
+            .arg(dir.path())
             .current_dir(dir.path())
             .env("DROVER_HOME", repo().join("engine/exec/tests/home"))
             .env("DROVER_VENV", repo().join(".venv"))

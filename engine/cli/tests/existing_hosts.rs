@@ -108,6 +108,8 @@ fn a_hundred_existing_hosts_run_and_roll_back_with_drover_run_and_drover_serve()
     let o = wait_output(
         site.drover()
             .env("DROVER_API", &server.url)
+            // Where the server's state is: its token is found next to it.
+            .env("DROVER_STATE", serve_dir.join("state.db"))
             .args(["batch", "submit", "--server-path", "--watch"])
             .arg(&workflow),
         Duration::from_secs(300),
@@ -127,6 +129,8 @@ fn a_hundred_existing_hosts_run_and_roll_back_with_drover_run_and_drover_serve()
     let o = wait_output(
         site.drover()
             .env("DROVER_API", &server.url)
+            // Where the server's state is: its token is found next to it.
+            .env("DROVER_STATE", serve_dir.join("state.db"))
             .args(["batch", "rollback", &batch_id, "--watch"]),
         Duration::from_secs(300),
     );

@@ -55,6 +55,9 @@ async fn healthz_answers_and_the_openapi_document_lists_every_endpoint() {
         ("/workflows/{id}/metrics", &["get"]),
         ("/metrics", &["get"]),
         ("/healthz", &["get"]),
+        ("/tokens", &["get", "post"]),
+        ("/tokens/{name}", &["delete"]),
+        ("/audit", &["get"]),
     ];
     let paths = doc["paths"].as_object().expect("paths");
     let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();
@@ -99,7 +102,11 @@ async fn healthz_answers_and_the_openapi_document_lists_every_endpoint() {
     for (path, methods) in want {
         let path = path.replace("{id}", "nope");
         for m in *methods {
-            let method = if *m == "post" { Method::POST } else { Method::GET };
+            let method = match *m {
+                "post" => Method::POST,
+                "delete" => Method::DELETE,
+                _ => Method::GET,
+            };
             let resp = s.request(method, &path).send().await.expect("request");
             let code = resp.status();
             let text = resp.text().await.expect("body");
@@ -1230,7 +1237,7 @@ async fn with_a_token_required_every_endpoint_but_healthz_asks_for_it() {
     let (file, _) = workflow(dir.path(), "au", 1, &["a"], "");
     let mut s = Server::start_with(
         dir.path(),
-        &["--require-token"],
+        &[],
         &[("DROVER_TOKEN", "secret-token"), ("DROVER_METRICS_TOKEN", "m-token")],
         &test_home(),
     );
@@ -1342,7 +1349,7 @@ async fn without_drover_token_a_token_file_is_generated_owner_only_and_kept() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempdir();
     let tok = dir.path().join("secret/tok");
-    let args = ["--require-token", "--token-file", tok.to_str().expect("utf-8")];
+    let args = ["--token-file", tok.to_str().expect("utf-8")];
     let mut s = Server::start(dir.path(), &args);
     let meta = std::fs::metadata(&tok).expect("the token file was created");
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -1599,7 +1606,8 @@ async fn a_task_outliving_the_shutdown_grace_is_stopped_and_runs_again_after_the
     let mut s = Server::start(dir.path(), &["--shutdown-grace", "1"]);
     let id = s.submit(&file).await;
     let deadline = Instant::now() + LIMIT;
-    while executions(&ctl).is_empty() {
+    // behave.sh writes the child's pid file last.
+    while !std::fs::read_to_string(ctl.join("hang.a@sg-0.child")).is_ok_and(|t| t.ends_with('\n')) {
         assert!(Instant::now() < deadline, "the script did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

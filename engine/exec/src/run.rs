@@ -48,6 +48,17 @@ pub enum ExecError {
     Template(String),
 }
 
+impl ExecError {
+    /// Whether the run stopped (or could not start) because the state
+    /// store's disk is full: it can go on once space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            ExecError::State(e) | ExecError::Scheduler(SchedulerError::Journal(e)) => e.is_disk_full(),
+            _ => false,
+        }
+    }
+}
+
 /// What a run needs besides its plan: its secrets (decrypted in memory
 /// only, again at every resume) and the masker built from them.
 #[derive(Debug, Clone, Default)]
@@ -152,6 +163,9 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// Where run logs go; the workflow's logging.dir when None.
     pub logs_root: Option<PathBuf>,
+    /// At most this many days of retention for a finished run, whatever
+    /// its workflow's `logging.retention_days` says (a server's own limit).
+    pub retention_cap_days: Option<u32>,
     /// Overrides the plan's global parallelism.
     pub max_parallel: Option<u32>,
     /// Seed of retry jitter.
@@ -176,6 +190,7 @@ impl Options {
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from(".")),
             logs_root: None,
+            retention_cap_days: None,
             max_parallel: None,
             seed: now_ms() as u64,
             keep_remote_dirs: false,
@@ -384,6 +399,23 @@ pub fn logs_dir(plan: &Plan, opts: &Options, run_id: &str) -> PathBuf {
         .clone()
         .unwrap_or_else(|| PathBuf::from(&plan.workflow.logging.dir))
         .join(run_id)
+}
+
+/// Why `logging.dir` cannot be taken under a server's log directory: it
+/// is absolute or climbs out with `..`. None when it can.
+pub fn logging_dir_problem(dir: &str) -> Option<String> {
+    let path = Path::new(dir);
+    if path.is_absolute() {
+        return Some(format!(
+            "logging.dir {dir:?} is absolute; a workflow submitted to a server keeps its logs under the server's log directory (--logs): give a relative directory such as \"logs\""
+        ));
+    }
+    if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Some(format!(
+            "logging.dir {dir:?} climbs out with \"..\"; a workflow submitted to a server keeps its logs under the server's log directory (--logs): give a directory below it"
+        ));
+    }
+    None
 }
 
 /// Check that `inputs` can run (plan, providers, secrets, templates) and
@@ -665,8 +697,11 @@ pub fn prune(store: &Store, opts: &Options, older_than: Option<Duration>, now: i
             }
         };
         let _ = inputs;
-        let keep =
-            older_than.unwrap_or_else(|| Duration::from_secs(u64::from(plan.workflow.logging.retention_days) * 86_400));
+        let days = match opts.retention_cap_days.filter(|d| *d > 0) {
+            Some(cap) => plan.workflow.logging.retention_days.min(cap),
+            None => plan.workflow.logging.retention_days,
+        };
+        let keep = older_than.unwrap_or_else(|| Duration::from_secs(u64::from(days) * 86_400));
         if now - record.updated_at_ms >= keep.as_millis() as i64 {
             expired.push((r.id.clone(), Some(logs_dir(&plan, opts, &r.id))));
         }

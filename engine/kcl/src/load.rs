@@ -43,6 +43,7 @@ pub struct LoadTimings {
 pub struct Loader {
     engine: Engine,
     home: Home,
+    location: EngineLocation,
 }
 
 impl Loader {
@@ -57,19 +58,29 @@ impl Loader {
     pub fn new(home: Home) -> Result<Loader, LoadError> {
         let location = EngineLocation::discover(&home).map_err(LoadError::Engine)?;
         let engine = Engine::load(&location).map_err(LoadError::Engine)?;
-        Ok(Loader { engine, home })
+        Ok(Loader { engine, home, location })
     }
 
     /// A loader for `home` with the engine at `location` (e.g. a test home
     /// using the project's engine).
     pub fn with_engine(home: Home, location: &EngineLocation) -> Result<Loader, LoadError> {
         let engine = Engine::load(location).map_err(LoadError::Engine)?;
-        Ok(Loader { engine, home })
+        Ok(Loader {
+            engine,
+            home,
+            location: location.clone(),
+        })
     }
 
     /// The home in use.
     pub fn home(&self) -> &Home {
         &self.home
+    }
+
+    /// Where the engine in use was loaded from (for worker processes that
+    /// load the same one).
+    pub fn engine_location(&self) -> &EngineLocation {
+        &self.location
     }
 
     fn packages(&self) -> Vec<ExternalPackage> {
@@ -102,15 +113,7 @@ impl Loader {
             ]));
         }
         let absolute = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
-        let workflow = workflow_of(self.eval(&absolute)?, file)?;
-        let missing = missing_secrets(file, &workflow);
-        if !missing.is_empty() {
-            return Err(LoadError::Model(missing));
-        }
-        Ok(Source {
-            file: file.to_path_buf(),
-            workflow,
-        })
+        source_of(self.eval(&absolute)?, file)
     }
 
     /// Evaluate an inventory file (its `inventory` value: servers and
@@ -254,6 +257,22 @@ impl Named for TaskservDecl {
     fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// The model of an evaluated workflow file: its top-level values
+/// (`value`, as the engine gives them, or as a KCL worker hands them back:
+/// `{"workflow": ...}`) as the workflow of `file`, whose secrets files
+/// and age key must exist (relative to `file`).
+pub fn source_of(value: serde_json::Value, file: &Path) -> Result<Source, LoadError> {
+    let workflow = workflow_of(value, file)?;
+    let missing = missing_secrets(file, &workflow);
+    if !missing.is_empty() {
+        return Err(LoadError::Model(missing));
+    }
+    Ok(Source {
+        file: file.to_path_buf(),
+        workflow,
+    })
 }
 
 /// The `workflow` value of an evaluated workflow file.

@@ -18,11 +18,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use drover_exec::Status;
-use drover_state::{RunRecord, RunStatus};
+use drover_state::{AuditQuery, AuditRecord, RunRecord, RunStatus};
 use futures_util::Stream;
 use utoipa::OpenApi;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, Caller, outcome_of, record_audit};
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::logs::{StreamReader, stream_file};
 use crate::orchestrator::{Orchestrator, exec_error};
@@ -33,16 +33,18 @@ use crate::wire::*;
 #[openapi(
     info(
         title = "drover orchestrator API",
-        description = "Submit workflows, follow their runs (status, live events and logs as server-sent events), control them (pause, resume, cancel, retry, rollback) and scrape metrics. Every endpoint but /healthz takes `Authorization: Bearer <token>` when the server requires a token. Errors are JSON: {code, message}.",
+        description = "Submit workflows, follow their runs (status, live events and logs as server-sent events), control them (pause, resume, cancel, retry, rollback), scrape metrics, manage API tokens and read the audit trail. Every endpoint but /healthz takes `Authorization: Bearer <token>`. A token has a role: `viewer` reads; `operator` also submits workflows as source and steers runs; `admin` also submits workflow files by path, manages tokens and reads the audit trail. A token without the role an endpoint needs gets 403, naming both roles. Submitting a workflow runs its scripts on the servers it names. Errors are JSON: {code, message}.",
         version = "1"
     ),
     paths(
-        submit, list, status, logs, events, rollback, retry, pause, resume, cancel, run_metrics, metrics, healthz
+        submit, list, status, logs, events, rollback, retry, pause, resume, cancel, run_metrics, metrics, healthz,
+        list_tokens, create_token, revoke_token, audit
     ),
     components(schemas(
         SubmitRequest, SubmitResponse, OperationPlan, TaskRef, RunInfo, RunList, RunState, RunStatusView, NotUndone,
         OperationStatus, TaskStatus, LogEvent, LogStreamEvent, JournalEvent, TransitionStreamEvent, RetryRequest,
-        ActionResponse, RunMetrics, OperationMetrics, ApiErrorBody, Health
+        ActionResponse, RunMetrics, OperationMetrics, ApiErrorBody, Health, RunAction, TokenRole, CreateTokenRequest,
+        CreatedToken, TokenInfo, TokenList, AuditEntry, AuditList
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -80,10 +82,14 @@ pub fn router(orch: Arc<Orchestrator>, auth: Auth) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{name}", axum::routing::delete(revoke_token))
+        .route("/audit", get(audit))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(orch.clone());
-    api.layer(axum::middleware::from_fn_with_state(auth, crate::auth::check))
+    api.layer(axum::middleware::from_fn_with_state(auth.clone(), crate::auth::check))
+        .layer(axum::Extension(auth))
         .layer(axum::middleware::from_fn_with_state(orch, timing))
 }
 
@@ -137,6 +143,17 @@ fn info(r: &RunRecord) -> RunInfo {
     }
 }
 
+/// A run as listed: as recorded, except a run the server holds because
+/// its journal cannot be written (disk full), shown `aborted`: nothing of
+/// it executes until it can be written again.
+fn shown(orch: &Orchestrator, r: &RunRecord) -> RunInfo {
+    let mut i = info(r);
+    if orch.stalled(&r.id).is_some() {
+        i.status = RunStatus::Aborted.as_str().into();
+    }
+    i
+}
+
 fn status_name(s: Status) -> String {
     serde_json::to_value(s)
         .ok()
@@ -144,7 +161,8 @@ fn status_name(s: Status) -> String {
         .unwrap_or_else(|| format!("{s:?}").to_lowercase())
 }
 
-/// Submit a workflow.
+/// Submit a workflow: its source (operator role), or a file on the server
+/// by its path (admin role). Its scripts will run on the servers it names.
 #[utoipa::path(
     post, path = "/workflows/batch", request_body = SubmitRequest,
     responses(
@@ -152,13 +170,18 @@ fn status_name(s: Status) -> String {
         (status = 200, description = "Validated or planned (validate_only, dry_run); nothing recorded", body = SubmitResponse),
         (status = 400, description = "The request or the workflow is wrong", body = ApiErrorBody),
         (status = 401, description = "No or wrong token", body = ApiErrorBody),
+        (status = 403, description = "The token's role does not allow it (operator; admin for a path), or the path is outside the server's workflows directories", body = ApiErrorBody),
+        (status = 413, description = "The body is over 2 MiB", body = ApiErrorBody),
         (status = 415, description = "Not JSON", body = ApiErrorBody),
-        (status = 429, description = "The queue is full", body = ApiErrorBody),
+        (status = 422, description = "The workflow's evaluation hit a limit (time, memory, stack) and was stopped", body = ApiErrorBody),
+        (status = 429, description = "The queue (or the evaluators' queue) is full", body = ApiErrorBody),
         (status = 503, description = "Shutting down, or no KCL engine", body = ApiErrorBody),
+        (status = 507, description = "The server's disk is full; nothing was recorded", body = ApiErrorBody),
     )
 )]
 async fn submit(
     State(orch): State<Arc<Orchestrator>>,
+    caller: Caller,
     ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     // serde would also build the struct from a JSON array; only an object
@@ -171,7 +194,30 @@ async fn submit(
     // The path to a wrong field is named (`path: invalid type ...`).
     let req: SubmitRequest = serde_path_to_error::deserialize(body)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))?;
-    let (queued, resp) = orch.submit(req).await?;
+    let detail = match (&req.source, &req.path) {
+        (Some(src), _) => format!("source ({} bytes)", src.len()),
+        (None, Some(path)) => format!("path {path}"),
+        (None, None) => "no workflow".to_string(),
+    } + if req.validate_only {
+        ", validate only"
+    } else if req.dry_run {
+        ", dry run"
+    } else {
+        ""
+    };
+    // A path names a file on the server: reading files there is the
+    // admin's (the server confines where, too).
+    let result = if req.path.is_some() && !caller.may(drover_state::Role::Admin) {
+        Err(caller.forbidden(
+            drover_state::Role::Admin,
+            "submitting a workflow by its path on the server",
+        ))
+    } else {
+        orch.submit(req).await
+    };
+    let run_id = result.as_ref().ok().and_then(|(_, r)| r.run_id.clone());
+    journal_action(&orch, &caller, "submit", run_id, Some(detail), &result).await;
+    let (queued, resp) = result?;
     let code = if queued { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok((code, Json(resp)).into_response())
 }
@@ -183,6 +229,7 @@ async fn submit(
         (status = 200, body = RunList),
         (status = 400, description = "Bad filter", body = ApiErrorBody),
         (status = 401, body = ApiErrorBody),
+        (status = 403, description = "The token's role does not allow it", body = ApiErrorBody),
     )
 )]
 async fn list(
@@ -205,7 +252,7 @@ async fn list(
         .iter()
         .filter(|r| want.is_none_or(|w| r.status == w))
         .take(q.limit.map_or(usize::MAX, |l| l as usize))
-        .map(info)
+        .map(|r| shown(&orch, r))
         .collect();
     Ok(Json(RunList {
         runs,
@@ -227,12 +274,14 @@ async fn summary_of(
     blocking(move || drover_exec::run::status(&store, &id, &opts).map_err(exec_error)).await
 }
 
-/// A run's state: per operation and per task.
+/// A run's state: per operation and per task; who submitted it and every
+/// operator action on it.
 #[utoipa::path(
     get, path = "/workflows/{id}/status", params(("id" = String, Path, description = "Run id")),
     responses(
         (status = 200, body = RunStatusView),
         (status = 401, body = ApiErrorBody),
+        (status = 403, description = "The token's role does not allow it", body = ApiErrorBody),
         (status = 404, description = "No such run", body = ApiErrorBody),
     )
 )]
@@ -241,6 +290,30 @@ async fn status(
     Path(id): Path<String>,
 ) -> Result<Json<RunStatusView>, ApiError> {
     let (record, plan, summary) = summary_of(&orch, &id).await?;
+    let trail = {
+        let (store, id) = (orch.store().clone(), id.clone());
+        let q = AuditQuery {
+            run_id: Some(id),
+            ..AuditQuery::default()
+        };
+        blocking(move || Ok(store.audit(&q)?)).await?
+    };
+    let submitted_by = trail
+        .iter()
+        .rev()
+        .find(|a| a.action == "submit" && a.outcome == "ok")
+        .map(|a| a.actor.clone());
+    let actions = trail
+        .into_iter()
+        .rev()
+        .map(|a| RunAction {
+            at_ms: a.at_ms,
+            by: a.actor,
+            action: a.action,
+            detail: a.detail,
+            outcome: a.outcome,
+        })
+        .collect();
     let by_task: HashMap<&str, &drover_exec::report::TaskSummary> =
         summary.tasks.iter().map(|t| (t.task.as_str(), t)).collect();
     let operations = plan
@@ -272,14 +345,16 @@ async fn status(
         })
         .collect();
     Ok(Json(RunStatusView {
-        run: info(&record),
-        reason: summary.reason,
+        run: shown(&orch, &record),
+        reason: orch.stalled(&id).unwrap_or(summary.reason),
         operations,
         not_undone: summary
             .not_undone
             .into_iter()
             .map(|(task, reason)| NotUndone { task, reason })
             .collect(),
+        submitted_by,
+        actions,
     }))
 }
 
@@ -391,6 +466,7 @@ fn sse(stream: impl Stream<Item = SseEvent> + Send + 'static) -> EventStream {
         (status = 200, description = "text/event-stream of `log` events", content_type = "text/event-stream", body = LogStreamEvent),
         (status = 400, body = ApiErrorBody),
         (status = 401, body = ApiErrorBody),
+        (status = 403, description = "The token's role does not allow it", body = ApiErrorBody),
         (status = 404, body = ApiErrorBody),
     )
 )]
@@ -440,6 +516,12 @@ async fn logs(
             if !batch.is_empty() {
                 return Some((futures_util::stream::iter(batch), st));
             }
+            // Lines that match nothing asked for are no reason to stop:
+            // the stream waits only once the file is read to its end.
+            if !reader.at_end() {
+                tokio::task::yield_now().await;
+                continue;
+            }
             if !follow.wait(hub, true).await {
                 return None;
             }
@@ -458,6 +540,7 @@ async fn logs(
         (status = 200, description = "text/event-stream of `transition` events", content_type = "text/event-stream", body = TransitionStreamEvent),
         (status = 400, body = ApiErrorBody),
         (status = 401, body = ApiErrorBody),
+        (status = 403, description = "The token's role does not allow it", body = ApiErrorBody),
         (status = 404, body = ApiErrorBody),
     )
 )]
@@ -536,24 +619,30 @@ fn action(id: String, action: &str, status: RunStatus) -> Response {
         .into_response()
 }
 
-/// Roll a finished, failed or interrupted run back.
+/// Roll a finished, failed or interrupted run back (operator role).
 #[utoipa::path(
     post, path = "/workflows/{id}/rollback", params(("id" = String, Path, description = "Run id")),
     responses(
         (status = 202, body = ActionResponse),
         (status = 401, body = ApiErrorBody),
+        (status = 403, description = "The token's role does not allow it", body = ApiErrorBody),
         (status = 404, body = ApiErrorBody),
         (status = 409, description = "The run is executing or queued", body = ApiErrorBody),
         (status = 503, body = ApiErrorBody),
     )
 )]
-async fn rollback(State(orch): State<Arc<Orchestrator>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let s = orch.rollback(&id).await?;
-    Ok(action(id, "rollback", s))
+async fn rollback(
+    State(orch): State<Arc<Orchestrator>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let result = orch.rollback(&id).await;
+    journal_action(&orch, &caller, "rollback", Some(id.clone()), None, &result).await;
+    Ok(action(id, "rollback", result?))
 }
 
 /// Retry the failed and cancelled tasks of a finished run (or one
-/// operation's). The body is optional.
+/// operation's). The body is optional. Operator role.
 #[utoipa::path(
     post, path = "/workflows/{id}/retry", params(("id" = String, Path, description = "Run id")),
     request_body(content = Option<RetryRequest>, description = "Optionally one operation"),
@@ -561,6 +650,7 @@ async fn rollback(State(orch): State<Arc<Orchestrator>>, Path(id): Path<String>)
         (status = 202, body = ActionResponse),
         (status = 400, body = ApiErrorBody),
         (status = 401, body = ApiErrorBody),
+        (status = 403, description = "The token's role does not allow it", body = ApiErrorBody),
         (status = 404, body = ApiErrorBody),
         (status = 409, body = ApiErrorBody),
         (status = 503, body = ApiErrorBody),
@@ -568,6 +658,7 @@ async fn rollback(State(orch): State<Arc<Orchestrator>>, Path(id): Path<String>)
 )]
 async fn retry(
     State(orch): State<Arc<Orchestrator>>,
+    caller: Caller,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
@@ -584,53 +675,73 @@ async fn retry(
             _ => return Err(invalid(&"expected a JSON object, or null")),
         }
     };
-    let s = orch.retry(&id, req.operation.as_deref()).await?;
-    Ok(action(id, "retry", s))
+    let result = orch.retry(&id, req.operation.as_deref()).await;
+    let detail = req.operation.as_ref().map(|op| format!("operation {op}"));
+    journal_action(&orch, &caller, "retry", Some(id.clone()), detail, &result).await;
+    Ok(action(id, "retry", result?))
 }
 
-/// Pause dispatching of a running run; running tasks go on.
+/// Pause dispatching of a running run; running tasks go on Operator role.
 #[utoipa::path(
     post, path = "/workflows/{id}/pause", params(("id" = String, Path, description = "Run id")),
     responses(
         (status = 202, body = ActionResponse),
         (status = 401, body = ApiErrorBody),
+        (status = 403, description = "The token's role does not allow it", body = ApiErrorBody),
         (status = 404, body = ApiErrorBody),
         (status = 409, body = ApiErrorBody),
     )
 )]
-async fn pause(State(orch): State<Arc<Orchestrator>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let s = orch.pause(&id)?;
-    Ok(action(id, "pause", s))
+async fn pause(
+    State(orch): State<Arc<Orchestrator>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let result = orch.pause(&id);
+    journal_action(&orch, &caller, "pause", Some(id.clone()), None, &result).await;
+    Ok(action(id, "pause", result?))
 }
 
-/// Resume a paused run, or take up an interrupted one.
+/// Resume a paused run, or take up an interrupted one Operator role.
 #[utoipa::path(
     post, path = "/workflows/{id}/resume", params(("id" = String, Path, description = "Run id")),
     responses(
         (status = 202, body = ActionResponse),
         (status = 401, body = ApiErrorBody),
+        (status = 403, description = "The token's role does not allow it", body = ApiErrorBody),
         (status = 404, body = ApiErrorBody),
         (status = 409, body = ApiErrorBody),
     )
 )]
-async fn resume(State(orch): State<Arc<Orchestrator>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let s = orch.resume(&id)?;
-    Ok(action(id, "resume", s))
+async fn resume(
+    State(orch): State<Arc<Orchestrator>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let result = orch.resume(&id);
+    journal_action(&orch, &caller, "resume", Some(id.clone()), None, &result).await;
+    Ok(action(id, "resume", result?))
 }
 
-/// Cancel a queued, running or paused run.
+/// Cancel a queued, running or paused run Operator role.
 #[utoipa::path(
     post, path = "/workflows/{id}/cancel", params(("id" = String, Path, description = "Run id")),
     responses(
         (status = 202, body = ActionResponse),
         (status = 401, body = ApiErrorBody),
+        (status = 403, description = "The token's role does not allow it", body = ApiErrorBody),
         (status = 404, body = ApiErrorBody),
         (status = 409, body = ApiErrorBody),
     )
 )]
-async fn cancel(State(orch): State<Arc<Orchestrator>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let s = orch.cancel(&id)?;
-    Ok(action(id, "cancel", s))
+async fn cancel(
+    State(orch): State<Arc<Orchestrator>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let result = orch.cancel(&id);
+    journal_action(&orch, &caller, "cancel", Some(id.clone()), None, &result).await;
+    Ok(action(id, "cancel", result?))
 }
 
 /// A run's counters and durations, from its journal.
@@ -639,6 +750,7 @@ async fn cancel(State(orch): State<Arc<Orchestrator>>, Path(id): Path<String>) -
     responses(
         (status = 200, body = RunMetrics),
         (status = 401, body = ApiErrorBody),
+        (status = 403, description = "The token's role does not allow it", body = ApiErrorBody),
         (status = 404, body = ApiErrorBody),
     )
 )]
@@ -711,6 +823,7 @@ async fn run_metrics(
     responses(
         (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
         (status = 401, body = ApiErrorBody),
+        (status = 403, description = "The token's role does not allow it", body = ApiErrorBody),
     )
 )]
 async fn metrics(State(orch): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
@@ -737,4 +850,229 @@ async fn healthz(State(orch): State<Arc<Orchestrator>>) -> Json<Health> {
         running,
         queued,
     })
+}
+
+/// Record an operator action in the audit trail with how it ended; the
+/// caller answers after this (the record is durable first).
+async fn journal_action<T>(
+    orch: &Orchestrator,
+    caller: &Caller,
+    action: &str,
+    run_id: Option<String>,
+    detail: Option<String>,
+    result: &Result<T, ApiError>,
+) {
+    let record = AuditRecord {
+        id: 0,
+        at_ms: drover_exec::scheduler::now_ms(),
+        actor: caller.name.to_string(),
+        action: action.to_string(),
+        run_id,
+        detail,
+        outcome: match result {
+            Ok(_) => "ok".into(),
+            Err(e) => outcome_of(e),
+        },
+    };
+    record_audit(orch.store(), record).await;
+}
+
+fn token_info(t: crate::auth::TokenView) -> TokenInfo {
+    TokenInfo {
+        name: t.name,
+        role: TokenRole::of(t.role),
+        source: t.source.as_str().into(),
+        created_at_ms: t.created_at_ms,
+        created_by: t.created_by,
+        last_used_ms: t.last_used_ms,
+        revoked_at_ms: t.revoked_at_ms,
+    }
+}
+
+/// Every API token: the server's own admin token, then those created
+/// (revoked ones too), with role and last use; never a token or its hash.
+/// Admin role.
+#[utoipa::path(
+    get, path = "/tokens",
+    responses(
+        (status = 200, body = TokenList),
+        (status = 401, body = ApiErrorBody),
+        (status = 403, description = "Not an admin token", body = ApiErrorBody),
+    )
+)]
+async fn list_tokens(axum::Extension(auth): axum::Extension<Auth>) -> Result<Json<TokenList>, ApiError> {
+    let tokens = blocking(move || auth.list()).await?;
+    Ok(Json(TokenList {
+        tokens: tokens.into_iter().map(token_info).collect(),
+    }))
+}
+
+/// Create a named token with a role. The answer holds the token: the only
+/// time it is shown (the server keeps its hash). Admin role.
+#[utoipa::path(
+    post, path = "/tokens", request_body = CreateTokenRequest,
+    responses(
+        (status = 201, description = "Created; the token is in the answer, shown once", body = CreatedToken),
+        (status = 400, description = "The name or the role is not valid", body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody),
+        (status = 403, description = "Not an admin token", body = ApiErrorBody),
+        (status = 409, description = "The name is taken (or was, by a revoked token), or the server runs with --no-auth", body = ApiErrorBody),
+        (status = 415, description = "Not JSON", body = ApiErrorBody),
+    )
+)]
+async fn create_token(
+    State(orch): State<Arc<Orchestrator>>,
+    axum::Extension(auth): axum::Extension<Auth>,
+    caller: Caller,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object: {\"name\": ..., \"role\": \"viewer\"|\"operator\"|\"admin\"}",
+        ));
+    }
+    let req: CreateTokenRequest = serde_path_to_error::deserialize(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid: {e}")))?;
+    let audit = AuditRecord {
+        id: 0,
+        at_ms: drover_exec::scheduler::now_ms(),
+        actor: caller.name.to_string(),
+        action: "token_create".into(),
+        run_id: None,
+        detail: Some(format!("token {}, role {}", req.name, req.role.as_str())),
+        outcome: "ok".into(),
+    };
+    let created = {
+        let (auth, audit) = (auth.clone(), audit.clone());
+        blocking(move || auth.create(&req.name, req.role.to_role(), &audit)).await
+    };
+    match created {
+        Ok((token, record)) => Ok((
+            StatusCode::CREATED,
+            Json(CreatedToken {
+                name: record.name,
+                role: TokenRole::of(record.role),
+                created_at_ms: record.created_at_ms,
+                token,
+            }),
+        )
+            .into_response()),
+        Err(e) => {
+            // The creation and its record are one write; a refusal is
+            // recorded on its own.
+            record_audit(
+                orch.store(),
+                AuditRecord {
+                    outcome: outcome_of(&e),
+                    ..audit
+                },
+            )
+            .await;
+            Err(e)
+        }
+    }
+}
+
+/// Revoke a token: it opens nothing from the moment this answers. Its
+/// name stays taken. Admin role.
+#[utoipa::path(
+    delete, path = "/tokens/{name}",
+    params(("name" = String, Path, description = "The token's name")),
+    responses(
+        (status = 200, description = "Revoked", body = TokenInfo),
+        (status = 401, body = ApiErrorBody),
+        (status = 403, description = "Not an admin token", body = ApiErrorBody),
+        (status = 404, description = "No token has this name", body = ApiErrorBody),
+        (status = 409, description = "Revoked already, or the server's own admin token", body = ApiErrorBody),
+    )
+)]
+async fn revoke_token(
+    State(orch): State<Arc<Orchestrator>>,
+    axum::Extension(auth): axum::Extension<Auth>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<TokenInfo>, ApiError> {
+    let audit = AuditRecord {
+        id: 0,
+        at_ms: drover_exec::scheduler::now_ms(),
+        actor: caller.name.to_string(),
+        action: "token_revoke".into(),
+        run_id: None,
+        detail: Some(format!("token {name}")),
+        outcome: "ok".into(),
+    };
+    let revoked = {
+        let audit = audit.clone();
+        blocking(move || auth.revoke(&name, &audit)).await
+    };
+    match revoked {
+        Ok(t) => Ok(Json(TokenInfo {
+            name: t.name,
+            role: TokenRole::of(t.role),
+            source: crate::auth::Source::Store.as_str().into(),
+            created_at_ms: Some(t.created_at_ms),
+            created_by: Some(t.created_by),
+            last_used_ms: t.last_used_ms,
+            revoked_at_ms: t.revoked_at_ms,
+        })),
+        Err(e) => {
+            record_audit(
+                orch.store(),
+                AuditRecord {
+                    outcome: outcome_of(&e),
+                    ..audit
+                },
+            )
+            .await;
+            Err(e)
+        }
+    }
+}
+
+/// The audit trail, newest first: who did what (submissions, run
+/// commands, token changes), refusals included. Admin role.
+#[utoipa::path(
+    get, path = "/audit", params(AuditParams),
+    responses(
+        (status = 200, body = AuditList),
+        (status = 400, description = "Bad filter", body = ApiErrorBody),
+        (status = 401, body = ApiErrorBody),
+        (status = 403, description = "Not an admin token", body = ApiErrorBody),
+    )
+)]
+async fn audit(
+    State(orch): State<Arc<Orchestrator>>,
+    ApiQuery(q): ApiQuery<AuditParams>,
+) -> Result<Json<AuditList>, ApiError> {
+    if q.limit == Some(0) {
+        return Err(ApiError::bad_request("limit must be at least 1"));
+    }
+    if q.since_ms.is_some_and(|t| t < 0) {
+        return Err(ApiError::bad_request(
+            "since_ms must be a time in ms since the Unix epoch (0 or more)",
+        ));
+    }
+    let query = AuditQuery {
+        run_id: q.run_id,
+        actor: q.actor,
+        action: q.action,
+        since_ms: q.since_ms,
+        limit: Some(q.limit.unwrap_or(1000)),
+    };
+    let store = orch.store().clone();
+    let entries = blocking(move || Ok(store.audit(&query)?)).await?;
+    Ok(Json(AuditList {
+        entries: entries
+            .into_iter()
+            .map(|a| AuditEntry {
+                id: a.id,
+                at_ms: a.at_ms,
+                actor: a.actor,
+                action: a.action,
+                run_id: a.run_id,
+                detail: a.detail,
+                outcome: a.outcome,
+            })
+            .collect(),
+    }))
 }

@@ -10,6 +10,13 @@ use axum::response::{IntoResponse, Response};
 
 use crate::wire::ApiErrorBody;
 
+/// The most problems an invalid-workflow answer lists.
+pub const MAX_PROBLEMS: usize = 50;
+
+/// The longest problem line an answer carries, bytes (an engine message
+/// can quote a whole value).
+pub const MAX_PROBLEM_BYTES: usize = 4096;
+
 /// An error answered to a client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -40,11 +47,38 @@ impl ApiError {
     }
 
     /// 400: the workflow does not evaluate or validate; one line per
-    /// problem, each with where it is.
-    pub fn invalid_workflow(message: impl Into<String>, problems: Vec<String>) -> ApiError {
+    /// problem, each with where it is. At most [`MAX_PROBLEMS`] are
+    /// listed, each cut at [`MAX_PROBLEM_BYTES`]; the message says how
+    /// many more there are.
+    pub fn invalid_workflow(message: impl Into<String>, mut problems: Vec<String>) -> ApiError {
+        let mut message = message.into();
+        if problems.len() > MAX_PROBLEMS {
+            let more = problems.len() - MAX_PROBLEMS;
+            problems.truncate(MAX_PROBLEMS);
+            message = format!("{message} (the first {MAX_PROBLEMS} are listed, and {more} more)");
+        }
+        for p in &mut problems {
+            if p.len() > MAX_PROBLEM_BYTES {
+                let mut cut = MAX_PROBLEM_BYTES;
+                while !p.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let more = p.len() - cut;
+                p.truncate(cut);
+                p.push_str(&format!("… (and {more} more bytes)"));
+            }
+        }
         let mut e = ApiError::new(StatusCode::BAD_REQUEST, "invalid_workflow", message);
         e.body.problems = problems;
         e
+    }
+
+    /// 422: evaluating the workflow hit one of the server's limits (its
+    /// memory, its time, the evaluator's stack); the evaluator that hit it
+    /// was replaced and nothing else was touched. The message names the
+    /// limit.
+    pub fn evaluation_limit(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "evaluation_limit", message)
     }
 
     /// 401: no token, or a wrong one.
@@ -55,6 +89,25 @@ impl ApiError {
     /// 403: a token that may not do this.
     pub fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 421: the request names a host this server does not answer to (DNS
+    /// rebinding; see `http::HostCheck`).
+    pub fn misdirected(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::MISDIRECTED_REQUEST, "unknown_host", message)
+    }
+
+    /// 413: the body is larger than the server accepts.
+    pub fn payload_too_large() -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the request body is larger than the server accepts ({} bytes, {} MiB)",
+                crate::http::MAX_BODY_BYTES,
+                crate::http::MAX_BODY_BYTES / (1024 * 1024)
+            ),
+        )
     }
 
     /// 404.
@@ -90,6 +143,32 @@ impl ApiError {
         e
     }
 
+    /// 507: the server's disk is full; nothing was recorded. Retry once
+    /// space is freed.
+    pub fn insufficient_storage(reason: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %reason, "the server's disk is full");
+        let mut e = ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            format!(
+                "the server cannot record anything: its disk is full ({reason}); nothing was accepted, retry once the operator has freed space"
+            ),
+        );
+        e.retry_after = Some(30);
+        e
+    }
+
+    /// A file-system error of the server: 507 when the disk is full, else
+    /// 500.
+    pub fn io(e: std::io::Error) -> ApiError {
+        // ENOSPC, EDQUOT
+        if matches!(e.raw_os_error(), Some(28) | Some(122)) {
+            ApiError::insufficient_storage(e)
+        } else {
+            ApiError::internal(e)
+        }
+    }
+
     /// 500: something on the server broke. The detail goes to the server's
     /// log; the client gets what it can act on.
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
@@ -118,6 +197,7 @@ impl From<drover_state::StateError> for ApiError {
     fn from(e: drover_state::StateError) -> ApiError {
         match e {
             drover_state::StateError::UnknownRun(id) => ApiError::not_found(format!("no run {id}")),
+            other if other.is_disk_full() => ApiError::insufficient_storage(other),
             other => ApiError::internal(other),
         }
     }
@@ -126,6 +206,9 @@ impl From<drover_state::StateError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> ApiError {
         let status = r.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::payload_too_large();
+        }
         let mut e = ApiError::bad_request(format!("the request body is not valid: {}", r.body_text()));
         if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
             e.status = status;

@@ -5,7 +5,9 @@
 //!   recovery, operator commands, graceful shutdown.
 //! - [`api`]: the axum router, handlers, SSE streams, the OpenAPI document.
 //! - [`wire`]: every request and response body (the wire format).
-//! - [`auth`]: bearer tokens.
+//! - [`http`]: the accept loop: connection limit, header timeout, TLS,
+//!   the Host check, the body limit, the HTTP part of shutdown.
+//! - [`auth`]: bearer tokens, roles, who is calling (for the audit trail).
 //! - [`metrics`]: the Prometheus registry.
 //! - [`logs`]: a run's numbered output stream, resumable by event id.
 //! - [`logging`]: structured logs (tracing-subscriber): stdout and per-run
@@ -18,6 +20,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod http;
 pub mod logging;
 pub mod logs;
 pub mod metrics;
@@ -33,26 +36,33 @@ use drover_exec::Options;
 use drover_kcl::Loader;
 use drover_state::Store;
 
-pub use orchestrator::{Limits, Orchestrator};
+pub use orchestrator::{KclSettings, Limits, Orchestrator};
 
 /// How `drover serve` runs.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// The HTTP layer: connection limit, header timeout, TLS, the names
+    /// the server answers to, how long requests may finish on shutdown.
+    pub http: http::HttpConfig,
     /// The state database.
     pub state: PathBuf,
     /// Queue limits.
     pub limits: Limits,
-    /// Require a token even on loopback.
-    pub always_authenticate: bool,
-    /// The API token (DROVER_TOKEN), else read from / generated into
+    /// `--no-auth`: ask no token (loopback only; every action is
+    /// recorded as anonymous).
+    pub no_auth: bool,
+    /// The admin token (DROVER_TOKEN), else read from / generated into
     /// `token_file`.
     pub token: Option<String>,
-    /// Where the API token is kept.
+    /// Where the admin token is kept (owner-only, checked at start).
     pub token_file: PathBuf,
-    /// A read-only token for /metrics.
+    /// A token that reads /metrics only (DROVER_METRICS_TOKEN), unless
+    /// `metrics_token_file` is given.
     pub metrics_token: Option<String>,
+    /// The file holding the metrics token (owner-only, checked at start).
+    pub metrics_token_file: Option<PathBuf>,
     /// How long running tasks may take to finish on shutdown before the
     /// runs are aborted (and resumed at the next start).
     pub shutdown_grace: Duration,
@@ -64,6 +74,9 @@ pub struct Config {
     pub max_parallel: Option<u32>,
     /// The providers runs can drive (the binary's registry).
     pub providers: drover_provider::Providers,
+    /// How submitted workflows are evaluated (KCL worker processes) and
+    /// which directories path submissions may name.
+    pub kcl: orchestrator::KclSettings,
 }
 
 /// Why the server stopped with an error.
@@ -78,6 +91,10 @@ pub enum ServeError {
     /// The token could not be set up.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    /// The HTTP settings cannot be used (TLS files, plain HTTP beyond
+    /// loopback, names, the open-files limit).
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
     /// Binding or serving failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -101,17 +118,21 @@ pub async fn serve(
     loader: Option<Arc<Loader>>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
+    // The HTTP settings first: a wrong one stops the start before anything.
+    let http = http::Http::new(&config.http, config.listen)?;
     let store = Arc::new(Store::open(&config.state)?);
     let mut opts = Options::for_state(&config.state, config.providers.clone());
     opts.max_parallel = config.max_parallel;
-    let orch = Orchestrator::new(store, opts, loader, config.limits);
-    orch.add_log_dir(&config.logs_dir, config.retention_days);
-    let auth = if config.always_authenticate || !is_loopback(&config.listen) {
-        let token = auth::load_or_create(config.token.clone(), &config.token_file)?;
-        auth::Auth::with_tokens(token, config.metrics_token.clone())
-    } else {
-        auth::Auth::open()
-    };
+    // No run is kept longer than the server's retention.
+    opts.retention_cap_days = Some(config.retention_days);
+    // Submitted workflows are evaluated in KCL worker processes.
+    let evaluator = orchestrator::Evaluator::start(&config.kcl, loader.as_deref(), config.limits.max_pending).await;
+    let orch = Orchestrator::new(store, opts, loader, config.limits, evaluator);
+    // A submitted workflow's logging.dir is a directory under the server's
+    // own.
+    orch.keep_logs_under(std::path::absolute(&config.logs_dir).unwrap_or_else(|_| config.logs_dir.clone()));
+    // Tokens on loopback too; --no-auth only there.
+    let auth = auth::Auth::start(&config, orch.store().clone())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -135,6 +156,7 @@ pub async fn serve(
     );
     ready(addr);
     let app = api::router(orch.clone(), auth);
+    let app = http.guard(app, addr);
     let stopping = orch.stopping.clone();
     let signal = {
         let stopping = stopping.clone();
@@ -150,20 +172,22 @@ pub async fn serve(
             stopping.cancel();
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await
-        .map_err(|source| ServeError::Listen { addr, source })?;
+    // Returns once every connection is closed: idle ones at once, the
+    // rest within the HTTP grace; the runs are checkpointed regardless.
+    http.serve(listener, app, signal).await;
     orch.shutdown(config.shutdown_grace).await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Remove run logs past their retention, hourly.
+/// Remove finished runs past their retention, hourly: their journals and
+/// log directories together, so what is removed is always a run the state
+/// store knows (never a directory it does not).
 async fn cleanup_logs(orch: Arc<Orchestrator>) {
     loop {
-        // Finished runs past their workflow's retention_days go, with
-        // their journals and logs; runs in progress or resumable never.
+        // Finished runs past their workflow's retention_days (at most the
+        // server's) go, with their journals and logs; runs in progress or
+        // resumable never.
         let pruned = {
             let (store, opts) = (orch.store().clone(), orch.options().clone());
             tokio::task::spawn_blocking(move || {
@@ -176,33 +200,6 @@ async fn cleanup_logs(orch: Arc<Orchestrator>) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "run retention failed"),
             Err(e) => tracing::warn!(error = %e, "run retention failed"),
-        }
-        // Log directories left without a run: by age, never one of a run
-        // that is still going or can be resumed.
-        let runs = {
-            let store = orch.store().clone();
-            tokio::task::spawn_blocking(move || store.runs())
-                .await
-                .ok()
-                .and_then(Result::ok)
-        };
-        // Without the list of runs nothing is removed this time.
-        let unfinished: Option<std::collections::HashSet<String>> = runs.map(|runs| {
-            runs.into_iter()
-                .filter(|r| !r.status.is_final())
-                .map(|r| r.id)
-                .collect()
-        });
-        for (dir, days) in orch.log_dirs().into_iter().filter(|_| unfinished.is_some()) {
-            let unfinished = unfinished.as_ref();
-            let keep = |name: &str| unfinished.is_none_or(|u| u.contains(name));
-            match logging::cleanup(&dir, days, std::time::SystemTime::now(), &keep) {
-                Ok(removed) if !removed.is_empty() => {
-                    tracing::info!(dir = %dir.display(), removed = removed.len(), days, "removed logs past retention")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "log cleanup failed"),
-            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(3600)) => {}

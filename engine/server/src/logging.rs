@@ -10,7 +10,6 @@
 //!     for a run whose workflow asks for text) in the run's directory.
 //! - [`register_run`] / [`unregister_run`]: a run's own level and format,
 //!   from its workflow's `logging`, kept in a process-wide registry.
-//! - [`cleanup`]: removes run directories older than the retention.
 //! - [`trace_id`]: a new random trace id for a run.
 //!
 //! Architecture invariant: a span that carries one of the context fields
@@ -85,8 +84,9 @@ pub struct LogSettings {
     pub level: LogLevel,
     /// The directory holding one directory per run.
     pub logs_dir: PathBuf,
-    /// Days a run's directory is kept after its last write; 0 keeps it
-    /// forever. Applied by [`cleanup`], which the caller schedules.
+    /// At most this many days a finished run (its journal and directory)
+    /// is kept; 0: as long as its workflow's `logging.retention_days`.
+    /// Applied by `drover_exec::run::prune`, which the caller schedules.
     pub retention_days: u32,
 }
 
@@ -817,81 +817,6 @@ pub fn log_transition(p: &Progress, operation_of: &HashMap<String, String>, serv
     }
 }
 
-/// Remove the run directories under `logs_dir` whose newest file was last
-/// written more than `retention_days` before `now` (0 keeps everything);
-/// returns the directories removed.
-///
-/// Only what looks like a run directory is considered: a directory (not a
-/// link to one) holding nothing but regular files, at least one of them a
-/// `.log` or `.jsonl` file. So a `logging.dir` that points somewhere else by
-/// mistake (a home directory) loses nothing but such directories, and links
-/// are never followed out of `logs_dir`. Entries that cannot be read are
-/// skipped, as are directories that cannot be removed (they are logged and
-/// tried again next time). A `logs_dir` that does not exist has nothing to
-/// remove; one that cannot be read is an error. A directory named after a
-/// run for which `keep` says yes (one in progress or resumable) stays,
-/// whatever its age.
-pub fn cleanup(
-    logs_dir: &Path,
-    retention_days: u32,
-    now: SystemTime,
-    keep: &dyn Fn(&str) -> bool,
-) -> io::Result<Vec<PathBuf>> {
-    if retention_days == 0 {
-        return Ok(Vec::new());
-    }
-    let retention = Duration::from_secs(u64::from(retention_days) * 86_400);
-    let entries = match fs::read_dir(logs_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut removed = Vec::new();
-    for entry in entries {
-        let Ok(entry) = entry else { continue };
-        // file_type does not follow links: a link to a directory is not one.
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let dir = entry.path();
-        if keep(&entry.file_name().to_string_lossy()) {
-            continue;
-        }
-        let Some(newest) = newest_run_file(&dir) else { continue };
-        // A file from the future (a clock step) counts as new.
-        if now.duration_since(newest).unwrap_or(Duration::ZERO) <= retention {
-            continue;
-        }
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => removed.push(dir),
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove an expired run's logs; trying again at the next cleanup");
-            }
-        }
-    }
-    Ok(removed)
-}
-
-/// When the newest file of the run directory `dir` was modified; `None` when
-/// `dir` is not a run directory (see [`cleanup`]) or cannot be read whole.
-fn newest_run_file(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
-    let mut has_log = false;
-    for entry in fs::read_dir(dir).ok()? {
-        let entry = entry.ok()?;
-        // DirEntry::metadata does not follow links either.
-        let meta = entry.metadata().ok()?;
-        if !meta.is_file() {
-            return None;
-        }
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        has_log |= name.ends_with(".log") || name.ends_with(".jsonl");
-        newest = newest.max(Some(meta.modified().ok()?));
-    }
-    newest.filter(|_| has_log)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1264,79 +1189,6 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
-    }
-
-    const DAY: Duration = Duration::from_secs(86_400);
-
-    fn run_dir(root: &Path, name: &str, files: &[&str], age: Duration, now: SystemTime) -> anyhow::Result<PathBuf> {
-        let dir = root.join(name);
-        fs::create_dir_all(&dir)?;
-        for f in files {
-            let file = File::create(dir.join(f))?;
-            file.set_modified(now - age)?;
-        }
-        Ok(dir)
-    }
-
-    #[test]
-    fn cleanup_removes_old_runs_and_keeps_new_ones() -> TestResult {
-        let root = tempfile::tempdir()?;
-        let logs = root.path().join("logs");
-        let now = SystemTime::now();
-        let old = run_dir(&logs, "old", &[JSON_FILE, "install_a.log"], 31 * DAY, now)?;
-        let old_text = run_dir(&logs, "old-text", &[TEXT_FILE], 40 * DAY, now)?;
-        let fresh = run_dir(&logs, "fresh", &[JSON_FILE], 29 * DAY, now)?;
-        // The newest file decides.
-        let mixed = run_dir(&logs, "mixed", &["a.log"], 90 * DAY, now)?;
-        File::create(mixed.join("stream.jsonl"))?.set_modified(now - DAY)?;
-        // Not run directories: no log file, a subdirectory, a plain file.
-        let no_log = run_dir(&logs, "no-log", &["notes.txt"], 90 * DAY, now)?;
-        let nested = run_dir(&logs, "nested", &["a.log"], 90 * DAY, now)?;
-        run_dir(&nested, "sub", &["b.log"], 90 * DAY, now)?;
-        File::create(logs.join("stray.log"))?.set_modified(now - 90 * DAY)?;
-
-        // A run in progress keeps its logs, however old they are.
-        let running = run_dir(&logs, "running-run", &["a.log"], 90 * DAY, now)?;
-        let mut removed = cleanup(&logs, 30, now, &|name| name == "running-run")?;
-        assert!(running.is_dir());
-        removed.sort();
-        let mut expected = vec![old, old_text];
-        expected.sort();
-        assert_eq!(removed, expected);
-        for kept in [&fresh, &mixed, &no_log, &nested] {
-            assert!(kept.is_dir(), "{}", kept.display());
-        }
-        assert!(logs.join("stray.log").is_file());
-
-        assert!(
-            cleanup(&logs, 0, now + 1000 * DAY, &|_| false)?.is_empty(),
-            "0 keeps forever"
-        );
-        assert!(cleanup(&root.path().join("absent"), 30, now, &|_| false)?.is_empty());
-        Ok(())
-    }
-
-    #[test]
-    fn cleanup_never_follows_links_out_of_the_logs_dir() -> TestResult {
-        let root = tempfile::tempdir()?;
-        let now = SystemTime::now();
-        let outside = run_dir(root.path(), "outside", &["precious.log"], 90 * DAY, now)?;
-        let logs = root.path().join("logs");
-        let inside = run_dir(&logs, "run-1", &["a.log"], 90 * DAY, now)?;
-        std::os::unix::fs::symlink(&outside, logs.join("link-to-outside"))?;
-        std::os::unix::fs::symlink(outside.join("precious.log"), inside.join("linked.log"))?;
-
-        assert!(
-            cleanup(&logs, 30, now, &|_| false)?.is_empty(),
-            "a run dir holding a link is not touched"
-        );
-        assert!(outside.join("precious.log").is_file());
-        assert!(logs.join("link-to-outside").exists());
-
-        fs::remove_file(inside.join("linked.log"))?;
-        assert_eq!(cleanup(&logs, 30, now, &|_| false)?, [inside]);
-        assert!(outside.join("precious.log").is_file());
-        Ok(())
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub struct StreamReader {
     path: PathBuf,
     file: Option<BufReader<File>>,
     partial: String,
+    /// Whether the last read reached the end of what is written.
+    at_end: bool,
 }
 
 impl StreamReader {
@@ -114,11 +116,20 @@ impl StreamReader {
             path,
             file: None,
             partial: String::new(),
+            at_end: false,
         }
     }
 
-    /// New complete lines, parsed; unparsable lines are skipped.
+    /// Whether the last [`StreamReader::read_new`] read everything written
+    /// so far (else it stopped at its limit and more is there to read).
+    pub fn at_end(&self) -> bool {
+        self.at_end
+    }
+
+    /// New complete lines, parsed, at most `limit` of them; unparsable
+    /// lines are skipped (and count against the limit).
     pub fn read_new(&mut self, limit: usize) -> Vec<LogEvent> {
+        self.at_end = true;
         if self.file.is_none() {
             match File::open(&self.path) {
                 Ok(f) => self.file = Some(BufReader::new(f)),
@@ -127,15 +138,15 @@ impl StreamReader {
         }
         let mut out = Vec::new();
         let Some(r) = self.file.as_mut() else { return out };
-        while out.len() < limit {
+        for _ in 0..limit {
             let mut buf = String::new();
             match r.read_line(&mut buf) {
-                Ok(0) => break,
+                Ok(0) => return out,
                 Ok(_) => {
                     if !buf.ends_with('\n') {
                         // Half a line: the writer is mid-write.
                         self.partial.push_str(&buf);
-                        break;
+                        return out;
                     }
                     let line = if self.partial.is_empty() {
                         buf
@@ -149,10 +160,12 @@ impl StreamReader {
                 Err(_) => {
                     // Not UTF-8 or unreadable: skip to the end of what is there.
                     let _ = r.seek(SeekFrom::End(0));
-                    break;
+                    return out;
                 }
             }
         }
+        // The limit was reached before the end.
+        self.at_end = false;
         out
     }
 }

@@ -13,6 +13,7 @@
 //! run's scheduler; retry and rollback start at once, outside the queue.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,7 @@ use drover_core::Plan;
 use drover_exec::run::{self, Inputs};
 use drover_exec::{Control, ExecError, Options, Progress, RunHandle};
 use drover_kcl::problems::Problems;
-use drover_kcl::{LoadError, Loader};
+use drover_kcl::{EvalError, Evaluation, LoadError, Loader, Pool, PoolConfig};
 use drover_state::{Event, RunStatus, Store};
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,88 @@ pub struct Limits {
     pub max_running: usize,
     /// Runs waiting at most; more are refused.
     pub max_pending: usize,
+}
+
+/// How `drover serve` evaluates submitted workflows: in KCL worker
+/// processes (see `drover_kcl::pool`), never in its own.
+#[derive(Debug, Clone)]
+pub struct KclSettings {
+    /// The program a worker is and its arguments (the drover binary and
+    /// `kcl-worker`).
+    pub worker: (PathBuf, Vec<OsString>),
+    /// Workers evaluating at once.
+    pub workers: usize,
+    /// The time one evaluation may take.
+    pub timeout: Duration,
+    /// Each worker's memory (address space), bytes.
+    pub memory_bytes: u64,
+    /// The directories whose `.k` files may be submitted by path (none:
+    /// path submissions are refused).
+    pub workflows_dirs: Vec<PathBuf>,
+}
+
+/// What evaluates submitted workflows, and what path submissions may name.
+#[derive(Debug)]
+pub struct Evaluator {
+    /// The workers; else why there are none (said to every submitter).
+    pool: Result<Pool, String>,
+    /// The workflows roots, canonical (symlinks resolved).
+    roots: Vec<PathBuf>,
+}
+
+impl Evaluator {
+    /// Start the workers for `settings` with the engine and home of
+    /// `loader`; at most `max_waiting` evaluations wait for one. A failure
+    /// is logged and kept: submissions are then refused saying why.
+    pub async fn start(settings: &KclSettings, loader: Option<&Loader>, max_waiting: usize) -> Evaluator {
+        let mut roots = Vec::new();
+        for dir in &settings.workflows_dirs {
+            match dir.canonicalize() {
+                Ok(r) if r.is_dir() => roots.push(r),
+                Ok(_) => {
+                    tracing::error!(dir = %dir.display(), "a workflows directory is not a directory; path submissions ignore it")
+                }
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "a workflows directory cannot be read; path submissions ignore it")
+                }
+            }
+        }
+        if roots.is_empty() {
+            tracing::info!("no workflows directory: submissions by path are refused (see --workflows-dir)");
+        } else {
+            tracing::info!(roots = ?roots, "submissions by path may name .k files under these directories");
+        }
+        let Some(loader) = loader else {
+            return Evaluator {
+                pool: Err("this server has no KCL engine; run `make setup` or set DROVER_VENV".into()),
+                roots,
+            };
+        };
+        let (program, args) = settings.worker.clone();
+        let mut config = PoolConfig::new(program, args, loader.home(), loader.engine_location().clone());
+        config.workers = settings.workers.max(1);
+        config.max_waiting = max_waiting;
+        config.timeout = settings.timeout;
+        config.memory_bytes = settings.memory_bytes;
+        config.workflows = roots.clone();
+        let (workers, timeout, memory) = (config.workers, config.timeout, config.memory_bytes);
+        let pool = match Pool::start(config).await {
+            Ok(pool) => {
+                tracing::info!(
+                    workers,
+                    timeout_s = timeout.as_secs_f64(),
+                    memory_mib = memory >> 20,
+                    "KCL workers ready: submitted workflows are evaluated in them"
+                );
+                Ok(pool)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "no KCL worker could start: submissions will be refused");
+                Err(format!("the server cannot evaluate workflows: {e}"))
+            }
+        };
+        Evaluator { pool, roots }
+    }
 }
 
 /// A run executing in this process.
@@ -61,6 +144,10 @@ struct Queue {
     /// Runs that were paused when the server stopped: paused again when
     /// they resume.
     keep_paused: HashSet<String>,
+    /// Runs stopped because the state store's disk is full, and why: each
+    /// is journaled as aborted, then resumed, once the store can be
+    /// written again.
+    stalled: HashMap<String, String>,
 }
 
 /// The orchestrator. Shared by the API handlers (`Arc`).
@@ -77,9 +164,11 @@ pub struct Orchestrator {
     pub metrics: Metrics,
     /// Where submitted sources are kept.
     submissions: PathBuf,
-    /// Log directories in use and their retention in days (the server's,
-    /// and each workflow's logging.dir), for the cleanup.
-    log_dirs: Mutex<HashMap<PathBuf, u32>>,
+    /// The server's log directory: a submitted workflow's `logging.dir`
+    /// is taken under it.
+    logs_under: std::sync::OnceLock<PathBuf>,
+    /// Evaluates submitted workflows; admits path submissions.
+    evaluator: Evaluator,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -114,10 +203,27 @@ impl Drop for Reservation<'_> {
 }
 
 impl Orchestrator {
-    /// An orchestrator on `store`. `loader` evaluates submitted workflows
-    /// (None: submissions are refused, e.g. no KCL engine).
-    pub fn new(store: Arc<Store>, opts: Options, loader: Option<Arc<Loader>>, limits: Limits) -> Arc<Orchestrator> {
+    /// An orchestrator on `store`. `evaluator` evaluates submitted
+    /// workflows (in worker processes); `loader` evaluates the home's
+    /// declarations, which are the server's own (None: submissions are
+    /// refused, e.g. no KCL engine).
+    pub fn new(
+        store: Arc<Store>,
+        opts: Options,
+        loader: Option<Arc<Loader>>,
+        limits: Limits,
+        evaluator: Evaluator,
+    ) -> Arc<Orchestrator> {
         let submissions = opts.data_dir.join("submissions");
+        if let Ok(data) = opts.data_dir.canonicalize()
+            && let Some(root) = evaluator.roots.iter().find(|r| data.starts_with(r))
+        {
+            tracing::warn!(
+                workflows_dir = %root.display(),
+                state_dir = %data.display(),
+                "a workflows directory holds the server's state directory: a workflow submitted by path from it can read the files there (the token file, the state database, kept sources); give a --workflows-dir that does not"
+            );
+        }
         Arc::new(Orchestrator {
             store,
             opts,
@@ -131,7 +237,8 @@ impl Orchestrator {
             stopping: CancellationToken::new(),
             metrics: Metrics::new(),
             submissions,
-            log_dirs: Mutex::new(HashMap::new()),
+            logs_under: std::sync::OnceLock::new(),
+            evaluator,
         })
     }
 
@@ -205,6 +312,10 @@ impl Orchestrator {
             opts.start_paused = q.keep_paused.remove(&id);
             match run::resume(self.store.clone(), &id, &opts, None) {
                 Ok(handle) => self.adopt(&mut q, handle),
+                Err(e) if e.is_disk_full() => {
+                    drop(q);
+                    self.stall(&id, e.to_string());
+                }
                 Err(e) => {
                     drop(q);
                     // It was checked when accepted; what changed since
@@ -227,9 +338,6 @@ impl Orchestrator {
         let logs = Arc::new(LogHub::open(&handle.logs_dir, &plan));
         let running_tasks = Arc::new(AtomicUsize::new(0));
         let logging = &plan.workflow.logging;
-        if let Some(root) = handle.logs_dir.parent() {
-            lock(&self.log_dirs).insert(root.to_path_buf(), logging.retention_days);
-        }
         let trace_id = crate::logging::trace_id();
         crate::logging::register_run_in(&id, &handle.logs_dir, logging.level, logging.format);
         let span = tracing::info_span!("run", run_id = %id, workflow = %plan.workflow.name, trace_id = %trace_id);
@@ -326,6 +434,10 @@ impl Orchestrator {
                     Ok(summary) => {
                         tracing::info!(status = summary.status.as_str(), reason = %summary.reason, "run ended")
                     }
+                    Err(e) if e.is_disk_full() => {
+                        tracing::error!(error = %e, "the run stopped: its journal cannot be written (disk full); it resumes once space is freed");
+                        this.stall(&id, e.to_string());
+                    }
                     Err(e) => tracing::error!(error = %e, "run ended abnormally"),
                 }
                 crate::logging::unregister_run(&id);
@@ -333,6 +445,66 @@ impl Orchestrator {
             }
             .instrument(span),
         );
+    }
+
+    /// Keep the logs of submitted workflows under `dir` (absolute): a
+    /// workflow's relative `logging.dir` becomes `<dir>/<logging.dir>`,
+    /// recorded so in the run's inputs (every later resume, status and
+    /// retention finds them there); an absolute one, or one with `..`, is
+    /// refused. Set once, before the first submission.
+    pub fn keep_logs_under(&self, dir: PathBuf) {
+        let _ = self.logs_under.set(dir);
+    }
+
+    /// Why `id` is held: its journal could not be written (disk full).
+    pub fn stalled(&self, id: &str) -> Option<String> {
+        lock(&self.queue).stalled.get(id).cloned()
+    }
+
+    /// Hold a run whose journal cannot be written because the disk is
+    /// full: try, with backoff, to journal it as aborted; once that
+    /// succeeds (space is back) it is queued first and resumes from its
+    /// journal like any interrupted run. Until then status shows it
+    /// aborted with `reason`. On shutdown it stays as journaled, and the
+    /// next start takes it up.
+    fn stall(self: &Arc<Self>, id: &str, reason: String) {
+        let reason = format!("stopped: the state store cannot be written: {reason}");
+        lock(&self.queue).stalled.insert(id.to_string(), reason.clone());
+        let (this, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            let mut wait = Duration::from_secs(1);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = this.stopping.cancelled() => return,
+                }
+                let (store, run, why) = (this.store.clone(), id.clone(), reason.clone());
+                let written = tokio::task::spawn_blocking(move || {
+                    let aborted = Event::RunFinished {
+                        status: RunStatus::Aborted,
+                        reason: Some(why),
+                    };
+                    store.append(&run, &[(drover_exec::scheduler::now_ms(), None, &aborted)])
+                })
+                .await;
+                match written {
+                    Ok(Ok(_)) => {
+                        let mut q = lock(&this.queue);
+                        q.stalled.remove(&id);
+                        q.pending.push_front(id.clone());
+                        drop(q);
+                        tracing::info!(run_id = %id, "the state store can be written again: the run resumes");
+                        this.wake.notify_one();
+                        return;
+                    }
+                    Ok(Err(e)) if !e.is_disk_full() => {
+                        tracing::error!(run_id = %id, error = %e, "cannot journal the stopped run; trying again");
+                    }
+                    _ => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        });
     }
 
     /// Runs executing and waiting.
@@ -361,14 +533,10 @@ impl Orchestrator {
         lock(&self.queue).active.get(id).map(|a| a.logs.clone())
     }
 
-    /// Log directories in use with their retention, for the cleanup.
-    pub fn log_dirs(&self) -> Vec<(PathBuf, u32)> {
-        lock(&self.log_dirs).iter().map(|(d, r)| (d.clone(), *r)).collect()
-    }
-
-    /// Register the server's own log directory for the cleanup.
-    pub fn add_log_dir(&self, dir: &Path, retention_days: u32) {
-        lock(&self.log_dirs).insert(dir.to_path_buf(), retention_days);
+    /// A path submission's file, if it may be evaluated (see
+    /// [`admit_path`]).
+    fn admit(&self, given: &str) -> Result<PathBuf, ApiError> {
+        admit_path(given, &self.evaluator.roots)
     }
 
     /// Evaluate and check a submission; queue it unless it only asks for
@@ -387,7 +555,7 @@ impl Orchestrator {
                 ));
             }
             (None, Some(p)) if p.trim().is_empty() => return Err(ApiError::bad_request("path is empty")),
-            (None, Some(p)) => Some(PathBuf::from(p)),
+            (None, Some(p)) => Some(self.admit(p)?),
             (Some(_), None) => None,
         };
         let executes = !req.validate_only && !req.dry_run;
@@ -412,23 +580,28 @@ impl Orchestrator {
                 "this server has no KCL engine; run `make setup` or set DROVER_VENV",
             ));
         };
-        // A submitted source becomes a file next to the state, kept for
-        // runs (their record names it); validations leave nothing behind.
-        let (file, temporary) = match (file_given, &req.source) {
-            (Some(f), _) => (f, false),
+        let pool = match &self.evaluator.pool {
+            Ok(pool) => pool.clone(),
+            Err(why) => return Err(ApiError::unavailable(why.clone())),
+        };
+        // A submitted source becomes a file next to the state: a run keeps
+        // it (its record names it), and the model's problems are located
+        // in it. The worker evaluates a copy in a directory of its own and
+        // never sees this one; validations leave nothing behind.
+        let (file, evaluation, scratch) = match (file_given, &req.source) {
+            (Some(f), _) => (f.clone(), Evaluation::File(f), None),
             (None, Some(src)) => {
                 let name = format!("{}.k", crate::logging::trace_id());
-                let f = self.submissions.join(name);
-                std::fs::create_dir_all(&self.submissions).map_err(ApiError::internal)?;
-                std::fs::write(&f, src).map_err(ApiError::internal)?;
-                (f, !executes)
+                let f = self.submissions.join(&name);
+                std::fs::create_dir_all(&self.submissions).map_err(ApiError::io)?;
+                let scratch = Scratch(Some(f.clone()));
+                std::fs::write(&f, src).map_err(ApiError::io)?;
+                let text = src.clone();
+                (f, Evaluation::Source { name, text }, Some(scratch))
             }
             (None, None) => return Err(ApiError::bad_request("no workflow given")),
         };
-        let file2 = file.clone();
-        let evaluated = tokio::task::spawn_blocking(move || evaluate(&loader, &file2))
-            .await
-            .map_err(ApiError::internal)?;
+        let evaluated = evaluate(&pool, loader, file.clone(), evaluation).await;
         // Problems in a submitted source name it as the client knows it,
         // not as the server's file.
         let evaluated = match (evaluated, &req.source) {
@@ -445,9 +618,16 @@ impl Orchestrator {
             }
             (other, _) => other,
         };
+        if let Err(e) = &evaluated
+            && e.status == axum::http::StatusCode::TOO_MANY_REQUESTS
+        {
+            self.metrics.submission("rejected");
+            return Err(e.clone());
+        }
         let result = self.after_evaluation(evaluated, executes);
-        if temporary || (result.is_err() && req.source.is_some()) {
-            let _ = std::fs::remove_file(&file);
+        // Only a run keeps its source.
+        if let (Some(scratch), Ok((true, _))) = (scratch, &result) {
+            scratch.keep();
         }
         drop(reservation);
         let (queued, resp) = result?;
@@ -469,6 +649,19 @@ impl Orchestrator {
                 return Err(e);
             }
         };
+        // The server decides where logs go: under its own --logs.
+        let mut inputs = inputs;
+        if let Some(under) = self.logs_under.get() {
+            let logging = &mut inputs.source.workflow.logging;
+            if let Some(problem) = run::logging_dir_problem(&logging.dir) {
+                self.metrics.submission("invalid");
+                return Err(ApiError::invalid_workflow(
+                    problem.clone(),
+                    vec![format!("workflow.logging.dir: {problem}")],
+                ));
+            }
+            logging.dir = under.join(&logging.dir).display().to_string();
+        }
         let mut resp = SubmitResponse {
             run_id: None,
             status: None,
@@ -792,32 +985,221 @@ fn catalog(loader: &Loader) -> Result<drover_core::model::Catalog, LoadError> {
     Ok(c)
 }
 
-/// Evaluate and plan a workflow file (blocking: the KCL engine).
-fn evaluate(loader: &Loader, file: &Path) -> Result<(Inputs, Plan), ApiError> {
-    let invalid = |problems: Problems| {
-        let located = problems.locate();
-        let lines: Vec<String> = located.iter().map(|l| l.to_string().trim_end().to_string()).collect();
-        ApiError::invalid_workflow(format!("the workflow has {} problem(s)", lines.len()), lines)
-    };
-    let problem = |e| match e {
+/// A submitted source's file, removed when dropped unless a run keeps it
+/// (also when the request goes away mid-evaluation).
+struct Scratch(Option<PathBuf>);
+
+impl Scratch {
+    /// A run names the file: it stays.
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// Problems of a workflow as the API's 400.
+fn invalid(problems: Problems) -> ApiError {
+    let located = problems.locate();
+    let lines: Vec<String> = located.iter().map(|l| l.to_string().trim_end().to_string()).collect();
+    ApiError::invalid_workflow(format!("the workflow has {} problem(s)", lines.len()), lines)
+}
+
+fn load_problem(e: LoadError) -> ApiError {
+    match e {
         LoadError::Engine(e) => ApiError::unavailable(format!("the KCL engine failed: {e}")),
         LoadError::Kcl(d) => invalid(Problems::Kcl(d)),
         LoadError::Model(d) => invalid(Problems::Model(d)),
+    }
+}
+
+/// Evaluate a submitted workflow in a KCL worker (`file` is what its
+/// problems name: the admitted path, or the server's copy of a source),
+/// then, here, turn the value into the model and plan it against the
+/// home's declarations (evaluated in-process: they are the server's own).
+async fn evaluate(
+    pool: &Pool,
+    loader: Arc<Loader>,
+    file: PathBuf,
+    evaluation: Evaluation,
+) -> Result<(Inputs, Plan), ApiError> {
+    let value = pool.evaluate(evaluation).await.map_err(|e| match e {
+        EvalError::Busy { .. } => ApiError::queue_full(format!("the workflow cannot be evaluated now: {e}")),
+        EvalError::Kcl(d) => invalid(Problems::Kcl(d)),
+        EvalError::Limit(limit) => ApiError::evaluation_limit(limit.to_string()),
+        EvalError::Failed(_) | EvalError::Unavailable(_) => ApiError::unavailable(e.to_string()),
+    })?;
+    tokio::task::spawn_blocking(move || {
+        let source = drover_kcl::load::source_of(value, &file).map_err(load_problem)?;
+        let catalog = catalog(&loader).map_err(load_problem)?;
+        let plan = drover_core::compile(&source, &catalog).map_err(|d| invalid(Problems::Model(d)))?;
+        Ok((Inputs { source, catalog }, plan))
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// Where a path submission's file is: `given` (relative: to the first
+/// root), symlinks resolved, a `.k` file under one of `roots`. A refusal
+/// names the path and the roots, never anything read from the file.
+fn admit_path(given: &str, roots: &[PathBuf]) -> Result<PathBuf, ApiError> {
+    let Some(first) = roots.first() else {
+        return Err(ApiError::forbidden(format!(
+            "path {given:?} refused: this server takes no submissions by path (it was started without \
+             --workflows-dir, and its home has no workflows/ directory); submit the workflow's source, \
+             or restart the server with --workflows-dir DIR"
+        )));
     };
-    let source = loader.load_workflow(file).map_err(problem)?;
-    let catalog = catalog(loader).map_err(problem)?;
-    let plan = drover_core::compile(&source, &catalog).map_err(|d| invalid(Problems::Model(d)))?;
-    Ok((Inputs { source, catalog }, plan))
+    let listed = roots
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let outside = || {
+        ApiError::forbidden(format!(
+            "path {given:?} refused: it is not under the server's workflows directories ({listed}), \
+             symlinks resolved; submit the workflow's source, or put the file there"
+        ))
+    };
+    let path = Path::new(given);
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        first.join(path)
+    };
+    let under = |p: &Path| roots.iter().any(|r| p.starts_with(r));
+    let real = match joined.canonicalize() {
+        Ok(real) => real,
+        Err(_) => {
+            // Missing: said so only where a file may be submitted from, so
+            // the answer tells nothing about the rest of the file system.
+            let known = joined.ancestors().skip(1).find_map(|a| a.canonicalize().ok());
+            if known.as_deref().is_some_and(under) {
+                return Err(invalid(Problems::Model(vec![
+                    drover_core::Diagnostic::new(&joined, "-", "no such workflow file")
+                        .help(format!("give the path of a .k file under {listed}")),
+                ])));
+            }
+            return Err(outside());
+        }
+    };
+    if !under(&real) {
+        return Err(outside());
+    }
+    if !real.is_file() || real.extension().is_none_or(|x| x != "k") {
+        return Err(ApiError::bad_request(format!(
+            "path {given:?} refused: it is not a KCL file (.k) under {listed}"
+        )));
+    }
+    Ok(real)
 }
 
 /// An executor refusal as an API error.
 pub fn exec_error(e: ExecError) -> ApiError {
     match e {
+        e if e.is_disk_full() => ApiError::insufficient_storage(e),
         ExecError::State(s) => s.into(),
         ExecError::WrongState(m) => ApiError::conflict(m),
         ExecError::Invalid(m) | ExecError::Unsupported(m) | ExecError::Secrets(m) | ExecError::Template(m) => {
             ApiError::invalid_workflow(m.clone(), m.lines().map(str::to_string).collect())
         }
         other => ApiError::internal(other),
+    }
+}
+
+#[cfg(test)]
+mod admit_tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn without_roots_every_path_is_refused_saying_how_to_allow_them() {
+        let e = admit_path("workflows/quickstart.k", &[]).expect_err("no roots");
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        assert!(e.body.message.contains("workflows/quickstart.k"), "{}", e.body.message);
+        assert!(e.body.message.contains("--workflows-dir"), "{}", e.body.message);
+    }
+
+    #[test]
+    fn a_path_is_admitted_only_as_a_k_file_under_a_root_symlinks_resolved() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let base = base.path().canonicalize().expect("canonical");
+        let (a, b, out) = (base.join("a"), base.join("b"), base.join("out"));
+        for d in [&a, &b, &out, &a.join("sub")] {
+            std::fs::create_dir_all(d).expect("dir");
+        }
+        for f in [a.join("w.k"), a.join("sub/s.k"), b.join("x.k"), out.join("o.k")] {
+            std::fs::write(f, "x = 1\n").expect("file");
+        }
+        std::fs::write(a.join("data.txt"), "secret-content\n").expect("file");
+        std::os::unix::fs::symlink(out.join("o.k"), a.join("escape.k")).expect("symlink");
+        std::os::unix::fs::symlink(a.join("w.k"), b.join("inside.k")).expect("symlink");
+        let roots = [a.clone(), b.clone()];
+        let ok = |p: &str| admit_path(p, &roots).unwrap_or_else(|e| panic!("{p}: {}", e.body.message));
+        assert_eq!(ok("w.k"), a.join("w.k"), "relative to the first root");
+        assert_eq!(ok("sub/../w.k"), a.join("w.k"));
+        assert_eq!(ok(&b.join("x.k").display().to_string()), b.join("x.k"));
+        // A symlink from one root into another stays inside.
+        assert_eq!(ok(&b.join("inside.k").display().to_string()), a.join("w.k"));
+        let refused = |p: &str, status: StatusCode| {
+            let e = admit_path(p, &roots).expect_err(p);
+            assert_eq!(e.status, status, "{p}: {}", e.body.message);
+            let text = format!("{} {:?}", e.body.message, e.body.problems);
+            assert!(!text.contains("secret-content"), "{text}");
+            e
+        };
+        for p in [
+            "escape.k",
+            "../out/o.k",
+            "/etc/hostname",
+            "/proc/self/environ",
+            "../out/missing.k",
+        ] {
+            let e = refused(p, StatusCode::FORBIDDEN);
+            assert!(e.body.message.contains(p), "names the path: {}", e.body.message);
+            assert!(
+                e.body.message.contains(&a.display().to_string()) && e.body.message.contains(&b.display().to_string()),
+                "names the roots: {}",
+                e.body.message
+            );
+        }
+        refused("data.txt", StatusCode::BAD_REQUEST);
+        refused("sub", StatusCode::BAD_REQUEST);
+        let missing = refused("sub/missing.k", StatusCode::BAD_REQUEST);
+        assert_eq!(missing.body.code, "invalid_workflow");
+        assert!(
+            missing.body.problems[0].contains("no such workflow file"),
+            "{:?}",
+            missing.body.problems
+        );
+    }
+
+    #[test]
+    fn an_invalid_workflow_answer_lists_at_most_50_problems_each_cut_to_size() {
+        let e = ApiError::invalid_workflow(
+            "the workflow has 73 problem(s)",
+            (0..73).map(|i| format!("p{i}")).collect(),
+        );
+        assert_eq!(e.body.problems.len(), 50);
+        assert_eq!(e.body.problems[49], "p49");
+        assert!(
+            e.body.message.ends_with("(the first 50 are listed, and 23 more)"),
+            "{}",
+            e.body.message
+        );
+        let long = "é".repeat(5000);
+        let e = ApiError::invalid_workflow("one", vec![long]);
+        assert!(e.body.problems[0].len() < 4200, "{}", e.body.problems[0].len());
+        assert!(
+            e.body.problems[0].ends_with("more bytes)"),
+            "{}",
+            &e.body.problems[0][4000..]
+        );
     }
 }

@@ -189,6 +189,30 @@ pub struct RunStatusView {
     pub operations: Vec<OperationStatus>,
     /// What a rollback could not undo: task and why.
     pub not_undone: Vec<NotUndone>,
+    /// The name of the token that submitted the run (absent for runs
+    /// started another way, e.g. `drover run`).
+    #[serde(default)]
+    pub submitted_by: Option<String>,
+    /// Who did what to the run, oldest first: its submission and every
+    /// operator command, refused ones included.
+    #[serde(default)]
+    pub actions: Vec<RunAction>,
+}
+
+/// One operator action on a run.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunAction {
+    /// When, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// The name of the token used (`anonymous (--no-auth)` on a server
+    /// without authentication).
+    pub by: String,
+    /// submit, pause, resume, cancel, retry or rollback.
+    pub action: String,
+    /// What was asked, in a few words.
+    pub detail: Option<String>,
+    /// `ok`, or why it was refused.
+    pub outcome: String,
 }
 
 /// A task a rollback could not undo.
@@ -435,8 +459,8 @@ pub struct OperationMetrics {
 /// An error: a stable code for programs and a message for people.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ApiErrorBody {
-    /// invalid_request, invalid_workflow, unauthorized, not_found,
-    /// conflict, queue_full, unavailable or internal.
+    /// invalid_request, invalid_workflow, unauthorized, forbidden,
+    /// not_found, conflict, queue_full, unavailable or internal.
     pub code: String,
     /// What is wrong and what to do about it.
     pub message: String,
@@ -454,4 +478,153 @@ pub struct Health {
     pub running: usize,
     /// Runs waiting.
     pub queued: usize,
+}
+
+/// What a token may do: `viewer` reads (runs, status, events, logs,
+/// metrics, the API document); `operator` also submits workflows as source
+/// and steers runs (pause, resume, cancel, retry, rollback); `admin` also
+/// submits workflow files by path, manages tokens and reads the audit
+/// trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRole {
+    /// Reads only.
+    Viewer,
+    /// Reads, submits sources, steers runs.
+    Operator,
+    /// Everything.
+    Admin,
+}
+
+impl TokenRole {
+    /// The store's role.
+    pub fn to_role(self) -> drover_state::Role {
+        match self {
+            TokenRole::Viewer => drover_state::Role::Viewer,
+            TokenRole::Operator => drover_state::Role::Operator,
+            TokenRole::Admin => drover_state::Role::Admin,
+        }
+    }
+
+    /// The wire's role.
+    pub fn of(role: drover_state::Role) -> TokenRole {
+        match role {
+            drover_state::Role::Viewer => TokenRole::Viewer,
+            drover_state::Role::Operator => TokenRole::Operator,
+            drover_state::Role::Admin => TokenRole::Admin,
+        }
+    }
+
+    /// As written: viewer, operator, admin.
+    pub fn as_str(self) -> &'static str {
+        self.to_role().as_str()
+    }
+}
+
+/// Create a named token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// Its name, recorded as the actor of everything done with it; unique
+    /// for ever (a revoked token's name is not given out again).
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", min_length = 1, max_length = 64)]
+    pub name: String,
+    /// What it may do.
+    pub role: TokenRole,
+}
+
+/// A new token. The only answer that ever holds it: it is stored hashed.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: TokenRole,
+    /// Created, ms since the Unix epoch.
+    pub created_at_ms: i64,
+    /// The token: send it as `Authorization: Bearer <token>`. Shown once.
+    pub token: String,
+}
+
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("CreatedToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token as listed: never the token, nor its hash.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: TokenRole,
+    /// Where it comes from: `token_file` (the server's own admin token,
+    /// local-admin), `env` (DROVER_TOKEN, env-admin) or `store` (created
+    /// over the API).
+    pub source: String,
+    /// Created, ms since the Unix epoch (tokens of the store).
+    pub created_at_ms: Option<i64>,
+    /// The token that created it (tokens of the store).
+    pub created_by: Option<String>,
+    /// Last accepted, ms since the Unix epoch.
+    pub last_used_ms: Option<i64>,
+    /// Revoked, ms since the Unix epoch: it opens nothing.
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// Every token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenList {
+    /// The server's own first, then those created, oldest first.
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// Filters of the audit trail.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    /// Only actions on this run.
+    pub run_id: Option<String>,
+    /// Only actions by this token name.
+    pub actor: Option<String>,
+    /// Only this action (submit, pause, resume, cancel, retry, rollback,
+    /// token_create, token_revoke).
+    pub action: Option<String>,
+    /// Only actions at or after this time, ms since the Unix epoch.
+    #[param(minimum = 0)]
+    pub since_ms: Option<i64>,
+    /// At most this many (default 1000).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 4_294_967_295_i64)]
+    pub limit: Option<u32>,
+}
+
+/// One record of the audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// Its position in the trail.
+    pub id: i64,
+    /// When, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// The name of the token used.
+    pub actor: String,
+    /// What was done.
+    pub action: String,
+    /// The run it was about.
+    pub run_id: Option<String>,
+    /// What was asked, in a few words.
+    pub detail: Option<String>,
+    /// `ok`, or why it was refused.
+    pub outcome: String,
+}
+
+/// Audit records, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditList {
+    /// The records.
+    pub entries: Vec<AuditEntry>,
 }

@@ -1,4 +1,5 @@
-//! The state store: runs and their journals.
+//! The state store: runs and their journals; API tokens (hashed) and the
+//! audit trail of operator actions.
 //!
 //! Architecture invariant: the journal is the source of truth for a run.
 //! Every task transition is appended here, durably (WAL,
@@ -92,6 +93,57 @@ pub enum StateError {
     /// The writer thread is gone (it panicked, or the store is closing).
     #[error("the state store's writer stopped: {0}")]
     Writer(String),
+    /// A write did not fit on the disk; nothing of it was committed.
+    #[error("the state store's disk is full ({0}); free space on it: nothing was written")]
+    DiskFull(String),
+    /// A token of this name exists, or existed (names are not reused, so
+    /// the audit trail names one token per name).
+    #[error(
+        "a token named {0:?} exists or existed (names of revoked tokens are not given out again); choose another name"
+    )]
+    TokenExists(String),
+    /// No token has this name.
+    #[error("no token named {0:?}; `drover token list` shows them")]
+    UnknownToken(String),
+    /// The token was revoked before.
+    #[error("the token {name:?} was revoked already (at {at_ms} ms since the Unix epoch)")]
+    TokenRevoked {
+        /// Its name.
+        name: String,
+        /// When it was revoked.
+        at_ms: i64,
+    },
+    /// A stored token does not decode.
+    #[error(
+        "state store: the token {name:?} is stored with {problem}; was the database written by another version of drover?"
+    )]
+    CorruptToken {
+        /// Its name.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl StateError {
+    /// Whether the store could not be written because its disk (or the
+    /// file system's quota) is full: a condition that passes when space is
+    /// freed, unlike the other errors.
+    pub fn is_disk_full(&self) -> bool {
+        fn sqlite_full(e: &rusqlite::Error) -> bool {
+            e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+        }
+        fn io_full(e: &std::io::Error) -> bool {
+            // ENOSPC, EDQUOT
+            matches!(e.raw_os_error(), Some(28) | Some(122))
+        }
+        match self {
+            StateError::DiskFull(_) => true,
+            StateError::Sql(e) | StateError::Open { source: e, .. } => sqlite_full(e),
+            StateError::Dir { source, .. } | StateError::Lock { source, .. } => io_full(source),
+            _ => false,
+        }
+    }
 }
 
 /// Where a run stands.
@@ -352,8 +404,10 @@ pub struct RunRecord {
     pub inputs: serde_json::Value,
 }
 
+pub use access::{AuditQuery, AuditRecord, Role, TokenHash, TokenRecord};
 pub use store::{Store, parse_location};
 
+mod access;
 mod store;
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::{Entry, Event, RunRecord, RunStatus, StateError};
 
+mod access;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -81,6 +83,8 @@ enum Request {
         ids: Vec<String>,
         reply: mpsc::SyncSender<Result<Vec<String>, StateError>>,
     },
+    /// Tokens and the audit trail (`access`).
+    Access(access::Write, mpsc::SyncSender<Result<access::Done, StateError>>),
 }
 
 /// The writer thread and the way to it. Dropping it ends the thread
@@ -106,6 +110,7 @@ impl std::fmt::Debug for Request {
             Request::Create(..) => "Create",
             Request::Append { .. } => "Append",
             Request::Delete { .. } => "Delete",
+            Request::Access(w, _) => w.kind(),
         })
     }
 }
@@ -137,18 +142,42 @@ impl Store {
         } else {
             (path.to_path_buf(), None)
         };
+        // The journal holds what ran where (and the server's tokens): the
+        // directory made here is the owner's alone (0700), the database
+        // and its companions 0600 (SQLite gives -wal and -shm the mode of
+        // the database file).
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StateError::Dir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
         }
         let lock = lock(&path)?;
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|source| StateError::Dir {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
         let conn = open_conn(&path, false)?;
-        conn.execute_batch(SCHEMA).map_err(|source| StateError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        conn.execute_batch(SCHEMA)
+            .and_then(|()| conn.execute_batch(access::SCHEMA))
+            .map_err(|source| StateError::Open {
+                path: path.clone(),
+                source,
+            })?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("drover-journal".into())
@@ -385,6 +414,7 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection, StateError> {
 /// Takes the owner's lock of the store at `path`, recording who holds it.
 fn lock(path: &Path) -> Result<std::fs::File, StateError> {
     use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
     let lock_path = {
         let mut p = path.as_os_str().to_owned();
         p.push(".lock");
@@ -399,6 +429,7 @@ fn lock(path: &Path) -> Result<std::fs::File, StateError> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&lock_path)
         .map_err(lock_err)?;
     match file.try_lock() {
@@ -479,7 +510,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, request: Request) -> Answer {
     ) -> Answer {
         Box::new(move |commit: Option<&StateError>| {
             let result = match (result, commit) {
+                (Ok(_), Some(e)) if e.is_disk_full() => Err(StateError::DiskFull(e.to_string())),
                 (Ok(_), Some(e)) => Err(StateError::Writer(format!("the commit failed: {e}"))),
+                (Err(e), _) if e.is_disk_full() => Err(StateError::DiskFull(e.to_string())),
                 (r, _) => r,
             };
             let _ = reply.send(result);
@@ -489,6 +522,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, request: Request) -> Answer {
         Request::Create(run, reply) => answer(reply, in_savepoint(tx, |sp| create(sp, &run))),
         Request::Append { run_id, events, reply } => answer(reply, in_savepoint(tx, |sp| append(sp, &run_id, &events))),
         Request::Delete { ids, reply } => answer(reply, in_savepoint(tx, |sp| delete_final(sp, &ids))),
+        Request::Access(write, reply) => answer(reply, in_savepoint(tx, |sp| access::apply(sp, &write))),
     }
 }
 

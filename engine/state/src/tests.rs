@@ -27,6 +27,31 @@ fn finished(status: RunStatus) -> Event {
 }
 
 #[test]
+fn the_store_and_the_directory_it_makes_are_the_owners_alone() -> Result<(), StateError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir()?;
+    let path = dir.path().join("made/state.db");
+    let s = Store::open(&path)?;
+    s.create_run(&record("r1"))?;
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    };
+    assert_eq!(mode(&dir.path().join("made")), 0o700);
+    let mut checked = 0;
+    for name in ["state.db", "state.db-wal", "state.db-shm", "state.db.lock"] {
+        let file = dir.path().join("made").join(name);
+        if file.exists() {
+            assert_eq!(mode(&file), 0o600, "{name}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "the database, its WAL and its lock: {checked}");
+    Ok(())
+}
+
+#[test]
 fn journal_survives_reopening_in_order() -> Result<(), StateError> {
     let dir = tempdir()?;
     let path = dir.path().join("nested/state.db");

@@ -19,6 +19,10 @@
 //! means to start a daemon must detach it into a session of its own with
 //! `setsid` (the webhello taskserv starts its server with `setsid nohup ...`),
 //! and should point the daemon's standard streams away from our pipes.
+//!
+//! The child's environment is [`Command::env`] plus only the variables of
+//! drover's own environment named in [`INHERITED_ENV`]: a script never sees
+//! the orchestrator's tokens or cloud credentials.
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -38,6 +42,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::mask::Masker;
+
+/// The variables of drover's own environment a command run here inherits
+/// (when set); everything else it gets comes from [`Command::env`] (the
+/// DROVER_* variables, the workflow's variables, its secrets).
+pub const INHERITED_ENV: [&str; 8] = ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ"];
 
 use super::{Command, LogLine, Outcome, Stream, Transport, TransportError};
 
@@ -175,6 +184,8 @@ impl Transport for LocalTransport {
 
         let mut child = tokio::process::Command::new(&cmd.program)
             .args(&cmd.args)
+            .env_clear()
+            .envs(INHERITED_ENV.iter().filter_map(|k| std::env::var_os(k).map(|v| (k, v))))
             .envs(cmd.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&cmd.cwd)
             .stdin(Stdio::null())

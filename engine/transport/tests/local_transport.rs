@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use drover_transport::local::LocalTransport;
+use drover_transport::local::{INHERITED_ENV, LocalTransport};
 use drover_transport::{Command, LogLine, Outcome, Stream, Transport, TransportError};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
@@ -190,6 +190,40 @@ async fn output_is_logged_when_nobody_listens() -> Result<()> {
         .await?;
     assert_eq!(outcome, Outcome::Exited(0));
     assert_eq!(log_lines(dir.path())?.len(), 100);
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_the_allowlisted_variables_of_drovers_own_environment_reach_a_command() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cmd = sh(dir.path(), "env > env.txt");
+    cmd.env = vec![("DROVER_RUN_ID".into(), "r-1".into())];
+    let (outcome, _) = run(cmd).await?;
+    assert_eq!(outcome, Outcome::Exited(0));
+    let seen: Vec<String> = std::fs::read_to_string(dir.path().join("env.txt"))?
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_string()))
+        .collect();
+    // The test runner gives this process variables of its own (CARGO_*,
+    // NEXTEST_*, ...): stand-ins for a server's tokens and credentials.
+    let foreign: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| !INHERITED_ENV.contains(&k.as_str()))
+        // The shell sets these itself.
+        .filter(|k| !["PWD", "OLDPWD", "SHLVL", "_"].contains(&k.as_str()))
+        .collect();
+    assert!(
+        !foreign.is_empty(),
+        "the test process should have variables beyond the allowlist"
+    );
+    for k in &foreign {
+        assert!(
+            !seen.contains(k),
+            "{k} of drover's environment reached the command: {seen:?}"
+        );
+    }
+    assert!(seen.iter().any(|k| k == "DROVER_RUN_ID"), "{seen:?}");
+    assert!(seen.iter().any(|k| k == "PATH"), "PATH is inherited: {seen:?}");
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! kind of failure means for the user (message and exit status). The token
 //! is never printed, logged or put in a `Debug` output.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +14,10 @@ use serde::de::DeserializeOwned;
 use super::follow::{Feed, RECONNECT_FOR};
 use super::{DEFAULT_API, ENVIRONMENT, INVALID, USAGE};
 
-/// The API's address and the token to show it.
+/// The API's address and the token to show it (also used by `drover
+/// token`).
 #[derive(Clone)]
-pub(super) struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: Url,
     token: Option<Arc<str>>,
@@ -35,9 +36,9 @@ impl std::fmt::Debug for Client {
 }
 
 /// Why the client could not be set up, and the exit status for it.
-pub(super) struct Setup {
-    pub(super) message: String,
-    pub(super) code: u8,
+pub(crate) struct Setup {
+    pub(crate) message: String,
+    pub(crate) code: u8,
 }
 
 /// How long a plain request may take (a submission evaluates KCL on the
@@ -45,7 +46,11 @@ pub(super) struct Setup {
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Client {
-    pub(super) fn new(api: &str) -> Result<Client, Setup> {
+    /// A client that trusts only the certificates in `cacert` (PEM: the CA
+    /// that issued the server's certificate, or a self-signed server
+    /// certificate) for https; without it DROVER_CACERT, else the built-in
+    /// roots.
+    pub(crate) fn with_cacert(api: &str, cacert: Option<&Path>) -> Result<Client, Setup> {
         let base = Url::parse(api)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
@@ -57,14 +62,31 @@ impl Client {
             message,
             code: ENVIRONMENT,
         })?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("drover/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Setup {
-                message: format!("cannot set up the HTTP client: {e}"),
-                code: ENVIRONMENT,
-            })?;
+            // Below `drover serve --header-timeout` (10 s by default), which
+            // also closes keep-alive connections idle that long: a pooled
+            // connection is never reused just as the server closes it.
+            .pool_idle_timeout(Duration::from_secs(5))
+            .user_agent(concat!("drover/", env!("CARGO_PKG_VERSION")));
+        let from_env = std::env::var_os("DROVER_CACERT")
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from);
+        if let Some((file, source)) = cacert
+            .map(|f| (f.to_path_buf(), "--cacert"))
+            .or(from_env.map(|f| (f, "DROVER_CACERT")))
+        {
+            // As curl's --cacert: this CA and no other, so a private
+            // server's certificate is checked against its own CA only.
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in trusted(&file, source)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| Setup {
+            message: format!("cannot set up the HTTP client: {e}"),
+            code: ENVIRONMENT,
+        })?;
         Ok(Client {
             http,
             base,
@@ -82,7 +104,7 @@ impl Client {
         url
     }
 
-    pub(super) fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+    pub(crate) fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
         let req = self.http.request(method, self.url(segments));
         match &self.token {
             Some(t) => req.bearer_auth(t),
@@ -91,7 +113,7 @@ impl Client {
     }
 
     /// Send `req`; the body of a 2xx answer as `T`, else the API's error.
-    pub(super) async fn call<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ApiError> {
+    pub(crate) async fn call<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ApiError> {
         let resp = req
             .timeout(REQUEST_TIMEOUT)
             .send()
@@ -142,9 +164,16 @@ impl Client {
     }
 
     /// Print what went wrong; the exit status for it.
-    pub(super) fn report(&self, e: &ApiError) -> ExitCode {
+    pub(crate) fn report(&self, e: &ApiError) -> ExitCode {
         let api = self.base.as_str().trim_end_matches('/');
         match e {
+            ApiError::Unreachable(detail) if self.base.scheme() == "https" && detail.contains("certificate") => {
+                eprintln!(
+                    "drover: cannot reach the drover API at {api}: {detail}; if its certificate is self-signed or \
+                     from a private CA, give that certificate or CA with --cacert FILE (or DROVER_CACERT)"
+                );
+                ExitCode::from(ENVIRONMENT)
+            }
             ApiError::Unreachable(detail) => {
                 eprintln!(
                     "drover: cannot reach the drover API at {api}: {detail}; start it with `drover serve` or set --api / DROVER_API"
@@ -171,6 +200,12 @@ impl Client {
         let api = self.base.as_str().trim_end_matches('/');
         let code = status.as_u16();
         match status {
+            // The token is valid, and this is not allowed (its role, named
+            // with the role needed in the message, or what is asked).
+            StatusCode::FORBIDDEN if body.code == "forbidden" && self.token.is_some() => {
+                eprintln!("drover: the API at {api} refused ({code}): {}", body.message);
+                ExitCode::from(ENVIRONMENT)
+            }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 match &self.token {
                     Some(_) => eprintln!(
@@ -210,6 +245,23 @@ impl Client {
             }
         }
     }
+}
+
+/// The certificates of a `--cacert` (or DROVER_CACERT, as `source` says)
+/// file.
+fn trusted(file: &Path, source: &str) -> Result<Vec<reqwest::Certificate>, Setup> {
+    let refuse = |problem: String| Setup {
+        message: format!("{source} {}: {problem}", file.display()),
+        code: ENVIRONMENT,
+    };
+    let pem = std::fs::read(file).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| refuse(format!("not valid PEM ({e})")))?;
+    if certs.is_empty() {
+        return Err(refuse(
+            "holds no certificate (a PEM block -----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    Ok(certs)
 }
 
 /// The API token and where it came from (described for messages, never
@@ -264,7 +316,7 @@ fn default_token_path() -> PathBuf {
 
 /// What went wrong talking to the API.
 #[derive(Debug)]
-pub(super) enum ApiError {
+pub(crate) enum ApiError {
     /// No connection, or it broke.
     Unreachable(String),
     /// The connection was lost for longer than [`RECONNECT_FOR`].

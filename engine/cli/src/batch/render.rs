@@ -1,7 +1,7 @@
 //! How runs are shown: status tables, the end-of-watch summary, one line
 //! per transition, the run listing's columns.
 
-use drover_server::wire::{JournalEvent, RunStatusView, TaskStatus};
+use drover_server::wire::{JournalEvent, RunAction, RunStatusView, TaskStatus};
 use drover_state::Event;
 
 use super::{CommandError, StatusFormat};
@@ -34,6 +34,9 @@ fn status_table(view: &RunStatusView) -> String {
         utc(r.created_at_ms),
         utc(r.updated_at_ms)
     );
+    if let Some(by) = &view.submitted_by {
+        let _ = writeln!(out, "submitted by {by}");
+    }
     if !view.reason.is_empty() {
         let _ = writeln!(out, "{}", view.reason);
     }
@@ -47,7 +50,29 @@ fn status_table(view: &RunStatusView) -> String {
         }
     }
     not_undone(view, &mut out);
+    actions(&view.actions, &mut out);
     out
+}
+
+/// Who did what to the run: one line per action, oldest first.
+fn actions(actions: &[RunAction], out: &mut String) {
+    use std::fmt::Write as _;
+    if actions.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Actions:");
+    for a in actions {
+        let _ = writeln!(
+            out,
+            "  {}  {}  {}{}: {}",
+            utc(a.at_ms),
+            a.by,
+            a.action,
+            a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default(),
+            one_line(&a.outcome)
+        );
+    }
 }
 
 /// The end of a watched run: every task, then the run's outcome.
@@ -146,7 +171,7 @@ fn one_line(s: &str) -> String {
 }
 
 /// Left-aligned columns two spaces apart; the last column is not padded.
-pub(super) fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn columns(header: &[&str], rows: &[Vec<String>]) -> String {
     use std::fmt::Write as _;
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
@@ -237,7 +262,7 @@ fn describe(e: &Event) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC for ms since the Unix epoch.
-pub(super) fn utc(ms: i64) -> String {
+pub(crate) fn utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
@@ -273,6 +298,51 @@ mod tests {
     fn columns_align_and_trim() {
         let rows = vec![vec!["a".to_string(), "long value".into(), "-".into()]];
         assert_eq!(columns(&["x", "y", "z"], &rows), "x  y           z\na  long value  -\n");
+    }
+
+    #[test]
+    fn the_status_table_says_who_submitted_the_run_and_who_did_what() {
+        use drover_server::wire::RunInfo;
+        let view = RunStatusView {
+            run: RunInfo {
+                run_id: "r1".into(),
+                workflow: "w".into(),
+                file: "w.k".into(),
+                status: "cancelled".into(),
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            },
+            reason: String::new(),
+            operations: Vec::new(),
+            not_undone: Vec::new(),
+            submitted_by: Some("ci".into()),
+            actions: vec![
+                RunAction {
+                    at_ms: 951_782_400_000,
+                    by: "ci".into(),
+                    action: "submit".into(),
+                    detail: Some("source (120 bytes)".into()),
+                    outcome: "ok".into(),
+                },
+                RunAction {
+                    at_ms: 951_782_401_000,
+                    by: "watcher".into(),
+                    action: "cancel".into(),
+                    detail: None,
+                    outcome: "refused (403 forbidden): POST needs the operator role".into(),
+                },
+            ],
+        };
+        let table = status_table(&view);
+        assert!(table.contains("\nsubmitted by ci\n"), "{table}");
+        assert!(
+            table.contains("\nActions:\n  2000-02-29 00:00:00  ci  submit (source (120 bytes)): ok\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("  2000-02-29 00:00:01  watcher  cancel: refused (403 forbidden)"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub client: reqwest::Client,
-    /// Sent as `Authorization: Bearer` with every request, when set.
+    /// Sent as `Authorization: Bearer` with every request, when set: at
+    /// start, the server's admin token (see `start_wrapped`).
     pub token: Option<String>,
 }
 
@@ -40,12 +41,26 @@ impl Server {
 
     /// A server over `home`, with `env` added to a clean environment.
     pub fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)], home: &Path) -> Server {
+        Server::start_wrapped(dir, args, env, home, &[])
+    }
+
+    /// [`Server::start_with`], the binary started through `wrapper` (a
+    /// program and its arguments, given the drover command line after
+    /// them), e.g. to run it in a mount namespace of its own.
+    pub fn start_wrapped(dir: &Path, args: &[&str], env: &[(&str, &str)], home: &Path, wrapper: &[&str]) -> Server {
         let stdout = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("server.out"))
             .expect("server.out");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_drover"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_drover"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_drover")),
+        };
         cmd.current_dir(dir)
             .env("DROVER_HOME", home)
             .env("DROVER_VENV", repo().join(".venv"))
@@ -59,6 +74,7 @@ impl Server {
             .arg(dir.join("state.db"))
             .arg("--logs")
             .arg(dir.join("server-logs"))
+            .args(workflows_dirs(dir, args, home))
             .args(args)
             .stdout(stdout)
             .stderr(Stdio::piped());
@@ -90,11 +106,24 @@ impl Server {
                 }
             }
         };
+        // Every server asks for a token (loopback included): the one given
+        // as DROVER_TOKEN, else the admin token it generated on its first
+        // start, `api-token` next to its state database (none with
+        // --no-auth, or with --token-file elsewhere: tests set it then).
+        let token = env
+            .iter()
+            .find(|(k, _)| *k == "DROVER_TOKEN")
+            .map(|(_, v)| v.trim().to_string())
+            .or_else(|| {
+                std::fs::read_to_string(dir.join("api-token"))
+                    .ok()
+                    .map(|t| t.trim().to_string())
+            });
         Server {
             child,
             base,
             client: reqwest::Client::new(),
-            token: None,
+            token,
         }
     }
 
@@ -238,6 +267,20 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Unless the test chooses its own: the test's directory (its workflow
+/// files are submitted by path) and the home's workflows/, when there is
+/// one, as the server's workflows directories.
+fn workflows_dirs(dir: &Path, args: &[&str], home: &Path) -> Vec<std::ffi::OsString> {
+    if args.contains(&"--workflows-dir") {
+        return Vec::new();
+    }
+    let mut out: Vec<std::ffi::OsString> = vec!["--workflows-dir".into(), dir.into()];
+    if home.join("workflows").is_dir() {
+        out.extend(["--workflows-dir".into(), home.join("workflows").into()]);
+    }
+    out
 }
 
 impl Drop for Server {

@@ -501,6 +501,8 @@ impl Server {
             .arg(state)
             .arg("--logs")
             .arg(site.dir().join("server-logs"))
+            .arg("--workflows-dir")
+            .arg(site.dir())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -75,6 +75,7 @@ impl Fixture {
         Options {
             data_dir: self.dir.path().to_path_buf(),
             logs_root: Some(self.dir.path().join("logs")),
+            retention_cap_days: None,
             max_parallel: None,
             seed: 42,
             keep_remote_dirs: false,

@@ -8,8 +8,10 @@
 #   $DROVER_VAR_CONTROL/<action>
 #
 # holding one of: (absent) succeed | fail | fail N (fail the first N
-# executions, then succeed) | sleep SECONDS | hang (start a child and wait
-# forever; pids written for the test to check).
+# executions, then succeed) | sleep SECONDS | lines N (print N numbered
+# lines, then succeed) | env (write the script's environment to
+# $DROVER_VAR_CONTROL/env.<taskserv>@<server>, then succeed) | hang (start a
+# child and wait forever; pids written for the test to check).
 #
 # Every execution appends a line to $DROVER_VAR_CONTROL/executions.log:
 #   <result> <action> <taskserv>@<server> <attempt> <idempotency key> <start ns> <end ns>
@@ -54,6 +56,16 @@ fail)
     ;;
 "sleep "*)
     sleep "${mode#sleep }"
+    ;;
+env)
+    env >"$ctl/env.$me"
+    ;;
+"lines "*)
+    i=1
+    while [ "$i" -le "${mode#lines }" ]; do
+        echo "$me line $i"
+        i=$((i + 1))
+    done
     ;;
 hang)
     sleep 1000 &
