@@ -75,6 +75,8 @@ async fn one(s: Server, providers: &Providers, pool: std::sync::Arc<Pool>, paths
         idempotency_key: "ping".into(),
         plan: None,
         connector: pool.clone(),
+        // ping decrypts no secrets: credentials come from the environment.
+        secrets: drover_provider::Secrets::default(),
     };
     let started = Instant::now();
     let facts = match provider.status(&s, &ctx).await {

@@ -416,6 +416,12 @@ impl Runner {
             idempotency_key: Self::idempotency_key(&self.run_id, task),
             plan,
             connector: self.pool.clone(),
+            secrets: drover_provider::Secrets::new(
+                self.secrets
+                    .env
+                    .iter()
+                    .filter_map(|(k, v)| k.strip_prefix("DROVER_VAR_").map(|k| (k.to_string(), v.clone()))),
+            ),
         }
     }
 

@@ -40,6 +40,48 @@ pub struct ProviderContext {
     pub plan: Option<Resources>,
     /// Reaches a server through the run's connections.
     pub connector: Arc<dyn Connector>,
+    /// The run's secrets (its workflow's SOPS files, decrypted in memory)
+    /// by the name a script sees them under without its `DROVER_VAR_`
+    /// prefix: `aws: {access_key_id: ...}` is `AWS_ACCESS_KEY_ID`. A
+    /// provider looks its credentials up here before the orchestrator's
+    /// environment, so they need not sit in the server's environment.
+    /// Every value is masked in logs, events and reports like any secret;
+    /// a provider must not put one in an error message.
+    pub secrets: Secrets,
+}
+
+/// Secret values by name; its `Debug` shows the names only.
+#[derive(Clone, Default)]
+pub struct Secrets(Arc<BTreeMap<String, String>>);
+
+impl Secrets {
+    /// From `(name, value)` pairs.
+    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Secrets {
+        Secrets(Arc::new(pairs.into_iter().collect()))
+    }
+
+    /// The value of `name`, if the run has that secret.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// `name` from the run's secrets, else from the orchestrator's own
+    /// environment (empty values count as unset).
+    pub fn or_env(&self, name: &str) -> Option<String> {
+        self.get(name)
+            .map(str::to_string)
+            .or_else(|| std::env::var(name).ok())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("names", &self.0.keys().collect::<Vec<_>>())
+            .field("values", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Opens (or reuses) the run's connection to a server.
