@@ -930,11 +930,24 @@ def report(args):
     t0 = rec["started_unix"]
     t1 = t0 + rec.get("seconds", 1e9) + 60
     stale = [b for b, d in benches.items() if d and not (t0 - 1 <= d["started_unix"] <= t1)]
+    # A benchmark measured in a run of its own (`bench.py run --only B`),
+    # whose run record is kept beside it as B.run.json: shown in its
+    # section with that run's date, commit and load, never in the top
+    # table (which is one run's).
+    separate = {}
+    for b in list(stale):
+        side = out / f"{b}.run.json"
+        if side.is_file():
+            r = json.loads(side.read_text())
+            s0 = r.get("started_unix", 0)
+            if s0 - 1 <= benches[b]["started_unix"] <= s0 + r.get("seconds", 1e9) + 60:
+                separate[b] = (benches[b], r)
+                stale.remove(b)
     # A fleet JSON without the key exchange probe predates the like-for-like
     # measurement (its ratios mixed engine speed with key-exchange cost, its
     # targets were judged on estimates): left out, said so.
     outdated = [b for b, d in benches.items() if b == "fleet" and d and not d.get("results", {}).get("kex")]
-    for b in stale + outdated:
+    for b in stale + outdated + list(separate):
         benches[b] = None
     stages = {s["name"]: s for s in rec["stages"]}
     m = rec["machine"]
@@ -990,6 +1003,9 @@ def report(args):
                 f"- {b}: **{s['status']}**; its figures are those measured before it stopped "
                 f"(see `{rel_out}/{s.get('log', b + '.log')}`)."
             )
+        if b in separate:
+            lines.append(f"- {b}: measured in a run of its own (its section below says when), not in this table.")
+            continue
         if d is None:
             s = stages.get(b)
             why = "not run" if not s else s["status"]
@@ -1013,6 +1029,22 @@ def report(args):
         d = benches.get(b)
         tasks = (d or {}).get("results", {}).get("tasks")
         title = title.replace("{tasks}", f"{tasks:,}" if tasks else "N")
+        if b in separate:
+            d, r = separate[b]
+            tasks = d.get("results", {}).get("tasks")
+            title = next(t for x, t, _ in SECTIONS if x == b).replace("{tasks}", f"{tasks:,}" if tasks else "N")
+            lines.append(f"## {title}")
+            lines.append("")
+            lines.append(
+                f"Measured in a run of its own, `python3 scripts/bench.py run --only {b}` "
+                f"({r['started'].replace('T', ' ').replace('+00:00', ' UTC')}, commit `{r.get('commit') or '?'}`"
+                f"{' with local changes' if r.get('dirty') else ''}, {r.get('profile', 'release')} build; load "
+                f"average at its start {' '.join(r.get('machine', {}).get('loadavg_at_start', []))}), not in the "
+                f"run above; its record is `{rel_out}/{b}.run.json`."
+            )
+            lines.append("")
+            section(d, lines)
+            continue
         lines.append(f"## {title}")
         lines.append("")
         if d is None:
