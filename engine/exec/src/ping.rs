@@ -75,6 +75,7 @@ async fn one(s: Server, providers: &Providers, pool: std::sync::Arc<Pool>, paths
         idempotency_key: "ping".into(),
         plan: None,
         connector: pool.clone(),
+        zones: s.zone.iter().cloned().collect(),
         // ping decrypts no secrets: credentials come from the environment.
         secrets: drover_provider::Secrets::default(),
     };

@@ -410,7 +410,19 @@ impl Runner {
                 .and_then(|p| p.plans.get(&s.plan))
                 .copied()
         });
+        let zones: std::collections::BTreeSet<String> = match server {
+            Some(s) => s.zone.iter().cloned().collect(),
+            None => self
+                .plan
+                .workflow
+                .servers
+                .iter()
+                .filter(|s| s.provider == provider)
+                .filter_map(|s| s.zone.clone())
+                .collect(),
+        };
         ProviderContext {
+            zones: zones.into_iter().collect(),
             state_dir: self.paths.provider_dir(provider),
             run_id: self.run_id.clone(),
             idempotency_key: Self::idempotency_key(&self.run_id, task),

@@ -40,6 +40,11 @@ pub struct ProviderContext {
     pub plan: Option<Resources>,
     /// Reaches a server through the run's connections.
     pub connector: Arc<dyn Connector>,
+    /// The zones of the run's servers of this provider, sorted, each once
+    /// (servers without a zone count as none): what a network call makes
+    /// or removes networks for (a subnet per zone). For a call about one
+    /// server, its zone only.
+    pub zones: Vec<String>,
     /// The run's secrets (its workflow's SOPS files, decrypted in memory)
     /// by the name a script sees them under without its `DROVER_VAR_`
     /// prefix: `aws: {access_key_id: ...}` is `AWS_ACCESS_KEY_ID`. A

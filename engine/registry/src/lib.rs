@@ -13,4 +13,6 @@ pub fn providers() -> Providers {
     Providers::new()
         .with(drover_provider_local::LocalProvider)
         .with(drover_provider_static::StaticProvider)
+        .with(drover_provider_aws::AwsProvider::new())
+        .with(drover_provider_upcloud::UpcloudProvider::new())
 }
