@@ -170,7 +170,7 @@ pub struct Options {
     pub max_parallel: Option<u32>,
     /// Seed of retry jitter.
     pub seed: u64,
-    /// Leave the run's directories on SSH hosts (/tmp/drover-<run>) for
+    /// Leave the run's directories on SSH hosts ($TMPDIR/drover-<run>) for
     /// inspection instead of removing them at the end.
     pub keep_remote_dirs: bool,
     /// Start (or resume) with dispatching paused: an operator's pause that

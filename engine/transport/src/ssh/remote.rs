@@ -163,12 +163,24 @@ done
 kill -s KILL -- "-$1" 2> /dev/null
 exit 0"#;
 
-/// Makes a run's directory `/tmp/drover-$1`, mode 700, and prints it.
+/// Makes a run's directory `$TMPDIR/drover-$1` (`/tmp` when TMPDIR is
+/// unset or not absolute), mode 700, and prints it.
+///
+/// TMPDIR counts because hosts that share one /tmp give each session a
+/// temporary directory of its own (the local provider's hosts do): two
+/// hosts of one run must never share the run's directory, or one host's
+/// staging and cleanup would change the files a script on the other is
+/// running from.
 ///
 /// The name is predictable (the run id), so an existing directory is only
 /// accepted if it is ours and not a symbolic link: on a shared host another
 /// user could have made it first.
-pub(super) const RUN_DIR: &str = r#"d=/tmp/drover-$1
+pub(super) const RUN_DIR: &str = r#"t=${TMPDIR:-/tmp}
+case $t in
+/*) ;;
+*) t=/tmp ;;
+esac
+d=${t%/}/drover-$1
 if mkdir -m 700 -- "$d" 2> /dev/null; then
 	:
 elif [ -d "$d" ] && [ ! -h "$d" ] && [ -O "$d" ]; then
@@ -414,7 +426,7 @@ pub(super) fn is_not_found(message: &str) -> bool {
     message.starts_with("cannot run ") && message.ends_with(": not found or not executable")
 }
 
-/// Whether `id` can name a run directory `/tmp/drover-<id>`: no path
+/// Whether `id` can name a run directory `$TMPDIR/drover-<id>`: no path
 /// separators, nothing the shell or a reader of `ps` could misread.
 pub(super) fn valid_run_id(id: &str) -> bool {
     !id.is_empty()
