@@ -31,7 +31,10 @@ const MAX_PARALLEL: usize = 3;
 /// One create (the static provider's probe) per host, one install per
 /// (taskserv, host).
 const TASKS: usize = HOSTS * (1 + TASKSERVS.len());
-const KILLS: usize = 24;
+/// Kill points scheduled; at least 20 must land before the run finishes. Some
+/// fall after its end on a fast or a loaded machine (seen: 19 of 24), so more
+/// are scheduled than required.
+const KILLS: usize = 30;
 /// No single wait of the test (for a trigger, for the last process) lasts
 /// longer: beyond it the run is stuck, which is a finding.
 const STUCK: Duration = Duration::from_secs(60);
