@@ -22,7 +22,7 @@ use drover_state::{AuditQuery, AuditRecord, RunRecord, RunStatus};
 use futures_util::Stream;
 use utoipa::OpenApi;
 
-use crate::auth::{Auth, Caller, outcome_of, record_audit};
+use crate::auth::{Auth, Caller, outcome_of, record_audit, record_refusal};
 use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::logs::{StreamReader, stream_file};
 use crate::orchestrator::{Orchestrator, exec_error};
@@ -960,14 +960,7 @@ async fn create_token(
         Err(e) => {
             // The creation and its record are one write; a refusal is
             // recorded on its own.
-            record_audit(
-                orch.store(),
-                AuditRecord {
-                    outcome: outcome_of(&e),
-                    ..audit
-                },
-            )
-            .await;
+            record_refusal(orch.store(), audit, &e).await;
             Err(e)
         }
     }
@@ -1016,14 +1009,7 @@ async fn revoke_token(
             revoked_at_ms: t.revoked_at_ms,
         })),
         Err(e) => {
-            record_audit(
-                orch.store(),
-                AuditRecord {
-                    outcome: outcome_of(&e),
-                    ..audit
-                },
-            )
-            .await;
+            record_refusal(orch.store(), audit, &e).await;
             Err(e)
         }
     }

@@ -625,6 +625,13 @@ pub async fn record_audit(store: &Arc<Store>, record: AuditRecord) {
     }
 }
 
+/// Append `audit` to the trail as refused with `e` (an action that was
+/// asked for and not done is recorded too).
+pub async fn record_refusal(store: &Arc<Store>, audit: AuditRecord, e: &ApiError) {
+    let outcome = outcome_of(e);
+    record_audit(store, AuditRecord { outcome, ..audit }).await;
+}
+
 /// The admin token from `file`; generated (256 random bits, hex, mode
 /// 0600, in a directory made 0700) when the file does not exist.
 pub fn load_or_create(file: &Path) -> Result<String, AuthError> {
