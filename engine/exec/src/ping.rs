@@ -93,6 +93,9 @@ async fn one(s: Server, providers: &Providers, pool: std::sync::Arc<Pool>, paths
     let cmd = Command {
         program: "true".into(),
         args: Vec::new(),
+        script: None,
+        files: None,
+        remove_run_dir: false,
         env: Vec::new(),
         cwd: PathBuf::from("/"),
         timeout: Some(Duration::from_secs(5)),

@@ -758,7 +758,9 @@ fn executor_for(
         tx,
     )
     .with_secrets(prepared.secrets.clone(), prepared.mask.clone());
-    (Arc::new(runner), rx)
+    let runner = Arc::new(runner);
+    runner.warm_up();
+    (runner, rx)
 }
 
 /// Everything a launch needs.

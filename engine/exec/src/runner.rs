@@ -26,7 +26,7 @@ use drover_provider::{
 use drover_transport::local::LocalTransport;
 use drover_transport::mask::Masker;
 use drover_transport::ssh::{self, SshTransport};
-use drover_transport::{Command, LogLine, Outcome, Transport, TransportError};
+use drover_transport::{Command, Files, LogLine, Outcome, Transport, TransportError};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -327,7 +327,12 @@ pub struct Runner {
     /// Each taskserv's scripts copied once per run (links resolved), for
     /// every server to stage from; the cell makes concurrent first uses
     /// share one copy.
-    scripts: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<PathBuf>>>>,
+    scripts: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<Scripts>>>>>,
+    /// Per server, its script tasks not yet succeeded: the last one's
+    /// command also removes the run's directory there (see
+    /// [`Command::remove_run_dir`]), so the end of the run costs no round
+    /// trip to it.
+    left: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 impl Runner {
@@ -341,6 +346,16 @@ impl Runner {
         lines: Option<mpsc::UnboundedSender<TaskLine>>,
     ) -> Runner {
         let pool = Arc::new(Pool::new(&paths));
+        let mut left: HashMap<String, usize> = HashMap::new();
+        for task in plan.graph.node_weights().filter_map(|n| n.task()) {
+            if matches!(
+                task.action,
+                Action::Install | Action::Update | Action::Remove | Action::Check
+            ) && let Some(server) = &task.server
+            {
+                *left.entry(server.clone()).or_default() += 1;
+            }
+        }
         Runner {
             run_id,
             plan,
@@ -353,6 +368,64 @@ impl Runner {
             pool,
             facts: tokio::sync::Mutex::new(HashMap::new()),
             scripts: tokio::sync::Mutex::new(HashMap::new()),
+            left: std::sync::Mutex::new(left),
+        }
+    }
+
+    /// Whether `task` is the last script task left on `server` (the others
+    /// have succeeded).
+    fn is_last_on(&self, server: &str) -> bool {
+        self.left
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(server)
+            == Some(&1)
+    }
+
+    /// A script task on `server` succeeded.
+    fn done_on(&self, server: &str) {
+        if let Some(n) = self
+            .left
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(server)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Opens the connection to every server the plan runs scripts on that
+    /// exists already (asks its provider's status, which connects), in the
+    /// background, as soon as the run starts: the first task on each finds
+    /// it open. Servers the run creates are reached when they are made.
+    pub fn warm_up(self: &Arc<Self>) {
+        let created: HashSet<&str> = self
+            .plan
+            .graph
+            .node_weights()
+            .filter_map(|n| n.task())
+            .filter(|t| t.action == Action::CreateServer)
+            .filter_map(|t| t.server.as_deref())
+            .collect();
+        let servers: Vec<String> = self
+            .left
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .filter(|s| !created.contains(s.as_str()))
+            .cloned()
+            .collect();
+        for name in servers {
+            let runner = self.clone();
+            tokio::spawn(async move {
+                // A failure here is met again, and reported, by the
+                // server's first task.
+                if let Ok(server) = runner.server(&name)
+                    && let Ok(facts) = runner.facts(server, "connect").await
+                {
+                    let _ = runner.pool.host(server, &facts).await;
+                }
+            });
         }
     }
 
@@ -527,9 +600,10 @@ impl Runner {
             .ok_or_else(|| TaskFailure::permanent(format!("taskserv {taskserv} has no folder")))
     }
 
-    /// The taskserv's scripts copied for this run with links resolved
-    /// (fs::copy follows them; transports refuse links), made once.
-    async fn scripts_copy(&self, taskserv: &str) -> Result<PathBuf, TaskFailure> {
+    /// A taskserv's scripts, read once per run (links resolved): sent
+    /// with each command, or a copy of the folder to stage (see
+    /// [`Scripts`]).
+    async fn scripts_of(&self, taskserv: &str) -> Result<Arc<Scripts>, TaskFailure> {
         let cell = self
             .scripts
             .lock()
@@ -537,66 +611,59 @@ impl Runner {
             .entry(taskserv.to_string())
             .or_default()
             .clone();
-        let copy = cell
+        let scripts = cell
             .get_or_try_init(|| async {
                 let local = self.scripts_dir(taskserv)?;
                 let copy = self.paths.work_dir(&self.run_id).join("scripts").join(taskserv);
                 let (from, to) = (local.clone(), copy.clone());
-                let made = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                    let _ = std::fs::remove_dir_all(&to);
-                    std::fs::create_dir_all(&to)?;
-                    for e in std::fs::read_dir(&from)?.flatten() {
-                        if e.path().is_file() {
-                            let dest = to.join(e.file_name());
-                            std::fs::copy(e.path(), &dest)?;
-                            std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-                        }
-                    }
-                    Ok(())
-                })
-                .await
-                .map_err(|e| TaskFailure::transient(format!("copying the scripts of {taskserv}: {e}")))?;
-                made.map_err(|e| {
+                let made = tokio::task::spawn_blocking(move || Scripts::read(&from, &to))
+                    .await
+                    .map_err(|e| TaskFailure::transient(format!("reading the scripts of {taskserv}: {e}")))?;
+                let scripts = made.map_err(|e| {
                     TaskFailure::transient(format!(
-                        "cannot copy the scripts of {taskserv} from {}: {e}",
+                        "cannot read the scripts of {taskserv} from {}: {e}",
                         local.display()
                     ))
                 })?;
-                Ok::<_, TaskFailure>(copy)
+                Ok::<_, TaskFailure>(Arc::new(scripts))
             })
             .await?;
-        Ok(copy.clone())
+        Ok(scripts.clone())
     }
 
-    /// The taskserv's scripts on the server (staged once per run, links
-    /// resolved): the directory holding them there.
-    async fn stage_scripts(&self, conn: &HostConn, run_dir: &str, taskserv: &str) -> Result<String, TaskFailure> {
+    /// The taskserv's scripts folder on the server (staged once per run
+    /// and host, as one archive): the directory holding it there.
+    async fn stage_scripts(
+        &self,
+        conn: &HostConn,
+        run_dir: &str,
+        taskserv: &str,
+        copy: &Path,
+    ) -> Result<String, TaskFailure> {
         let remote = format!("{run_dir}/taskserv-{taskserv}");
         let mut staged = conn.staged.lock().await;
         if staged.contains(taskserv) {
             return Ok(remote);
         }
-        let copy = self.scripts_copy(taskserv).await?;
         conn.transport
-            .stage(&copy, &remote)
+            .stage(copy, &remote)
             .await
             .map_err(|e| self.transport_failure(&e))?;
         staged.insert(taskserv.to_string());
         Ok(remote)
     }
 
-    /// The taskserv's templates rendered for `server` and staged into the
-    /// run's directory there (owner-only: they may hold secrets); the
-    /// remote directory, or None when it ships none. The local copy is
-    /// gone when this returns.
-    async fn stage_templates(
+    /// The taskserv's templates rendered for `server`, as files of the
+    /// command that uses them, in the run's directory there: written when
+    /// it starts and removed when it ends (owner-only; they may hold
+    /// secrets). None when it ships none.
+    fn templates(
         &self,
-        conn: &HostConn,
         run_dir: &str,
         taskserv: &str,
         server: &Server,
         task: &str,
-    ) -> Result<Option<String>, TaskFailure> {
+    ) -> Result<Option<Files>, TaskFailure> {
         let Some(decl) = self.catalog.taskservs.get(taskserv) else {
             return Ok(None);
         };
@@ -606,44 +673,11 @@ impl Runner {
         let ctx = crate::template::context(taskserv, server, &self.plan.workflow.variables, &self.secrets.tree);
         let rendered = crate::template::render_dir(&src, &ctx)
             .map_err(|e| TaskFailure::permanent(self.mask.mask(&e.to_string())))?;
-        let local = self.paths.work_dir(&self.run_id).join("templates").join(format!(
-            "{}-{}",
-            server.hostname,
-            Self::log_file(Path::new(""), task).display()
-        ));
-        let write = async {
-            use std::os::unix::fs::PermissionsExt;
-            tokio::fs::create_dir_all(&local).await?;
-            tokio::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o700)).await?;
-            for r in &rendered {
-                let mut f = tokio::fs::OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(local.join(&r.name))
-                    .await?;
-                f.write_all(r.content.as_bytes()).await?;
-            }
-            Ok::<(), std::io::Error>(())
-        };
-        let written = write.await;
-        let remote = format!("{run_dir}/templates-{taskserv}");
-        let staged = match written {
-            Ok(()) => conn
-                .transport
-                .stage(&local, &remote)
-                .await
-                .map_err(|e| self.transport_failure(&e)),
-            Err(e) => Err(TaskFailure::transient(format!(
-                "cannot write rendered templates to {}: {e}",
-                local.display()
-            ))),
-        };
-        // The rendered files may hold secrets: here they live only until
-        // they are on the server.
-        let _ = tokio::fs::remove_dir_all(&local).await;
-        staged.map(|()| Some(remote))
+        let dir = format!("{run_dir}/templates-{}", Self::log_file(Path::new(""), task).display());
+        Ok(Some(Files {
+            dir,
+            files: rendered.into_iter().map(|r| (r.name, r.content)).collect(),
+        }))
     }
 
     /// Run a shell program on `server` with the task's environment,
@@ -654,10 +688,11 @@ impl Runner {
         attempt: u32,
         on: On<'_>,
         what: What<'_>,
-        timeout: Duration,
+        how: How,
         cancel: CancellationToken,
     ) -> Result<Outcome, TaskFailure> {
         let On { server, facts } = on;
+        let How { timeout, last } = how;
         let conn = self
             .pool
             .host(server, facts)
@@ -667,54 +702,58 @@ impl Runner {
             .run_dir(&self.run_id)
             .await
             .map_err(|e| self.transport_failure(&e))?;
-        let args = match what {
-            What::Script(taskserv, script) => {
-                let dir = self.stage_scripts(&conn, &run_dir, taskserv).await?;
-                vec![format!("{dir}/{}", script.file_name())]
-            }
-            What::Command(c) => vec!["-c".to_string(), c],
+        let (args, script) = match what {
+            What::Script(taskserv, script) => match &*self.scripts_of(taskserv).await? {
+                Scripts::Inline(texts) => {
+                    let text = texts.get(script.file_name()).ok_or_else(|| {
+                        TaskFailure::permanent(format!("taskserv {taskserv} has no scripts/{}", script.file_name()))
+                    })?;
+                    (vec![script.file_name().to_string()], Some(text.clone()))
+                }
+                Scripts::Folder(copy) => {
+                    let dir = self.stage_scripts(&conn, &run_dir, taskserv, copy).await?;
+                    (vec![format!("{dir}/{}", script.file_name())], None)
+                }
+            },
+            What::Command(c) => (vec!["health-check".to_string()], Some(c)),
         };
         let mut env = self.env(task, attempt, server, facts);
-        let templates = match &task.taskserv {
-            Some(t) => self.stage_templates(&conn, &run_dir, t, server, &task.id).await?,
+        let files = match &task.taskserv {
+            Some(t) => self.templates(&run_dir, t, server, &task.id)?,
             None => None,
         };
-        if let Some(dir) = &templates {
-            env.push(("DROVER_TEMPLATES".to_string(), dir.clone()));
+        if let Some(files) = &files {
+            env.push(("DROVER_TEMPLATES".to_string(), files.dir.clone()));
         }
         let cwd = PathBuf::from(format!("{run_dir}/work"));
-        let result = self
-            .exec_on(conn.transport.as_ref(), task, args, env, cwd, timeout, cancel)
-            .await;
-        // The rendered templates may hold secrets: they live only as long
-        // as the script that uses them.
-        if let Some(dir) = &templates {
-            let _ = conn.transport.remove(dir).await;
-        }
-        result
-    }
-
-    /// Run through `transport`, streaming lines to the live view.
-    #[allow(clippy::too_many_arguments)]
-    async fn exec_on(
-        &self,
-        transport: &dyn Transport,
-        task: &Task,
-        args: Vec<String>,
-        env: Vec<(String, String)>,
-        cwd: PathBuf,
-        timeout: Duration,
-        cancel: CancellationToken,
-    ) -> Result<Outcome, TaskFailure> {
         let cmd = Command {
             program: "/bin/sh".into(),
             args,
+            script,
+            files,
+            remove_run_dir: last && !self.paths.keep_remote_dirs,
             env,
             cwd,
             timeout: Some(timeout),
             log: Self::log_file(&self.paths.logs_dir, &task.id),
             mask: self.mask.clone(),
         };
+        let result = self.exec_on(conn.transport.as_ref(), task, cmd, cancel).await;
+        if last {
+            // The folders staged there went with the directory.
+            conn.staged.lock().await.clear();
+        }
+        result
+    }
+
+    /// Run through `transport`, streaming lines to the live view.
+    async fn exec_on(
+        &self,
+        transport: &dyn Transport,
+        task: &Task,
+        cmd: Command,
+        cancel: CancellationToken,
+    ) -> Result<Outcome, TaskFailure> {
         let (tx, forward) = match &self.lines {
             Some(out) => {
                 let (tx, mut rx) = mpsc::unbounded_channel::<LogLine>();
@@ -736,11 +775,15 @@ impl Runner {
         result.map_err(|e| self.transport_failure(&e))
     }
 
+    /// Runs `script` of the task's taskserv (and its health check after
+    /// install and update). `forward`: the task runs as planned (not as
+    /// an undo), so that its last command may end the run on the server.
     async fn run_script(
         &self,
         task: &Task,
         attempt: u32,
         script: Script,
+        forward: bool,
         cancel: CancellationToken,
     ) -> Result<(), TaskFailure> {
         let (Some(server_name), Some(taskserv)) = (&task.server, &task.taskserv) else {
@@ -752,24 +795,30 @@ impl Runner {
         let server = self.server(server_name)?;
         let facts = self.facts(server, &task.id).await?;
         let timeout = Duration::from_secs(self.plan.operations[task.operation].timeout);
+        let health_check = if matches!(script, Script::Install | Script::Update) {
+            self.catalog
+                .taskservs
+                .get(taskserv)
+                .and_then(|d| d.health_check.clone())
+        } else {
+            None
+        };
+        let last_here = forward && self.is_last_on(server_name);
         let outcome = self
             .shell(
                 task,
                 attempt,
                 On { server, facts: &facts },
                 What::Script(taskserv, script),
-                timeout,
+                How {
+                    timeout,
+                    last: last_here && health_check.is_none(),
+                },
                 cancel.clone(),
             )
             .await?;
         check_outcome(&outcome, &format!("{} of {taskserv}", script.file_name()), timeout)?;
-        if matches!(script, Script::Install | Script::Update)
-            && let Some(hc) = self
-                .catalog
-                .taskservs
-                .get(taskserv)
-                .and_then(|d| d.health_check.clone())
-        {
+        if let Some(hc) = health_check {
             let timeout = Duration::from_secs(hc.timeout);
             let mut last = TaskFailure::transient("");
             for n in 0..=hc.retries {
@@ -787,7 +836,10 @@ impl Runner {
                         attempt,
                         On { server, facts: &facts },
                         What::Command(hc.command.clone()),
-                        timeout,
+                        How {
+                            timeout,
+                            last: last_here,
+                        },
                         cancel.clone(),
                     )
                     .await?;
@@ -879,9 +931,85 @@ fn found(facts: &ServerFacts) -> Found {
 
 /// What a task runs: one of its taskserv's scripts, or a shell command
 /// (health checks, wait conditions).
+/// A taskserv's scripts, as a run uses them.
+#[derive(Debug)]
+enum Scripts {
+    /// Only drover's own lifecycle scripts (install.sh, remove.sh, ...),
+    /// none over [`INLINE_SCRIPT`] bytes and none that finds its own path
+    /// (`$0`, `BASH_SOURCE`): each is sent with the command that runs it,
+    /// as its text; nothing is staged.
+    Inline(BTreeMap<String, String>),
+    /// Anything else (a library the scripts source, a file they read, a
+    /// script that looks for its folder): this copy of the folder (links
+    /// resolved, files mode 700), staged once on each host that needs it,
+    /// as one archive.
+    Folder(PathBuf),
+}
+
+/// The largest script sent inline (see [`Scripts::Inline`]).
+const INLINE_SCRIPT: u64 = 64 * 1024;
+
+impl Scripts {
+    /// Reads the scripts folder `from`; copies it to `copy` when it must be
+    /// staged.
+    fn read(from: &Path, copy: &Path) -> std::io::Result<Scripts> {
+        let mut texts = BTreeMap::new();
+        let mut inline = true;
+        for entry in std::fs::read_dir(from)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            // Follows links, as the copy does.
+            let meta = std::fs::metadata(&path)?;
+            let lifecycle = Script::ALL.iter().any(|s| s.file_name() == name);
+            if !meta.is_file() || !lifecycle || meta.len() > INLINE_SCRIPT {
+                inline = false;
+                break;
+            }
+            match String::from_utf8(std::fs::read(&path)?) {
+                Ok(text) if !text.contains('\0') && !finds_own_path(&text) => {
+                    texts.insert(name, text);
+                }
+                _ => {
+                    inline = false;
+                    break;
+                }
+            }
+        }
+        if inline {
+            return Ok(Scripts::Inline(texts));
+        }
+        let _ = std::fs::remove_dir_all(copy);
+        std::fs::create_dir_all(copy)?;
+        for e in std::fs::read_dir(from)?.flatten() {
+            if e.path().is_file() {
+                let dest = copy.join(e.file_name());
+                std::fs::copy(e.path(), &dest)?;
+                std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            }
+        }
+        Ok(Scripts::Folder(copy.to_path_buf()))
+    }
+}
+
+/// Whether a script looks for its own path (and so, likely, its folder).
+fn finds_own_path(text: &str) -> bool {
+    text.contains("$0") || text.contains("${0") || text.contains("BASH_SOURCE")
+}
+
 enum What<'a> {
     Script(&'a str, Script),
     Command(String),
+}
+
+/// How a command runs: its time limit, and whether it is the run's last
+/// on the server (see [`Command::remove_run_dir`]).
+#[derive(Clone, Copy)]
+struct How {
+    timeout: Duration,
+    last: bool,
 }
 
 /// The server a command runs on, with what its provider reports.
@@ -920,9 +1048,13 @@ impl TaskExecutor for Runner {
                     Action::Remove => Script::Remove,
                     _ => Script::Check,
                 };
-                self.run_script(task, attempt, script, cancel)
-                    .await
-                    .map(|()| Found::new())
+                let done = self.run_script(task, attempt, script, true, cancel).await;
+                if done.is_ok()
+                    && let Some(server) = &task.server
+                {
+                    self.done_on(server);
+                }
+                done.map(|()| Found::new())
             }
             Action::CreateNetwork => {
                 let p = task.provider.as_deref().unwrap_or_default();
@@ -994,8 +1126,8 @@ impl TaskExecutor for Runner {
             Compensation::Run(action) => {
                 self.log(&task.id, &format!("--- undo: {action} ---\n")).await;
                 match task.action {
-                    Action::Install => self.run_script(task, 0, Script::Remove, cancel).await,
-                    Action::Update => self.run_script(task, 0, Script::Rollback, cancel).await,
+                    Action::Install => self.run_script(task, 0, Script::Remove, false, cancel).await,
+                    Action::Update => self.run_script(task, 0, Script::Rollback, false, cancel).await,
                     Action::CreateServer => {
                         let mut delete = task.clone();
                         delete.action = Action::DeleteServer;
@@ -1029,7 +1161,6 @@ impl TaskExecutor for Runner {
         let timeout = Duration::from_secs(condition.interval.max(1));
         let mut env = vec![("DROVER_RUN_ID".to_string(), self.run_id.clone())];
         let log = self.paths.logs_dir.join("wait-conditions.log");
-        let args = vec!["-c".to_string(), condition.command.clone()];
         // Where it runs: the server's transport in the run's directory
         // there, or here.
         let (transport, cwd): (Arc<dyn Transport>, PathBuf) = match &condition.server {
@@ -1060,7 +1191,10 @@ impl TaskExecutor for Runner {
         };
         let cmd = Command {
             program: "/bin/sh".into(),
-            args,
+            args: vec!["wait-condition".to_string()],
+            script: Some(condition.command.clone()),
+            files: None,
+            remove_run_dir: false,
             env,
             cwd,
             timeout: Some(timeout),

@@ -41,6 +41,22 @@ pub struct Command {
     pub program: String,
     /// Its arguments, e.g. the script path. Never secrets.
     pub args: Vec<String>,
+    /// A shell script's text, run as `program -c SCRIPT ARGS...` (so
+    /// `args[0]` is its `$0`); `program` must then be a POSIX shell
+    /// (`/bin/sh`). Nothing is staged for it: the SSH transport sends it
+    /// with the command (up to [`MAX_INLINE_SCRIPT`] bytes).
+    pub script: Option<String>,
+    /// Files written before the command starts and removed when it has
+    /// ended, whatever its outcome: rendered templates, which may hold
+    /// secrets, live only as long as the command that reads them.
+    pub files: Option<Files>,
+    /// Remove the run's directory that `cwd` is in once the command has
+    /// ended: it is the run's last command on this server, and the end of
+    /// the run then has nothing left to remove there (a later command or
+    /// staging makes the directory again). Only the SSH transport acts on
+    /// it; the local one removes its directories in
+    /// [`Transport::finish`], which costs no round trip.
+    pub remove_run_dir: bool,
     /// Variables added to the environment (secrets may be here).
     pub env: Vec<(String, String)>,
     /// The working directory; made if missing.
@@ -52,6 +68,51 @@ pub struct Command {
     /// Secrets replaced in every output line before it is logged or
     /// streamed, including a secret the command echoes back.
     pub mask: crate::mask::Masker,
+}
+
+/// The longest [`Command::script`]: what one argument of a Linux command
+/// line can hold (128 KiB) with room for the transport's own lines.
+pub const MAX_INLINE_SCRIPT: usize = 120 * 1024;
+
+/// Files for one command (see [`Command::files`]).
+#[derive(Clone, Default)]
+pub struct Files {
+    /// The directory they go into (absolute; made mode 700), removed with
+    /// them afterwards.
+    pub dir: String,
+    /// Each file's name (one path component) and content (mode 600).
+    pub files: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Files {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The contents may hold secrets.
+        let names: Vec<&str> = self.files.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("Files")
+            .field("dir", &self.dir)
+            .field("names", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Files {
+    /// Why these files cannot be written, if they cannot: a name that is
+    /// not one path component, a directory that is not absolute, a NUL
+    /// byte.
+    pub fn problem(&self) -> Option<String> {
+        if !self.dir.starts_with('/') || self.dir.contains('\0') || self.dir.trim_end_matches('/').is_empty() {
+            return Some(format!("{:?} is not an absolute directory below /", self.dir));
+        }
+        for (name, content) in &self.files {
+            if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+                return Some(format!("{name:?} is not a file name"));
+            }
+            if content.contains('\0') {
+                return Some(format!("the content of {name} holds a NUL byte"));
+            }
+        }
+        None
+    }
 }
 
 /// Which stream a line came from.

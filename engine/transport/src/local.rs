@@ -181,8 +181,71 @@ impl Transport for LocalTransport {
         // Opened before spawning: a command whose output cannot be recorded
         // is not started.
         let log = open_log(&cmd.log).await?;
+        if let Some(files) = &cmd.files {
+            write_files(files).await?;
+        }
+        let outcome = self.run(&cmd, log, lines, cancel).await;
+        if let Some(files) = &cmd.files {
+            // They may hold secrets: gone whatever the outcome.
+            let _ = tokio::fs::remove_dir_all(&files.dir).await;
+        }
+        // `remove_run_dir` is not acted on here: removing a local directory
+        // at the end of the run costs no round trip (see `finish`).
+        outcome
+    }
+}
 
-        let mut child = tokio::process::Command::new(&cmd.program)
+/// Writes a command's files: the directory 700, each file 600.
+async fn write_files(files: &crate::Files) -> Result<(), TransportError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(problem) = files.problem() {
+        return Err(TransportError::Files {
+            what: format!("cannot write the command's files into {}", files.dir),
+            source: io::Error::new(io::ErrorKind::InvalidInput, problem),
+        });
+    }
+    let files = files.clone();
+    tokio::task::spawn_blocking(move || {
+        let what = format!("cannot write the command's files into {}", files.dir);
+        let write = || -> io::Result<()> {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&files.dir)?;
+            for (name, content) in &files.files {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(Path::new(&files.dir).join(name))?;
+                std::io::Write::write_all(&mut file, content.as_bytes())?;
+            }
+            Ok(())
+        };
+        write().map_err(|source| {
+            let _ = std::fs::remove_dir_all(&files.dir);
+            TransportError::Files { what, source }
+        })
+    })
+    .await
+    .map_err(|e| TransportError::Io(io::Error::other(e)))?
+}
+
+impl LocalTransport {
+    /// [`Transport::exec`] once the log is open and the files written.
+    async fn run(
+        &self,
+        cmd: &Command,
+        log: BufWriter<File>,
+        lines: Option<mpsc::UnboundedSender<LogLine>>,
+        cancel: CancellationToken,
+    ) -> Result<Outcome, TransportError> {
+        let mut command = tokio::process::Command::new(&cmd.program);
+        if let Some(script) = &cmd.script {
+            command.arg("-c").arg(script);
+        }
+        let mut child = command
             .args(&cmd.args)
             .env_clear()
             .envs(INHERITED_ENV.iter().filter_map(|k| std::env::var_os(k).map(|v| (k, v))))

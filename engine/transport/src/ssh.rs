@@ -1,7 +1,7 @@
 //! The SSH transport: runs commands on one server over one SSH connection,
-//! agentless (nothing is installed on the server; it needs sshd with the
-//! SFTP subsystem, /bin/sh, util-linux `setsid` and /proc; with
-//! `ssh.become`, sudo and tar).
+//! agentless (nothing is installed on the server; it needs sshd, /bin/sh,
+//! util-linux `setsid`, /proc, and `tar` to stage a directory; with
+//! `ssh.become`, sudo).
 //!
 //! Layout:
 //!
@@ -12,31 +12,30 @@
 //!   bastions (`jump`: one pooled connection per bastion, shared by every
 //!   server behind it), the host key checked against the known_hosts files
 //!   (`known_hosts`: hashed names, `[host]:port`, patterns, `@revoked`),
-//!   then the key file, ssh-agent and the default identity files. It then
-//!   makes a remote directory for this transport
-//!   (`/tmp/drover-ssh.XXXXXXXXXX`, mode 700) holding the wrapper script
-//!   (`remote::WRAPPER`), after checking, under `ssh.become`, that `sudo -n`
-//!   lets the login user become the become user. `connection` holds what is
-//!   done on one connection below the level of a command (helper scripts,
-//!   SFTP, environment files, ending process groups); `error` the error
-//!   type.
-//! - With `ssh.become` (`SshTarget::become_user`) every command runs
-//!   through `sudo -n -u USER` (`remote::BECOME_OUTER`, `BECOME_INNER`):
-//!   the login user's side opens and unlinks the environment file and hands
-//!   it to the become user's side as standard input. Run directories,
-//!   staged files (a tar stream extracted by the become user), removals and
-//!   the ending of process groups go through sudo as well; the transport's
-//!   own directory stays the login user's.
-//! - Every [`Transport::exec`] opens a session channel on that connection
-//!   (at most [`EXEC_CHANNELS`] at once), uploads the command's environment
-//!   as a mode-600 file over SFTP into the directory, and runs the wrapper,
-//!   which unlinks the file, reports the process group it runs in, enters
-//!   the working directory, loads the environment and `exec`s the program.
-//!   Output is split into lines, masked, logged and streamed (`output`).
+//!   then the key file, ssh-agent and the default identity files. Nothing
+//!   runs on the server yet. `connection` holds what is done on one
+//!   connection below the level of a command (helper scripts, ending
+//!   process groups); `error` the error type.
+//! - Every [`Transport::exec`] is one session channel on that connection
+//!   (at most [`EXEC_CHANNELS`] at once) and one round trip: the channel
+//!   runs `/bin/sh -s` and gets the command's whole program on standard
+//!   input (`remote::task_program`): make the run directory and enter the
+//!   working directory, write the command's files, start the command with
+//!   its environment in a process group of its own (`setsid`), wait for it,
+//!   end what it left in its group, remove the files. The command reports
+//!   its group first thing; its output is split into lines, masked, logged
+//!   and streamed (`output`). The run directory (`$TMPDIR/drover-<run>` as
+//!   the provider knows TMPDIR, else `/tmp/drover-<run>`) is named here,
+//!   without asking the server, and made by the first command or staging
+//!   that needs it.
+//! - With `ssh.become` (`SshTarget::become_user`) the channel runs
+//!   `sudo -n -u USER -- /bin/sh -s` instead: the same program, as the
+//!   become user (sudo passes standard input on). Staging and removals go
+//!   through sudo as well. A refusal by sudo is reported as such.
+//! - [`Transport::stage`] sends a directory as one tar stream on one
+//!   channel, extracted by the server's `tar`.
 //! - On timeout or cancellation a second channel runs `remote::KILL_GROUP`
-//!   against the reported group: SIGTERM, two seconds, SIGKILL. After a
-//!   normal exit the same script ends whatever the command left running in
-//!   its group, as the local transport does.
+//!   against the reported group: SIGTERM, two seconds, SIGKILL.
 //! - A connection that broke (sshd restarted, the network dropped) is
 //!   replaced on the next use, once per call; commands that were running
 //!   on it are reported as failed, and their process groups are ended
@@ -67,7 +66,6 @@ pub fn open_connections() -> i64 {
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -84,8 +82,8 @@ use self::remote::{Group, Header};
 use super::{Command, LogLine, Outcome, Stream, Transport, TransportError};
 
 /// Commands running at once on one connection. OpenSSH's sshd refuses
-/// channels beyond `MaxSessions` (10 by default) per connection; the other
-/// two are the SFTP channel and the one that signals process groups.
+/// channels beyond `MaxSessions` (10 by default) per connection; one more
+/// is the channel that signals process groups, one is to spare.
 pub const EXEC_CHANNELS: usize = 8;
 
 /// How long a process group gets between SIGTERM and SIGKILL.
@@ -151,6 +149,10 @@ pub struct SshTarget {
     /// Keepalive interval (zero: none). Three unanswered keepalives close
     /// the connection, and the next command reconnects.
     pub keepalive: Duration,
+    /// The server's directory for temporary files, which run directories
+    /// go into (`<temp_dir>/drover-<run>`): the provider's word for it
+    /// ([`SshHints::temp_dir`]), else `/tmp`.
+    pub temp_dir: String,
 }
 
 impl SshTarget {
@@ -174,6 +176,7 @@ impl SshTarget {
             become_user: None,
             connect_timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(15),
+            temp_dir: "/tmp".into(),
         }
     }
 
@@ -256,10 +259,11 @@ pub struct SshTransport {
     /// The channel for signalling process groups: separate from the command
     /// slots, or eight hung commands would leave no channel to kill them.
     kill_slot: Arc<Semaphore>,
-    /// Names the environment files: unique for the transport's lifetime.
-    next_env: AtomicU64,
-    /// Directories made by [`SshTransport::temp_dir`].
+    /// Run directories named by [`SshTransport::temp_dir`].
     run_dirs: std::sync::Mutex<Vec<String>>,
+    /// Those of them the last command run in them removed (a later command
+    /// or upload into one takes it off this list).
+    removed: std::sync::Mutex<Vec<String>>,
     /// Process groups of commands that were running when a connection
     /// broke; ended by the next reconnect.
     orphans: std::sync::Mutex<Vec<Group>>,
@@ -282,14 +286,14 @@ impl SshTransport {
     /// Connects to `target` (see [`SshTarget`] for what is checked and
     /// tried) and sets up the transport's remote directory.
     pub async fn connect(target: &SshTarget) -> Result<SshTransport, SshError> {
-        let connection = Connection::open(target, None).await?;
+        let connection = Connection::open(target).await?;
         Ok(SshTransport {
             target: target.clone(),
             connection: tokio::sync::Mutex::new(Arc::new(connection)),
             exec_slots: Arc::new(Semaphore::new(EXEC_CHANNELS)),
             kill_slot: Arc::new(Semaphore::new(1)),
-            next_env: AtomicU64::new(0),
             run_dirs: std::sync::Mutex::new(Vec::new()),
+            removed: std::sync::Mutex::new(Vec::new()),
             orphans: std::sync::Mutex::new(Vec::new()),
         })
     }
@@ -297,21 +301,6 @@ impl SshTransport {
     /// The target this transport connects to.
     pub fn target(&self) -> &SshTarget {
         &self.target
-    }
-
-    /// The transport's own remote directory (the wrapper and, briefly,
-    /// environment files), for diagnostics. Made anew if the host lost it.
-    pub async fn remote_dir(&self) -> Result<String, SshError> {
-        Ok(self.connection().await?.dir.clone())
-    }
-
-    /// The current connection, replaced first if it is known to be closed.
-    async fn connection(&self) -> Result<Arc<Connection>, SshError> {
-        let current = self.connection.lock().await.clone();
-        if current.handle.is_closed() {
-            return self.reconnect(&current).await;
-        }
-        Ok(current)
     }
 
     /// A new session channel; on a connection found broken, reconnects once
@@ -346,7 +335,7 @@ impl SshTransport {
             slot.handle.disconnect(Disconnect::ByApplication, "reconnecting", ""),
         )
         .await;
-        let fresh = Arc::new(Connection::open(&self.target, Some(&slot.dir)).await?);
+        let fresh = Arc::new(Connection::open(&self.target).await?);
         *slot = fresh.clone();
         let orphans = std::mem::take(&mut *self.orphans.lock().unwrap_or_else(PoisonError::into_inner));
         for group in orphans {
@@ -369,7 +358,7 @@ impl SshTransport {
         script: &str,
         name: &str,
         args: &[&[u8]],
-        stdin: Stdin<'_>,
+        stdin: Stdin,
     ) -> Result<(Arc<Connection>, Finished), SshError> {
         let _permit = self.exec_slots.acquire().await;
         let (connection, channel) = self.channel().await?;
@@ -378,33 +367,20 @@ impl SshTransport {
         Ok((connection, finished))
     }
 
-    /// Uploads `local` (a file or a directory tree) to `remote` over SFTP.
+    /// Uploads `local` (a file or a directory tree) to `remote`: one tar
+    /// stream on one channel (archived here on a blocking thread as it is
+    /// sent, extracted there by `tar`).
     ///
     /// A file gets mode `mode`; a directory gets mode `mode` and its entries
     /// keep their local permission bits. Existing files are overwritten,
     /// existing directories reused. Symbolic links and special files are
-    /// refused.
+    /// refused, before anything is sent.
     ///
-    /// With `ssh.become`, the files are written by the become user (through
-    /// sudo, as a tar stream extracted with the server's `tar`), so that
-    /// they belong to it.
+    /// A `remote` inside one of the transport's run directories makes that
+    /// directory first, with the care a command takes (see
+    /// `remote::task_program`). With `ssh.become`, the files are written
+    /// by the become user (through sudo), so that they belong to it.
     pub async fn upload(&self, local: &Path, remote: &str, mode: u32) -> Result<(), SshError> {
-        if self.target.become_user.is_some() {
-            return self.upload_as_become_user(local, remote, mode).await;
-        }
-        let connection = self.connection().await?;
-        let sftp = connection.sftp().await?;
-        match upload::upload(&sftp, &self.target.host, local, remote, mode).await {
-            Ok(()) => Ok(()),
-            Err(upload::Failure::Local(e)) => Err(e),
-            Err(upload::Failure::Remote(path, e)) => Err(connection.sftp_error(&path, e).await),
-        }
-    }
-
-    /// [`SshTransport::upload`] under `ssh.become`: the tree is archived
-    /// here (on a blocking thread, streamed as it is made) and extracted
-    /// there by `tar` run as the become user.
-    async fn upload_as_become_user(&self, local: &Path, remote: &str, mode: u32) -> Result<(), SshError> {
         let host = &self.target.host;
         let (parent, name) = upload::split_remote(remote).ok_or_else(|| SshError::InvalidInput {
             host: host.clone(),
@@ -413,6 +389,7 @@ impl SshTransport {
         // Checked before anything is sent, so that a tree with a symbolic
         // link or an unreadable entry is refused as a whole.
         let entries = upload::walk(host, local, mode)?;
+        let run_dir = self.run_dir_of(parent).unwrap_or_default();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let archive = {
             let host = host.clone();
@@ -420,7 +397,12 @@ impl SshTransport {
             tokio::task::spawn_blocking(move || upload::archive(&host, &entries, &name, tx))
         };
         let sent = self
-            .helper_with(remote::UNTAR, "drover-untar", &[parent.as_bytes()], Stdin::Chunks(rx))
+            .helper_with(
+                remote::UNTAR,
+                "drover-untar",
+                &[run_dir.as_bytes(), parent.as_bytes()],
+                Stdin::Chunks(rx),
+            )
             .await;
         let archived = archive.await.unwrap_or_else(|join| {
             Err(SshError::Upload {
@@ -438,6 +420,26 @@ impl SshTransport {
         } else {
             Err(connection.helper_failed(finished, &format!("extracting {} into {remote}", local.display())))
         }
+    }
+
+    /// The run directory `path` is in (or is), if it is one of ours; it
+    /// is about to be used, so made again if a last command removed it.
+    fn run_dir_of(&self, path: &str) -> Option<String> {
+        let dirs = self.run_dirs.lock().unwrap_or_else(PoisonError::into_inner);
+        let dir = dirs
+            .iter()
+            .find(|dir| {
+                path == dir.as_str()
+                    || path
+                        .strip_prefix(dir.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            })
+            .cloned()?;
+        self.removed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|d| *d != dir);
+        Some(dir)
     }
 
     /// Removes `remote` and everything under it (`rm -rf`). Refuses `/` and
@@ -461,20 +463,24 @@ impl SshTransport {
         }
     }
 
-    /// Makes the run's remote directory `/tmp/drover-<run_id>` (mode 700)
-    /// and returns its path. [`SshTransport::cleanup`] removes it unless
-    /// told to keep it. `run_id` may hold letters, digits, `.`, `_`, `-`.
-    pub async fn temp_dir(&self, run_id: &str) -> Result<String, SshError> {
-        if !remote::valid_run_id(run_id) {
+    /// Names the run's remote directory, `<temp_dir>/drover-<run_id>`
+    /// (see [`SshTarget::temp_dir`]), without a round trip: the first
+    /// command or upload inside it makes it (mode 700), and refuses one
+    /// that is not the user's own. [`SshTransport::cleanup`] removes it
+    /// unless told to keep it. `run_id` may hold letters, digits, `.`, `_`,
+    /// `-`.
+    pub fn temp_dir(&self, run_id: &str) -> Result<String, SshError> {
+        let temp = self.target.temp_dir.trim_end_matches('/');
+        if !remote::valid_run_id(run_id) || !self.target.temp_dir.starts_with('/') {
             return Err(SshError::InvalidInput {
                 host: self.target.host.clone(),
-                message: format!("run id {run_id:?} cannot name a directory (letters, digits, '.', '_', '-')"),
+                message: format!(
+                    "run id {run_id:?} in {:?} cannot name a directory (letters, digits, '.', '_', '-' in an absolute directory)",
+                    self.target.temp_dir
+                ),
             });
         }
-        let (connection, finished) = self
-            .helper(remote::RUN_DIR, "drover-run-dir", &[run_id.as_bytes()])
-            .await?;
-        let dir = connection.expect_line(finished, "making the run directory")?;
+        let dir = format!("{temp}/drover-{run_id}");
         let mut dirs = self.run_dirs.lock().unwrap_or_else(PoisonError::into_inner);
         if !dirs.contains(&dir) {
             dirs.push(dir.clone());
@@ -482,42 +488,40 @@ impl SshTransport {
         Ok(dir)
     }
 
-    /// Removes the transport's remote directory and, with
-    /// [`RunDirs::Remove`], the run directories, then closes the
-    /// connection. The transport stays usable: a later call reconnects.
+    /// Removes the run directories (with [`RunDirs::Remove`]; one channel,
+    /// none when there is nothing to remove), then closes the connection.
+    /// The transport stays usable: a later call reconnects.
     pub async fn cleanup(&self, run_dirs: RunDirs) -> Result<(), SshError> {
         let mut dirs = match run_dirs {
             RunDirs::Remove => std::mem::take(&mut *self.run_dirs.lock().unwrap_or_else(PoisonError::into_inner)),
             RunDirs::Keep => Vec::new(),
         };
-        if self.target.become_user.is_some() && !dirs.is_empty() {
-            // The run directories belong to the become user.
+        let removed = std::mem::take(&mut *self.removed.lock().unwrap_or_else(PoisonError::into_inner));
+        dirs.retain(|d| !removed.contains(d));
+        let current = self.connection.lock().await.clone();
+        if !dirs.is_empty() {
+            // Run directories belong to whoever ran the commands (the become
+            // user under `ssh.become`).
             let args: Vec<&[u8]> = dirs.iter().map(|d| d.as_bytes()).collect();
             let (connection, finished) = self.helper(remote::REMOVE, "drover-cleanup", &args).await?;
             if finished.status != Some(0) {
                 return Err(connection.helper_failed(finished, "removing the run directories"));
             }
-            dirs.clear();
+            Self::close(&connection).await;
         }
-        // The transport's own directory belongs to the login user.
-        let _permit = self.exec_slots.acquire().await;
-        let (connection, channel) = self.channel().await?;
-        dirs.push(connection.dir.clone());
-        let args: Vec<&[u8]> = dirs.iter().map(|d| d.as_bytes()).collect();
-        let line = remote::sh_line(remote::REMOVE, "drover-cleanup", &args);
-        let finished = connection.run_on(channel, line, "drover-cleanup", Stdin::None).await?;
-        if finished.status != Some(0) {
-            return Err(connection.helper_failed(finished, "removing the remote directories"));
-        }
-        if let Some(sftp) = connection.sftp.lock().await.take() {
-            let _ = sftp.close().await;
-        }
-        let _ = connection
-            .handle
-            .disconnect(Disconnect::ByApplication, "done", "")
-            .await;
-        connection.release();
+        Self::close(&current).await;
         Ok(())
+    }
+
+    /// Says goodbye on `connection` and lets go of its bastion.
+    async fn close(connection: &Connection) {
+        if !connection.handle.is_closed() {
+            let _ = connection
+                .handle
+                .disconnect(Disconnect::ByApplication, "done", "")
+                .await;
+        }
+        connection.release();
     }
 
     /// Records a group left running by a lost connection, for the next
@@ -570,15 +574,15 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
-/// What the wrapper said at the start of standard error.
+/// What the task program said at the start of standard error.
 #[derive(Debug, Default)]
 struct Startup {
     group: Option<Group>,
     /// `drover-exec` was seen: from here on stderr is the program's.
     started: bool,
     error: Option<String>,
-    /// The first lines of stderr when the wrapper itself failed (no header
-    /// at all), for the error message.
+    /// The first lines of stderr when the task program itself failed (no
+    /// header at all), for the error message.
     early: Vec<String>,
 }
 
@@ -593,7 +597,7 @@ impl Startup {
             match remote::parse_header(&line.line) {
                 Some(Header::Group(group)) if self.group.is_none() => self.group = Some(group),
                 Some(Header::Exec) if self.group.is_some() => self.started = true,
-                Some(Header::Error(message)) if self.group.is_some() => self.error = Some(message),
+                Some(Header::Error(message)) => self.error = Some(message),
                 _ => {
                     if self.early.len() < 5 {
                         self.early.push(line.line.clone());
@@ -619,7 +623,7 @@ impl Transport for SshTransport {
                 message,
             })
         };
-        let env = remote::env_file(&cmd.env).map_err(|bad| {
+        remote::check_env(&cmd.env).map_err(|bad| {
             invalid(match bad {
                 remote::BadVariable::Name(name) => format!("{name:?} is not a valid environment variable name"),
                 remote::BadVariable::Value(name) => format!("the value of {name} holds a NUL byte"),
@@ -628,13 +632,42 @@ impl Transport for SshTransport {
         let cwd = cmd.cwd.as_os_str().as_encoded_bytes();
         let mut words = std::iter::once(cmd.program.as_bytes())
             .chain(cmd.args.iter().map(|a| a.as_bytes()))
+            .chain(cmd.script.iter().map(|s| s.as_bytes()))
             .chain(std::iter::once(cwd));
         if let Some(bad) = words.find(|w| !remote::passable(w)) {
+            let mut shown = String::from_utf8_lossy(bad).into_owned();
+            shown.truncate(shown.floor_char_boundary(80));
             return Err(invalid(format!(
-                "{:?} holds a NUL byte, which no command line can carry",
-                String::from_utf8_lossy(bad)
+                "{shown:?} holds a NUL byte, which no shell word can carry"
             )));
         }
+        if let Some(problem) = cmd.files.as_ref().and_then(|f| f.problem()) {
+            return Err(invalid(format!("the command's files: {problem}")));
+        }
+        if let Some(script) = &cmd.script
+            && script.len() > crate::MAX_INLINE_SCRIPT
+        {
+            return Err(invalid(format!(
+                "a script of {} bytes cannot be run inline (at most {} bytes): stage it as a file",
+                script.len(),
+                crate::MAX_INLINE_SCRIPT
+            )));
+        }
+        let cwd_str = String::from_utf8_lossy(cwd);
+        let run_dir = self.run_dir_of(&cwd_str);
+        let run = match &cmd.script {
+            Some(text) => remote::Run::Script(cmd.args.first().map_or(cmd.program.as_str(), String::as_str), text),
+            None => remote::Run::Program(cmd.program.as_bytes(), cmd.args.iter().map(|a| a.as_bytes()).collect()),
+        };
+        let program = remote::task_program(&remote::Task {
+            run_dir: run_dir.as_deref(),
+            cwd,
+            env: &cmd.env,
+            files: cmd.files.as_ref().map(|f| (f.dir.as_str(), f.files.as_slice())),
+            run,
+            remove_run_dir: cmd.remove_run_dir,
+            grace_tenths: u32::try_from(GRACE.as_millis() / 100).unwrap_or(20),
+        });
         // Opened before starting: a command whose output cannot be recorded
         // is not started.
         let mut sink = Sink::open(&cmd.log, lines, cmd.mask.clone())
@@ -657,30 +690,16 @@ impl Transport for SshTransport {
             permit = self.exec_slots.acquire() => permit,
         };
         let (connection, mut channel) = self.channel().await?;
-        let env_path = if cmd.env.is_empty() {
-            None
-        } else {
-            let number = self.next_env.fetch_add(1, Ordering::Relaxed);
-            Some(connection.write_env(number, &env).await?)
+        // The whole program goes before any output is read: the shell reads
+        // all of it (one `{ }` group) before it runs, and so before it
+        // writes anything.
+        let line = remote::task_line(connection.become_user.as_deref());
+        let started = async {
+            channel.exec(true, line).await?;
+            channel.data(program.as_slice()).await?;
+            channel.eof().await
         };
-        let env_arg = env_path.as_deref().unwrap_or_default();
-        let mut args: Vec<&[u8]> = vec![cwd, cmd.program.as_bytes()];
-        args.extend(cmd.args.iter().map(|a| a.as_bytes()));
-        let line = match &connection.become_user {
-            Some(user) => remote::become_line(env_arg, user, &args),
-            None => {
-                args.insert(0, env_arg.as_bytes());
-                remote::wrapper_line(&connection.dir, &args)
-            }
-        };
-        let started = match channel.exec(true, line).await {
-            Ok(()) => channel.eof().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = started {
-            if let Some(path) = &env_path {
-                connection.remove_env(path).await;
-            }
+        if let Err(e) = started.await {
             return Err(handshake::session_error(&self.target.host, e).into());
         }
 
@@ -763,7 +782,7 @@ impl Transport for SshTransport {
             }
             // On timeout or cancellation, end the group; after an exit, end
             // what the program left in it. Both only once the group is known:
-            // it is the first thing the wrapper reports.
+            // it is the first thing the command reports.
             let wanted = stop.is_some() || (exit.is_some() && startup.started);
             if wanted && !kill_started {
                 if let Some(group) = &startup.group {
@@ -775,7 +794,7 @@ impl Transport for SshTransport {
                         group.clone(),
                     )));
                 } else if stop.is_some() && give_up.is_none() {
-                    // The wrapper has not reported its group yet; it gets
+                    // The command has not reported its group yet; it gets
                     // as long as the group would have had to end.
                     give_up = Some(Instant::now() + GRACE + DRAIN);
                 }
@@ -802,12 +821,6 @@ impl Transport for SshTransport {
             // must be gone before the task is reported done (a retry must
             // not meet the previous attempt). The kill is bounded itself.
             kill_result = Some(kill_finished(&self.target.host, &mut kill).await);
-        }
-        if env_path.is_some() && startup.group.is_none() {
-            // The wrapper never reached the line that unlinks the file.
-            if let Some(path) = &env_path {
-                connection.remove_env(path).await;
-            }
         }
         let lost_connection =
             connection.handle.is_closed() || matches!(kill_result, Some(Err(SshError::Disconnected { .. })));
@@ -863,7 +876,7 @@ impl Transport for SshTransport {
             let message = match startup.error {
                 Some(message) => message,
                 None => format!(
-                    "the wrapper failed ({exit:?}) before starting the program: {}",
+                    "the task program failed ({exit:?}) before starting the program: {}",
                     startup.early.join(" / ")
                 ),
             };
@@ -887,11 +900,18 @@ impl Transport for SshTransport {
             }
             .into());
         }
+        if cmd.remove_run_dir
+            && let Some(dir) = run_dir
+        {
+            // The task program removed it after the command: its exit
+            // status comes after that.
+            self.removed.lock().unwrap_or_else(PoisonError::into_inner).push(dir);
+        }
         Ok(exit)
     }
 
     async fn run_dir(&self, run_id: &str) -> Result<String, TransportError> {
-        Ok(self.temp_dir(run_id).await?)
+        Ok(self.temp_dir(run_id)?)
     }
 
     async fn stage(&self, local: &Path, remote: &str) -> Result<(), TransportError> {

@@ -27,6 +27,9 @@ fn sh(dir: &Path, script: &str) -> Command {
     Command {
         program: "/bin/sh".into(),
         args: vec!["-c".into(), script.into()],
+        script: None,
+        files: None,
+        remove_run_dir: false,
         env: Vec::new(),
         cwd: dir.to_path_buf(),
         timeout: None,

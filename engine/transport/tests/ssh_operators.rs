@@ -102,10 +102,22 @@ async fn connect_to(host: &Host, access: &SshAccess, local: &Local) -> Result<Ss
 }
 
 /// `/bin/sh -c script` run in /tmp on the server, logging to a local file.
+/// What of drover's is in the host's /tmp.
+fn drover_files(host: &drover_testkit::Host) -> Result<Vec<String>> {
+    Ok(std::fs::read_dir(host.path("/tmp"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("drover"))
+        .collect())
+}
+
 fn sh(log_dir: &Path, script: &str) -> Command {
     Command {
         program: "/bin/sh".into(),
         args: vec!["-c".into(), script.into(), "script".into()],
+        script: None,
+        files: None,
+        remove_run_dir: false,
         env: Vec::new(),
         cwd: PathBuf::from("/tmp"),
         timeout: None,
@@ -227,13 +239,13 @@ async fn a_non_root_user_on_port_2222_with_a_key_file() -> Result<()> {
     let id = run_id("plain");
     let run_dir = transport.run_dir(&id).await?;
     assert_eq!(run_dir, format!("/tmp/drover-{id}"));
-    let meta = std::fs::metadata(host.path(&run_dir))?;
-    assert_eq!((meta.uid(), meta.mode() & 0o777), (2001, 0o700));
     // Staged scripts run.
     let tree = tempfile::tempdir()?;
     std::fs::write(tree.path().join("hello.sh"), "#!/bin/sh\necho hello from $(id -un)\n")?;
     std::fs::set_permissions(tree.path().join("hello.sh"), std::fs::Permissions::from_mode(0o755))?;
     transport.stage(tree.path(), &format!("{run_dir}/t")).await?;
+    let meta = std::fs::metadata(host.path(&run_dir))?;
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (2001, 0o700));
     let mut cmd = sh(logs.path(), "");
     cmd.program = format!("{run_dir}/t/hello.sh");
     cmd.args.clear();
@@ -241,10 +253,13 @@ async fn a_non_root_user_on_port_2222_with_a_key_file() -> Result<()> {
     assert_eq!(outcome, Outcome::Exited(0));
     assert_eq!(lines[0].line, "hello from fleet");
 
-    let own_dir = transport.remote_dir().await?;
     transport.finish(false).await?;
     assert!(!host.path(&run_dir).exists(), "the run directory is removed");
-    assert!(!host.path(&own_dir).exists(), "the transport's directory is removed");
+    assert_eq!(
+        drover_files(host)?,
+        Vec::<String>::new(),
+        "nothing of drover's left in /tmp"
+    );
     Ok(())
 }
 
@@ -556,8 +571,6 @@ async fn become_sudo_runs_as_root_or_as_the_become_user() -> Result<()> {
     assert_eq!(stdout_of(&transport, logs.path(), "id -un").await?, ["app"]);
     let id = run_id("as-app");
     let run_dir = transport.run_dir(&id).await?;
-    let meta = std::fs::metadata(host.path(&run_dir))?;
-    assert_eq!((meta.uid(), meta.mode() & 0o777), (2002, 0o700));
     let tree = tempfile::tempdir()?;
     std::fs::create_dir(tree.path().join("lib"))?;
     std::fs::write(
@@ -571,6 +584,9 @@ async fn become_sudo_runs_as_root_or_as_the_become_user() -> Result<()> {
     }
     let staged = format!("{run_dir}/taskserv");
     transport.stage(tree.path(), &staged).await?;
+    // The stage made the run directory, as the become user, private.
+    let meta = std::fs::metadata(host.path(&run_dir))?;
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (2002, 0o700));
     for (path, mode) in [
         ("", 0o700),
         ("run.sh", 0o755),
@@ -641,25 +657,26 @@ async fn a_refused_sudo_is_permanent_and_nothing_runs() -> Result<()> {
     for name in ["no-sudo", "app-only"] {
         let host = fleet.by_name(name).context("host")?;
         let started = Instant::now();
-        let error = connect_to(host, &become_root, &local)
+        // Connecting runs nothing; the first command finds the refusal.
+        let transport = connect_to(host, &become_root, &local).await?;
+        let logs = tempfile::tempdir()?;
+        let error = transport
+            .exec(sh(logs.path(), "touch /tmp/ran"), None, CancellationToken::new())
             .await
             .err()
-            .context("sudo must be refused")?
-            .downcast::<SshError>()?;
+            .context("sudo must be refused")?;
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert!(matches!(error, SshError::BecomeRefused { .. }), "{error}");
+        assert!(
+            matches!(ssh_error(&error), Some(SshError::BecomeRefused { .. })),
+            "{error}"
+        );
         assert_eq!(error.kind(), FailureKind::Permanent);
         let message = error.to_string();
         for part in [name, "user fleet", "as root", "password is required"] {
             assert!(message.contains(part), "{part:?} missing in: {message}");
         }
         // Refused before anything was made or run.
-        let left: Vec<String> = std::fs::read_dir(host.path("/tmp"))?
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("drover"))
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(drover_files(host)?, Vec::<String>::new());
     }
     // What sudoers allows works.
     let host = fleet.by_name("app-only").context("host")?;
@@ -776,10 +793,9 @@ async fn cleanup_under_become_removes_root_owned_files() -> Result<()> {
     .await?;
     let meta = std::fs::metadata(host.path(format!("{run_dir}/deep/er/f")))?;
     assert_eq!(meta.uid(), 0, "made by root");
-    let own_dir = transport.remote_dir().await?;
     transport.cleanup(RunDirs::Remove).await?;
     assert!(!host.path(&run_dir).exists(), "root's files are removed");
-    assert!(!host.path(&own_dir).exists());
+    assert_eq!(drover_files(host)?, Vec::<String>::new());
     Ok(())
 }
 

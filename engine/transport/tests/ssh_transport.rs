@@ -30,6 +30,9 @@ fn sh(dir: &Path, script: &str) -> Command {
     Command {
         program: "/bin/sh".into(),
         args: vec!["-c".into(), script.into(), "script".into()],
+        script: None,
+        files: None,
+        remove_run_dir: false,
         env: Vec::new(),
         cwd: dir.join("work"),
         timeout: None,
@@ -183,7 +186,6 @@ async fn a_missing_program_is_a_start_error() -> Result<()> {
 async fn dropping_the_transport_closes_its_connection() -> Result<()> {
     let sshd = Sshd::start_new()?;
     let transport = connect(&sshd).await?;
-    let own_dir = transport.remote_dir().await?;
     let dir = tempfile::tempdir()?;
     assert_eq!(run(&transport, sh(dir.path(), "exit 0")).await?.0, Outcome::Exited(0));
     assert_eq!(sshd.connections(), 1);
@@ -195,8 +197,6 @@ async fn dropping_the_transport_closes_its_connection() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Without cleanup the remote directory stays (here: on this machine).
-    std::fs::remove_dir_all(own_dir)?;
     Ok(())
 }
 
@@ -205,7 +205,6 @@ async fn env_reaches_the_script_but_never_a_command_line() -> Result<()> {
     let sshd = Sshd::start_new()?;
     let transport = connect(&sshd).await?;
     let dir = tempfile::tempdir()?;
-    let remote_dir = transport.remote_dir().await?;
     let d = dir.path().display();
     let secret = "s3cr3t 'quoted' $value\nsecond line";
     let mut cmd = sh(
@@ -214,10 +213,9 @@ async fn env_reaches_the_script_but_never_a_command_line() -> Result<()> {
             "printf '%s' \"$DROVER_SECRET\" > {d}/seen; \
              tr '\\0' ' ' < /proc/$$/cmdline > {d}/cmdline; \
              tr '\\0' ' ' < /proc/$PPID/cmdline > {d}/parent-cmdline; \
-             ls -A \"$1\" > {d}/remote-dir"
+             ls -l /proc/$$/fd/0 > {d}/stdin"
         ),
     );
-    cmd.args.push(remote_dir.clone());
     cmd.env = vec![
         ("DROVER_SECRET".into(), secret.into()),
         ("PATH".into(), "/usr/bin:/bin".into()),
@@ -229,19 +227,19 @@ async fn env_reaches_the_script_but_never_a_command_line() -> Result<()> {
         let cmdline = std::fs::read_to_string(dir.path().join(file))?;
         assert!(!cmdline.contains("s3cr3t"), "secret in {file}: {cmdline}");
     }
-    // While the script ran, the environment file was already gone ...
+    // The task program that started it shows nothing but its name (the
+    // environment came on its standard input), and the command's own
+    // standard input is /dev/null.
     assert_eq!(
-        std::fs::read_to_string(dir.path().join("remote-dir"))?.trim(),
-        "exec.sh"
+        std::fs::read_to_string(dir.path().join("parent-cmdline"))?.trim(),
+        "/bin/sh -s drover-task"
     );
-    // ... and after it, too.
-    let left: Vec<_> = std::fs::read_dir(&remote_dir)?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(left, ["exec.sh"]);
-    let mode = std::fs::metadata(&remote_dir)?.permissions().mode() & 0o777;
-    assert_eq!(mode, 0o700, "the transport's remote directory is private");
+    assert!(
+        std::fs::read_to_string(dir.path().join("stdin"))?
+            .trim_end()
+            .ends_with("/dev/null"),
+        "stdin"
+    );
     transport.cleanup(RunDirs::Remove).await?;
     Ok(())
 }
@@ -603,17 +601,19 @@ async fn uploads_keep_modes_and_run_dirs_go_with_cleanup() -> Result<()> {
         std::fs::set_permissions(tree.join(path), std::fs::Permissions::from_mode(mode))?;
     }
     std::fs::set_permissions(tree.join("scripts/lib"), std::fs::Permissions::from_mode(0o750))?;
-    // Bigger than one SFTP packet.
+    // Bigger than one archive chunk and one SSH packet.
     let big: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
     std::fs::write(tree.join("big.txt"), &big)?;
 
-    let run_dir = transport.temp_dir("run-42").await?;
-    assert_eq!(run_dir, "/tmp/drover-run-42");
+    let id = format!("run-{}", std::process::id());
+    let run_dir = transport.temp_dir(&id)?;
+    assert_eq!(run_dir, format!("/tmp/drover-{id}"));
+    assert!(!Path::new(&run_dir).exists(), "named, not made, until used");
     let mode = |p: &str| -> Result<u32> { Ok(std::fs::metadata(p)?.permissions().mode() & 0o7777) };
-    assert_eq!(mode(&run_dir)?, 0o700);
 
     let remote = format!("{run_dir}/taskserv");
     transport.upload(&tree, &remote, 0o700).await?;
+    assert_eq!(mode(&run_dir)?, 0o700, "made private by the upload into it");
     assert_eq!(mode(&remote)?, 0o700);
     for (path, file_mode, text) in files {
         let target = format!("{remote}/{path}");
@@ -649,17 +649,13 @@ async fn uploads_keep_modes_and_run_dirs_go_with_cleanup() -> Result<()> {
     }
     transport.remove_dir(&format!("{run_dir}/one.env")).await?;
     assert!(!Path::new(&format!("{run_dir}/one.env")).exists());
-    assert!(transport.temp_dir("../etc").await.is_err());
+    assert!(transport.temp_dir("../etc").is_err());
 
-    let own_dir = transport.remote_dir().await?;
     transport.cleanup(RunDirs::Keep).await?;
     assert!(Path::new(&run_dir).is_dir(), "kept");
-    assert!(
-        !Path::new(&own_dir).exists(),
-        "the transport's own directory goes anyway"
-    );
-    // Usable after cleanup: it reconnects and makes a new directory.
-    assert_eq!(transport.temp_dir("run-42").await?, run_dir);
+    // Usable after cleanup: it reconnects.
+    assert_eq!(transport.temp_dir(&id)?, run_dir);
+    assert_eq!(run(&transport, sh(local.path(), "exit 0")).await?.0, Outcome::Exited(0));
     transport.cleanup(RunDirs::Remove).await?;
     assert!(!Path::new(&run_dir).exists(), "removed");
     Ok(())
@@ -673,13 +669,25 @@ async fn a_run_dir_of_someone_else_is_refused() -> Result<()> {
     let path = format!("/tmp/drover-{id}");
     let _ = std::fs::remove_file(&path);
     std::os::unix::fs::symlink("/etc", &path)?;
-    let result = transport.temp_dir(&id).await;
+    let run_dir = transport.temp_dir(&id)?;
+    assert_eq!(run_dir, path);
+    // Neither a command nor an upload goes into it.
+    let dir = tempfile::tempdir()?;
+    let mut cmd = sh(dir.path(), "touch ran");
+    cmd.cwd = std::path::PathBuf::from(format!("{run_dir}/work"));
+    let command = run(&transport, cmd).await;
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree)?;
+    let upload = transport.upload(&tree, &format!("{run_dir}/t"), 0o700).await;
     std::fs::remove_file(&path)?;
-    let error = result
+    let error = command
         .err()
         .context("a symlink planted at the run dir must be refused")?;
-    assert!(error.to_string().contains("does not belong"), "{error}");
-    transport.cleanup(RunDirs::Remove).await?;
+    assert!(error.to_string().contains("is not the user's own"), "{error}");
+    let error = upload.err().context("and so must an upload into it")?;
+    assert!(error.to_string().contains("is not the user's own"), "{error}");
+    assert!(!Path::new("/etc/work").exists() && !Path::new("/etc/t").exists());
+    transport.cleanup(RunDirs::Keep).await?;
     Ok(())
 }
 

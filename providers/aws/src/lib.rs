@@ -354,6 +354,7 @@ impl AwsProvider {
                 port: None,
                 key_file: Some(key.private.clone()),
                 known_hosts: None,
+                temp_dir: None,
             }),
             found,
         }

@@ -67,6 +67,10 @@ impl LocalProvider {
                 port: Some(info.port),
                 key_file: Some(fleet.client_key()),
                 known_hosts: Some(fleet.known_hosts()),
+                // The hosts share the machine's /tmp; each session's TMPDIR
+                // is the host's own (sshd `SetEnv`), and so are run
+                // directories.
+                temp_dir: Some(format!("{}/tmp", hosts::HOST_ROOT)),
             }),
             found: BTreeMap::new(),
         }

@@ -10,7 +10,8 @@
 //!   says (the plan is what the operator states it has at least);
 //! - **delete** only forgets it: nothing runs on the machine, so a rollback
 //!   of a static server never destroys anything;
-//! - **status** answers whether it is reachable.
+//! - **status** answers whether it is reachable: whether the run's
+//!   connection to it opens (TCP, host key, login).
 //!
 //! Taskservs install into `/` (`DROVER_ROOT`): these are real machines.
 
@@ -81,7 +82,10 @@ impl StaticProvider {
         let log = ctx.state_dir.join("probes").join(format!("{}.log", server.hostname));
         let cmd = Command {
             program: "/bin/sh".into(),
-            args: vec!["-c".into(), script.into()],
+            args: vec!["drover-probe".into()],
+            script: Some(script.into()),
+            files: None,
+            remove_run_dir: false,
             env: Vec::new(),
             cwd: PathBuf::from("/"),
             timeout: Some(PROBE_TIMEOUT),
@@ -177,8 +181,13 @@ impl Provider for StaticProvider {
 
     async fn status(&self, server: &Server, ctx: &ProviderContext) -> Result<ServerStatus, ProviderError> {
         let facts = Self::facts(server);
+        // An authenticated connection is the answer: the server is up and
+        // lets the run in. (It is the connection the run's tasks use next,
+        // opened here, before the first of them is ready; a command here
+        // would cost every server one more round and prove nothing the
+        // first task does not.)
         let reached = match ctx.connector.connect(server, &facts).await {
-            Ok(transport) => self.run(&transport, server, ctx, "true").await.map(|_| ()),
+            Ok(_) => Ok(()),
             Err(e) => Err(self.transport_error(&e)),
         };
         match reached {

@@ -388,6 +388,7 @@ impl UpcloudProvider {
                 port: None,
                 key_file: Some(key_file),
                 known_hosts: None,
+                temp_dir: None,
             }),
             found,
         })

@@ -1,14 +1,10 @@
 //! One connection and the work done on it below the level of a command:
-//! opening it, running helper scripts, the SFTP session, environment files,
-//! and ending process groups.
+//! opening it, running helper scripts, and ending process groups.
 
 use std::sync::Arc;
 
 use russh::client::{self, Msg};
 use russh::{Channel, ChannelMsg};
-use russh_sftp::client::SftpSession;
-use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio::time::{Duration, Instant};
 
@@ -16,7 +12,8 @@ use super::jump::Hop;
 use super::remote::{self, Group};
 use super::{GRACE, SshError, SshTarget, handshake};
 
-/// One authenticated connection and what was set up on it.
+/// One authenticated connection. Nothing is set up on the server for it:
+/// each command carries what it needs (see `remote::task_program`).
 pub(super) struct Connection {
     pub(super) host: String,
     /// The login user.
@@ -28,11 +25,6 @@ pub(super) struct Connection {
     /// The last bastion the connection goes through: kept open while this
     /// connection is in use; let go by [`Connection::release`].
     via: std::sync::Mutex<Option<Arc<Hop>>>,
-    /// The transport's remote directory: the wrapper and environment files.
-    pub(super) dir: String,
-    /// Opened on first use; reset when it fails other than with a status,
-    /// so that a broken SFTP channel does not outlive its first error.
-    pub(super) sftp: tokio::sync::Mutex<Option<Arc<SftpSession>>>,
     /// How long the server may take to answer a channel request.
     pub(super) answer_within: Duration,
     /// Counts this connection in [`OPEN`] while it lives.
@@ -59,11 +51,9 @@ impl Drop for OpenGuard {
 }
 
 /// What a helper command gets on standard input.
-pub(super) enum Stdin<'a> {
+pub(super) enum Stdin {
     /// Nothing (end of file at once).
     None,
-    /// These bytes.
-    Bytes(&'a [u8]),
     /// Chunks as they come, until the sender is dropped.
     Chunks(tokio::sync::mpsc::Receiver<Vec<u8>>),
 }
@@ -76,56 +66,23 @@ pub(super) struct Finished {
 }
 
 impl Connection {
-    /// Connects and sets up the remote directory, all within the connect
-    /// timeout. `previous_dir` is the directory of the connection this one
-    /// replaces, taken back if it is still there.
-    pub(super) async fn open(target: &SshTarget, previous_dir: Option<&str>) -> Result<Connection, SshError> {
-        let timed_out = |during| SshError::TimedOut {
-            host: target.host.clone(),
-            address: format!("{}:{}", target.address, target.port),
-            after: target.connect_timeout,
-            during,
-        };
+    /// Connects, within the connect timeout: TCP (or a channel through
+    /// the bastions), the host key, authentication. No command runs: the
+    /// first task's channel is the first round on the server.
+    pub(super) async fn open(target: &SshTarget) -> Result<Connection, SshError> {
         let deadline = Instant::now() + target.connect_timeout;
         // Bounded by the deadline itself, naming the bastion when it is
         // one that does not answer.
         let (handle, via) = handshake::open(target, deadline).await?;
-        let mut connection = Connection {
+        Ok(Connection {
             host: target.host.clone(),
             user: target.user.clone(),
             become_user: target.become_user.clone(),
             handle,
             via: std::sync::Mutex::new(via),
-            dir: String::new(),
-            sftp: tokio::sync::Mutex::new(None),
             answer_within: target.connect_timeout,
             _open: OpenGuard::new(),
-        };
-        let become_user = target.become_user.as_deref().unwrap_or_default();
-        let setup = async {
-            let channel = connection.open_channel().await?;
-            let line = remote::sh_line(
-                remote::SETUP,
-                "drover-setup",
-                &[previous_dir.unwrap_or_default().as_bytes(), become_user.as_bytes()],
-            );
-            connection
-                .run_on(channel, line, "drover-setup", Stdin::Bytes(remote::WRAPPER.as_bytes()))
-                .await
-        };
-        let finished = tokio::time::timeout_at(deadline, setup)
-            .await
-            .map_err(|_| timed_out("running the first command (a slow login shell or shell startup file?)"))??;
-        if finished.status == Some(remote::SUDO_REFUSED) && !become_user.is_empty() {
-            return Err(SshError::BecomeRefused {
-                host: target.host.clone(),
-                user: target.user.clone(),
-                become_user: become_user.to_string(),
-                message: String::from_utf8_lossy(&finished.stderr).trim().replace('\n', " / "),
-            });
-        }
-        connection.dir = connection.expect_line(finished, "making the remote directory")?;
-        Ok(connection)
+        })
     }
 
     /// Lets go of the bastion (after the connection was closed), so that
@@ -168,7 +125,7 @@ impl Connection {
         channel: Channel<Msg>,
         line: Vec<u8>,
         name: &str,
-        stdin: Stdin<'_>,
+        stdin: Stdin,
     ) -> Result<Finished, SshError> {
         let lost = |e| handshake::session_error(&self.host, e);
         let (mut reader, writer) = channel.split();
@@ -176,7 +133,6 @@ impl Connection {
         let send = async {
             match stdin {
                 Stdin::None => {}
-                Stdin::Bytes(mut data) => writer.data(&mut data).await?,
                 Stdin::Chunks(mut chunks) => {
                     while let Some(chunk) = chunks.recv().await {
                         writer.data(chunk.as_slice()).await?;
@@ -226,16 +182,6 @@ impl Connection {
         Ok(finished)
     }
 
-    /// The single line a successful helper printed, or its failure.
-    pub(super) fn expect_line(&self, finished: Finished, what: &str) -> Result<String, SshError> {
-        let stdout = String::from_utf8_lossy(&finished.stdout);
-        let line = stdout.trim_end_matches('\n');
-        if finished.status == Some(0) && line.starts_with('/') && !line.contains('\n') {
-            return Ok(line.to_string());
-        }
-        Err(self.helper_failed(finished, what))
-    }
-
     pub(super) fn helper_failed(&self, finished: Finished, what: &str) -> SshError {
         let stderr = String::from_utf8_lossy(&finished.stderr);
         SshError::Remote {
@@ -245,81 +191,6 @@ impl Connection {
                 Some(status) => format!("exit status {status}: {}", stderr.trim()),
                 None => format!("no exit status: {}", stderr.trim()),
             },
-        }
-    }
-
-    /// The SFTP session, opened on first use.
-    pub(super) async fn sftp(&self) -> Result<Arc<SftpSession>, SshError> {
-        let mut slot = self.sftp.lock().await;
-        if let Some(sftp) = slot.as_ref() {
-            return Ok(sftp.clone());
-        }
-        let channel = self.open_channel().await?;
-        channel
-            .request_subsystem(true, "sftp")
-            .await
-            .map_err(|e| handshake::session_error(&self.host, e))?;
-        let sftp = SftpSession::new(channel.into_stream())
-            .await
-            .map_err(|e| SshError::Sftp {
-                host: self.host.clone(),
-                path: String::new(),
-                message: format!("cannot start the SFTP subsystem (is it enabled in sshd_config?): {e}"),
-            })?;
-        let sftp = Arc::new(sftp);
-        *slot = Some(sftp.clone());
-        Ok(sftp)
-    }
-
-    /// Maps an SFTP error; one that is not the server's answer means the
-    /// SFTP channel is broken, so the next use opens a new one.
-    pub(super) async fn sftp_error(&self, path: &str, e: russh_sftp::client::error::Error) -> SshError {
-        if !matches!(e, russh_sftp::client::error::Error::Status(_)) {
-            *self.sftp.lock().await = None;
-        }
-        SshError::Sftp {
-            host: self.host.clone(),
-            path: path.to_string(),
-            message: e.to_string(),
-        }
-    }
-
-    /// Writes a command's environment file (mode 600, created exclusively)
-    /// and returns its remote path.
-    pub(super) async fn write_env(&self, number: u64, text: &str) -> Result<String, SshError> {
-        let sftp = self.sftp().await?;
-        let path = format!("{}/{number}.env", self.dir);
-        let attrs = FileAttributes {
-            permissions: Some(0o600),
-            ..FileAttributes::default()
-        };
-        let flags = OpenFlags::CREATE | OpenFlags::EXCLUDE | OpenFlags::WRITE;
-        let mut file = match sftp.open_with_flags_and_attributes(path.as_str(), flags, attrs).await {
-            Ok(file) => file,
-            Err(e) => return Err(self.sftp_error(&path, e).await),
-        };
-        let written = match file.write_all(text.as_bytes()).await {
-            Ok(()) => file.shutdown().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            self.remove_env(&path).await;
-            return Err(self.sftp_error(&path, e.into()).await);
-        }
-        Ok(path)
-    }
-
-    /// Removes an environment file the wrapper did not get to unlink
-    /// (best effort: the directory is private and removed by cleanup).
-    pub(super) async fn remove_env(&self, path: &str) {
-        if let Ok(sftp) = self.sftp().await
-            && let Err(e) = sftp.remove_file(path).await
-        {
-            let not_found =
-                matches!(&e, russh_sftp::client::error::Error::Status(s) if s.status_code == StatusCode::NoSuchFile);
-            if !not_found {
-                let _ = self.sftp_error(path, e).await;
-            }
         }
     }
 }

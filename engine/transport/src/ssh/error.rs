@@ -219,16 +219,6 @@ pub enum SshError {
         /// Its error output or status.
         message: String,
     },
-    /// An SFTP operation failed.
-    #[error("{host}: SFTP {path}: {message}")]
-    Sftp {
-        /// The server.
-        host: String,
-        /// The remote path.
-        path: String,
-        /// Why.
-        message: String,
-    },
     /// A local file to upload cannot be read or is of a kind not uploaded.
     #[error("{host}: cannot upload {}: {message}", path.display())]
     Upload {
@@ -262,8 +252,7 @@ impl SshError {
             | SshError::Network { .. }
             | SshError::Disconnected { .. }
             | SshError::Protocol { .. }
-            | SshError::Remote { .. }
-            | SshError::Sftp { .. } => FailureKind::Transient,
+            | SshError::Remote { .. } => FailureKind::Transient,
             SshError::Bastion { source, .. } => source.kind(),
             SshError::Forward { prohibited, .. } => {
                 if *prohibited {

@@ -1,44 +1,51 @@
-//! What runs on the remote side: the shell scripts the transport sends, how
-//! their arguments are quoted, and the environment file.
+//! What runs on the remote side: the shell programs the transport sends,
+//! how their words are quoted, and how a command's environment, script and
+//! files reach it.
 //!
-//! Every remote command line has the form `exec /bin/sh ... 'arg' 'arg'`:
-//! sshd hands it to the user's login shell, which must be a Bourne shell
-//! (sh, dash, bash, zsh, ksh); `exec` makes that shell replace itself with
-//! /bin/sh, so the process sshd started (the leader of the session sshd
-//! created for the command) is our script, whatever the login shell is.
-//! Arguments are single-quoted, the one quoting that every Bourne shell
-//! takes literally.
+//! A command runs on a channel of its own, as `exec /bin/sh -s drover-task`
+//! (through `sudo -n -u USER` under `ssh.become`): sshd hands that line to
+//! the user's login shell, which must be a Bourne shell (sh, dash, bash,
+//! zsh, ksh), and it replaces itself with /bin/sh, which reads the
+//! command's whole program from the channel's standard input
+//! ([`task_program`]). So one channel, one round trip, carries everything
+//! a command needs: its environment (secrets included), its script, the
+//! files it reads (rendered templates); none of it is uploaded first, and
+//! none of it shows in `ps` (stdin is not on a command line).
 //!
-//! No secret ever appears on a command line: command lines show in `ps` on
-//! the remote host. Environment values go through a file (see
-//! [`env_file`]).
+//! Helpers (removing directories, extracting an archive, ending a process
+//! group) are one line each: `exec /bin/sh -c 'script' name 'arg'...`
+//! ([`sh_line`], [`sudo_line`]). Words are single-quoted, the one quoting
+//! that every Bourne shell takes literally.
 
 use std::fmt::Write as _;
 
-/// The part of [`WRAPPER`] and [`BECOME_INNER`] that reports the process
-/// group and enters the working directory: written once, because the
-/// transport parses what it prints (`drover-pgid`, `drover-error`).
-macro_rules! report_group_and_enter {
+/// Finds `kill -s 0` live members in a process group: used to decide
+/// whether anything is left to end. (dash's `kill -0 -- -PGID` misparses.)
+macro_rules! end_group_loop {
     () => {
-        r#"read -r boot < /proc/sys/kernel/random/boot_id || boot=-
-printf 'drover-pgid %s %s\n' "$$" "$boot" >&2
-if [ -n "$2" ]; then
-	if ! { mkdir -p -- "$2" && cd -- "$2"; }; then
-		echo "drover-error cannot enter the working directory $2" >&2
-		exit 127
-	fi
-fi
+        r#"kill -s TERM -- "-$_drover_p" 2> /dev/null
+_drover_i=0
+while [ "$_drover_i" -lt "$_drover_grace" ] && kill -s 0 -- "-$_drover_p" 2> /dev/null; do
+	sleep 0.1
+	_drover_i=$((_drover_i + 1))
+done
+kill -s KILL -- "-$_drover_p" 2> /dev/null
 "#
     };
 }
 
-/// The end of [`WRAPPER`] and [`BECOME_INNER`]: the program must exist
-/// (`drover-error cannot run ...`, which [`is_not_found`] recognises), then
-/// `drover-exec` and the program itself.
-macro_rules! start_program {
-    () => {
-        r#"shift 2
-case $1 in
+/// The start of what the command's own process runs, once `setsid` has
+/// made it the leader of a new session and process group: report the
+/// group (to the transport, `drover-pgid PGID BOOT_ID` on stderr, and to
+/// the task program, its pid on descriptor 4, which is then closed), then
+/// `drover-exec`: from here on, stderr is the command's. One line, so that
+/// an inline script's line numbers stay its own.
+const REPORT: &str = r#"read -r _drover_b < /proc/sys/kernel/random/boot_id || _drover_b=-; printf 'drover-pgid %s %s\n' "$$" "$_drover_b" >&2; echo "$$" >&4; exec 4>&-; unset _drover_b; "#;
+
+/// What runs a program (not an inline script) in its new group: it must
+/// exist (`drover-error cannot run ...`, which [`is_not_found`]
+/// recognises), then it replaces the shell.
+const RUN_PROGRAM: &str = r#"case $1 in
 */*) [ -f "$1" ] && [ -x "$1" ] ;;
 *) command -v -- "$1" > /dev/null ;;
 esac || {
@@ -46,93 +53,214 @@ esac || {
 	exit 127
 }
 echo drover-exec >&2
-exec "$@""#
-    };
+exec "$@""#;
+
+/// What a command runs.
+pub(super) enum Run<'a> {
+    /// A program and its arguments.
+    Program(&'a [u8], Vec<&'a [u8]>),
+    /// A shell script's text, run by /bin/sh as `$0` = the name.
+    Script(&'a str, &'a str),
 }
 
-/// The wrapper every command runs under, uploaded once per connection into
-/// the connection's remote directory as `exec.sh`.
+/// Everything a command's program is made of.
+pub(super) struct Task<'a> {
+    /// The run's directory, made (mode 700) if missing, refused if it is
+    /// not a directory of the user's own: its name is predictable, and on
+    /// a shared host another user could have made it first.
+    pub(super) run_dir: Option<&'a str>,
+    /// The working directory (made if missing); empty: the login directory.
+    pub(super) cwd: &'a [u8],
+    /// The environment, already checked ([`check_env`]).
+    pub(super) env: &'a [(String, String)],
+    /// Files written (directory 700, files 600) before the command starts
+    /// and removed, with their directory, when it has ended.
+    pub(super) files: Option<(&'a str, &'a [(String, String)])>,
+    /// What to run.
+    pub(super) run: Run<'a>,
+    /// Remove the run directory when the command has ended (the run's
+    /// last command on the server).
+    pub(super) remove_run_dir: bool,
+    /// Tenths of a second that what the command left in its group gets
+    /// between SIGTERM and SIGKILL.
+    pub(super) grace_tenths: u32,
+}
+
+/// The command line of a command's channel: /bin/sh reading its program
+/// from standard input, as the login user or, under `ssh.become`, as the
+/// become user through `sudo -n` (which passes standard input on).
+pub(super) fn task_line(become_user: Option<&str>) -> Vec<u8> {
+    match become_user {
+        None => b"exec /bin/sh -s drover-task".to_vec(),
+        Some(user) => {
+            let mut line = b"exec sudo -n -u ".to_vec();
+            quote_into(&mut line, user.as_bytes());
+            line.extend_from_slice(b" -- /bin/sh -s drover-task");
+            line
+        }
+    }
+}
+
+/// The program /bin/sh reads from a command's standard input.
 ///
-/// Arguments: the environment file (`''` for none), the working directory
-/// (`''` for the login directory), the program, its arguments.
+/// It is one `{ ... }` group, so the shell has read all of it before it
+/// runs any of it: nothing the command does with standard input can reach
+/// it. It
 ///
-/// Standard error starts with protocol lines that the transport consumes
-/// and does not log (see [`Header`]):
-/// `drover-pgid PGID BOOT_ID`, then `drover-error MESSAGE` (setup failed,
-/// exit 127) or `drover-exec` (the program starts now).
+/// 1. makes the run directory and the working directory and enters it,
+///    writes the files; a failure is `drover-error MESSAGE`, exit 127;
+/// 2. starts the command in a session and process group of its own
+///    (`setsid`), with its environment (exported with `set -a`, in that
+///    child only) and standard input from /dev/null; the command reports
+///    its group (see [`REPORT`]);
+/// 3. waits for it, and ends what it left running in its group (SIGTERM,
+///    the grace period, SIGKILL; `kill -s 0` says whether anything is
+///    left, so the usual case costs nothing);
+/// 4. removes the files (and, for the run's last command on the server,
+///    the run directory), and ends the way the command ended: its exit
+///    status, or the signal that killed it (re-raised, so that sshd
+///    reports it; a command that exits with 128+N for N up to 15 reads as
+///    killed by signal N, as in any shell).
 ///
-/// Why it is shaped this way:
-/// - The program must lead a process group of its own so that a timeout can
-///   signal everything it started and nothing else. OpenSSH's sshd already
-///   runs each command in a new session; when the script finds that it is
-///   not a group leader (another server, a login shell that forked), it
-///   re-executes itself under `setsid`, which does not fork for a process
-///   that is not a group leader, so the pid (and the group id we report)
-///   stays the same.
-/// - The environment file is opened and unlinked first thing, so secrets
-///   are on disk only between the upload and the start of the script; it
-///   is read back through /dev/fd after `cd`, right before `exec`, so that
-///   variables it sets (PATH included) cannot change what the script itself
-///   runs.
-/// - `exec "$@"` replaces the script with the program: sshd then reports the
-///   program's own exit status or signal.
-pub(super) const WRAPPER: &str = concat!(
-    r#"# drover's wrapper for one command; see engine/transport/src/ssh/remote.rs.
-if ! read -r s < /proc/$$/stat; then
-	echo "drover-error cannot read /proc/$$/stat: drover needs a Linux host" >&2
+/// While it waits, the program's own standard error points at /dev/null
+/// (the command's is the channel's): a shell reports a child killed by a
+/// signal there, which is not the command's output.
+///
+/// Why the command runs under `setsid` as a child instead of replacing the
+/// shell: its group then holds it and what it started, and nothing else,
+/// so that a timeout signals exactly that (through another channel, see
+/// `KILL_GROUP`), and ending leftovers after a normal exit needs no second
+/// channel. Its pid reaches this program on descriptor 4, the write end of
+/// the command substitution's pipe, closed as soon as it is written, so
+/// the substitution waits for the command's exit and no longer.
+pub(super) fn task_program(task: &Task<'_>) -> Vec<u8> {
+    let mut p: Vec<u8> = b"{\n".to_vec();
+    if let Some(dir) = task.run_dir {
+        p.extend_from_slice(b"_drover_d=");
+        quote_into(&mut p, dir.as_bytes());
+        p.extend_from_slice(
+            br#"
+if ! { [ -d "$_drover_d" ] && [ ! -h "$_drover_d" ] && [ -O "$_drover_d" ]; }; then
+	mkdir -m 700 -- "$_drover_d" 2> /dev/null
+	if ! { [ -d "$_drover_d" ] && [ ! -h "$_drover_d" ] && [ -O "$_drover_d" ]; }; then
+		echo "drover-error the run directory $_drover_d cannot be made, or exists and is not the user's own" >&2
+		exit 127
+	fi
+fi
+"#,
+        );
+    }
+    if !task.cwd.is_empty() {
+        p.extend_from_slice(b"_drover_w=");
+        quote_into(&mut p, task.cwd);
+        p.extend_from_slice(
+            br#"
+cd -- "$_drover_w" 2> /dev/null || { mkdir -p -- "$_drover_w" && cd -- "$_drover_w"; } || {
+	echo "drover-error cannot enter the working directory $_drover_w" >&2
+	exit 127
+}
+"#,
+        );
+    }
+    if let Some((dir, files)) = task.files {
+        p.extend_from_slice(b"_drover_f=");
+        quote_into(&mut p, dir.as_bytes());
+        p.extend_from_slice(b"\n( umask 077 && mkdir -p -- \"$_drover_f\"");
+        for (name, content) in files {
+            p.extend_from_slice(b" &&\n\tprintf '%s' ");
+            quote_into(&mut p, content.as_bytes());
+            p.extend_from_slice(b" > \"$_drover_f\"/");
+            quote_into(&mut p, name.as_bytes());
+        }
+        p.extend_from_slice(
+            br#" ) || {
+	echo "drover-error cannot write the command's files into $_drover_f" >&2
+	rm -rf -- "$_drover_f"
+	exit 127
+}
+"#,
+        );
+    }
+    p.extend_from_slice(
+        br#"_drover_s=
+for _drover_x in /usr/bin/setsid /bin/setsid /usr/local/bin/setsid /usr/sbin/setsid /sbin/setsid; do
+	if [ -x "$_drover_x" ]; then _drover_s=$_drover_x; break; fi
+done
+if [ -z "$_drover_s" ]; then
+	echo "drover-error setsid (util-linux) is not installed on this host" >&2
 	exit 127
 fi
-s=${s##*) }
-s=${s#* * }
-if [ "${s%% *}" != "$$" ]; then
-	exec setsid /bin/sh "$0" "$@"
-fi
-if [ -n "$1" ]; then
-	exec 3< "$1"
-	rm -f -- "$1"
-fi
+exec 5>&1 6>&2 2> /dev/null
+_drover_p=$(
+exec 4>&1 1>&5 2>&6 5>&- 6>&- 0< /dev/null
 "#,
-    report_group_and_enter!(),
-    r#"if [ -n "$1" ]; then
-	set -a
-	. /dev/fd/3
-	set +a
-	exec 3<&-
-fi
+    );
+    if !task.env.is_empty() {
+        p.extend_from_slice(b"set -a\n");
+        for (name, value) in task.env {
+            p.extend_from_slice(name.as_bytes());
+            p.push(b'=');
+            quote_into(&mut p, value.as_bytes());
+            p.push(b'\n');
+        }
+        p.extend_from_slice(b"set +a\n");
+    }
+    p.extend_from_slice(b"exec \"$_drover_s\" /bin/sh -c ");
+    match &task.run {
+        Run::Program(program, args) => {
+            let inner = format!("{REPORT}{RUN_PROGRAM}");
+            quote_into(&mut p, inner.as_bytes());
+            p.extend_from_slice(b" drover-exec ");
+            quote_into(&mut p, program);
+            for arg in args {
+                p.push(b' ');
+                quote_into(&mut p, arg);
+            }
+        }
+        Run::Script(name, text) => {
+            let inner = format!("{REPORT}echo drover-exec >&2; {text}");
+            quote_into(&mut p, inner.as_bytes());
+            p.push(b' ');
+            quote_into(&mut p, name.as_bytes());
+        }
+    }
+    let _ = write!(
+        Bytes(&mut p),
+        "\n)\n_drover_rc=$?\nexec 2>&6 5>&- 6>&-\n_drover_grace={}\n",
+        task.grace_tenths
+    );
+    p.extend_from_slice(
+        br#"if [ -n "$_drover_p" ] && kill -s 0 -- "-$_drover_p" 2> /dev/null; then
 "#,
-    start_program!(),
-    "\n"
-);
+    );
+    p.extend_from_slice(end_group_loop!().as_bytes());
+    p.extend_from_slice(b"fi\n");
+    if task.files.is_some() {
+        p.extend_from_slice(b"rm -rf -- \"$_drover_f\"\n");
+    }
+    if task.remove_run_dir && task.run_dir.is_some() {
+        p.extend_from_slice(b"cd / && rm -rf -- \"$_drover_d\"\n");
+    }
+    p.extend_from_slice(
+        br#"case $_drover_rc in
+129 | 13[0-9] | 14[0-3]) kill "-$((_drover_rc - 128))" "$$" ;;
+esac
+exit "$_drover_rc"
+}
+"#,
+    );
+    p
+}
 
-/// Makes (or, after a reconnect, takes back) the connection's remote
-/// directory and writes the wrapper into it from standard input; prints the
-/// directory.
-///
-/// Arguments: the directory of the previous connection to the same target,
-/// or `''`; the become user, or `''`. It is taken back only if it is still a
-/// directory of ours, which keeps one directory per transport across
-/// reconnects (so that `cleanup` removes everything); otherwise a fresh one
-/// is made with `mktemp`, whose unpredictable name is what makes a
-/// directory in a shared /tmp safe.
-///
-/// With a become user, first checks that `sudo -n` lets the login user run
-/// commands as that user: if not, exits with [`SUDO_REFUSED`] and sudo's
-/// message on standard error, before anything is made.
-pub(super) const SETUP: &str = r#"if [ -n "$2" ]; then
-	if ! command -v sudo > /dev/null 2>&1; then
-		echo "sudo is not installed" >&2
-		exit 3
-	fi
-	sudo -n -u "$2" -- /bin/sh -c 'exit 0' < /dev/null || exit 3
-fi
-umask 077
-if [ -n "$1" ] && [ -d "$1" ] && [ ! -h "$1" ] && [ -O "$1" ]; then
-	d=$1
-else
-	d=$(mktemp -d /tmp/drover-ssh.XXXXXXXXXX) || exit 1
-fi
-cat > "$d/exec.sh" || exit 1
-printf '%s\n' "$d""#;
+/// `fmt::Write` into a byte buffer.
+struct Bytes<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Bytes<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
 
 /// Ends a process group: SIGTERM, up to `$3` tenths of a second for its
 /// live members to go, then SIGKILL.
@@ -163,99 +291,24 @@ done
 kill -s KILL -- "-$1" 2> /dev/null
 exit 0"#;
 
-/// Makes a run's directory `$TMPDIR/drover-$1` (`/tmp` when TMPDIR is
-/// unset or not absolute), mode 700, and prints it.
-///
-/// TMPDIR counts because hosts that share one /tmp give each session a
-/// temporary directory of its own (the local provider's hosts do): two
-/// hosts of one run must never share the run's directory, or one host's
-/// staging and cleanup would change the files a script on the other is
-/// running from.
-///
-/// The name is predictable (the run id), so an existing directory is only
-/// accepted if it is ours and not a symbolic link: on a shared host another
-/// user could have made it first.
-pub(super) const RUN_DIR: &str = r#"t=${TMPDIR:-/tmp}
-case $t in
-/*) ;;
-*) t=/tmp ;;
-esac
-d=${t%/}/drover-$1
-if mkdir -m 700 -- "$d" 2> /dev/null; then
-	:
-elif [ -d "$d" ] && [ ! -h "$d" ] && [ -O "$d" ]; then
-	chmod 700 -- "$d" || exit 1
-else
-	echo "$d exists and does not belong to $(id -un)" >&2
-	exit 1
-fi
-printf '%s\n' "$d""#;
-
 /// Removes every argument recursively.
 pub(super) const REMOVE: &str = r#"rm -rf -- "$@""#;
 
-/// The exit status of [`SETUP`] when sudo refuses the become user.
-pub(super) const SUDO_REFUSED: u32 = 3;
-
-/// With `ssh.become`: the part of a command that runs as the login user.
-///
-/// Arguments: the environment file (`''` for none), the become user,
-/// [`BECOME_INNER`], then the working directory, the program and its
-/// arguments.
-///
-/// It opens the environment file as standard input and unlinks it, then
-/// `exec`s sudo, which runs [`BECOME_INNER`] as the become user with the
-/// file as its standard input: the environment never shows on a command
-/// line, and never has to be readable by the become user (sudo resets the
-/// environment and closes every other descriptor, so stdin is the one way
-/// in). When sudo refuses, it says so on standard error before any
-/// protocol line, and the transport reports it as a refused become.
-pub(super) const BECOME_OUTER: &str = r#"if [ -n "$1" ]; then
-	exec 0< "$1"
-	rm -f -- "$1"
-else
-	exec 0< /dev/null
-fi
-u=$2
-shift 2
-exec sudo -n -u "$u" -- /bin/sh -c "$1" drover-exec "$@""#;
-
-/// With `ssh.become`: [`WRAPPER`] as the become user. Its first argument
-/// is its own text (to re-execute itself under `setsid`), then the working
-/// directory, the program and its arguments; the environment comes on
-/// standard input.
-///
-/// sudo runs it in sudo's own process group (or, with a pseudo-terminal,
-/// in one of its own); like the wrapper it makes sure it leads a group and
-/// reports that, so that a timeout ends the program and what it started,
-/// through sudo as the same user.
-pub(super) const BECOME_INNER: &str = concat!(
-    r#"if ! read -r s < /proc/$$/stat; then
-	echo "drover-error cannot read /proc/$$/stat: drover needs a Linux host" >&2
-	exit 127
-fi
-s=${s##*) }
-s=${s#* * }
-if [ "${s%% *}" != "$$" ]; then
-	exec setsid /bin/sh -c "$1" drover-exec "$@"
-fi
-drover_env=$(cat) || drover_env=
-exec 0< /dev/null
-"#,
-    report_group_and_enter!(),
-    r#"set -a
-eval "$drover_env"
-set +a
-"#,
-    start_program!()
-);
-
-/// With `ssh.become`: extracts a tar stream from standard input into the
-/// directory `$1` (made if missing), as the become user, keeping the
-/// modes recorded in the archive; files belong to the become user.
+/// Extracts a tar stream from standard input into the directory `$2`
+/// (made if missing), keeping the modes recorded in the archive; files
+/// belong to whoever runs it (the become user under `ssh.become`). `$1`,
+/// when not empty, is the run directory `$2` is in, made first with the
+/// same care as by [`task_program`].
 pub(super) const UNTAR: &str = r#"umask 077
-mkdir -p -- "$1" || exit 1
-exec tar -x -p --no-same-owner -f - -C "$1""#;
+if [ -n "$1" ] && ! { [ -d "$1" ] && [ ! -h "$1" ] && [ -O "$1" ]; }; then
+	mkdir -m 700 -- "$1" 2> /dev/null
+	if ! { [ -d "$1" ] && [ ! -h "$1" ] && [ -O "$1" ]; }; then
+		echo "the run directory $1 cannot be made, or exists and is not the user's own" >&2
+		exit 1
+	fi
+fi
+mkdir -p -- "$2" || exit 1
+exec tar -x -p --no-same-owner -f - -C "$2""#;
 
 /// The command line that runs `script` with `args` under /bin/sh as
 /// `user`, through `sudo -n` (never asks for a password).
@@ -271,14 +324,6 @@ pub(super) fn sudo_line(user: &str, script: &str, name: &str, args: &[&[u8]]) ->
         quote_into(&mut line, arg);
     }
     line
-}
-
-/// The command line that runs a command as `user` (see [`BECOME_OUTER`]);
-/// `args` are the working directory, the program and its arguments.
-pub(super) fn become_line(env_file: &str, user: &str, args: &[&[u8]]) -> Vec<u8> {
-    let mut all: Vec<&[u8]> = vec![env_file.as_bytes(), user.as_bytes(), BECOME_INNER.as_bytes()];
-    all.extend_from_slice(args);
-    sh_line(BECOME_OUTER, "drover-become", &all)
 }
 
 /// Whether the first stderr lines of a command under become say that sudo
@@ -297,17 +342,6 @@ pub(super) fn sh_line(script: &str, name: &str, args: &[&[u8]]) -> Vec<u8> {
     quote_into(&mut line, script.as_bytes());
     line.push(b' ');
     quote_into(&mut line, name.as_bytes());
-    for arg in args {
-        line.push(b' ');
-        quote_into(&mut line, arg);
-    }
-    line
-}
-
-/// The command line that runs the uploaded wrapper in `dir`.
-pub(super) fn wrapper_line(dir: &str, args: &[&[u8]]) -> Vec<u8> {
-    let mut line = b"exec /bin/sh ".to_vec();
-    quote_into(&mut line, format!("{dir}/exec.sh").as_bytes());
     for arg in args {
         line.push(b' ');
         quote_into(&mut line, arg);
@@ -345,14 +379,14 @@ pub(super) enum BadVariable {
     Value(String),
 }
 
-/// The environment file: one `NAME='value'` line per variable, read by the
-/// wrapper with `set -a` so that each is exported.
+/// Checks a command's environment before it is written into the task
+/// program as `NAME='value'` lines (run with `set -a`, so that each is
+/// exported).
 ///
 /// Names are checked rather than quoted: a name is code to the shell that
-/// reads the file. Values are single-quoted and so taken literally,
-/// newlines included.
-pub(super) fn env_file(env: &[(String, String)]) -> Result<String, BadVariable> {
-    let mut file = String::new();
+/// reads them. Values are single-quoted and so taken literally, newlines
+/// included.
+pub(super) fn check_env(env: &[(String, String)]) -> Result<(), BadVariable> {
     for (name, value) in env {
         let mut chars = name.chars();
         let valid = chars.next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
@@ -363,27 +397,25 @@ pub(super) fn env_file(env: &[(String, String)]) -> Result<String, BadVariable> 
         if value.contains('\0') {
             return Err(BadVariable::Value(name.clone()));
         }
-        // Writing to a String cannot fail.
-        let _ = writeln!(file, "{name}='{}'", value.replace('\'', r"'\''"));
     }
-    Ok(file)
+    Ok(())
 }
 
-/// The protocol lines the wrapper writes at the start of standard error.
+/// The protocol lines a task program writes at the start of standard error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Header {
     /// The program's process group and the boot it belongs to.
     Group(Group),
-    /// Setup failed; the wrapper exits with 127.
+    /// Setup failed; the task program exits with 127.
     Error(String),
     /// The program starts now; everything after this is its output.
     Exec,
 }
 
-/// A remote process group, as reported by the wrapper.
+/// A remote process group, as reported by the command itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Group {
-    /// The group id: the wrapper's (and then the program's) pid.
+    /// The group id: the command's pid (it leads the group).
     pub(crate) pgid: u32,
     /// The remote boot id: a group id means nothing after a reboot.
     pub(crate) boot: String,
@@ -419,7 +451,7 @@ pub(super) fn parse_header(line: &str) -> Option<Header> {
     })
 }
 
-/// Whether a wrapper's `drover-error` message says the program does not
+/// Whether a task program's `drover-error` message says the program does not
 /// exist or cannot be executed (a permanent failure: another attempt finds
 /// the same file).
 pub(super) fn is_not_found(message: &str) -> bool {
@@ -483,22 +515,19 @@ mod tests {
     }
 
     #[test]
-    fn env_file_refuses_names_that_are_code() {
+    fn env_names_that_are_code_are_refused() {
+        assert_eq!(check_env(&[("A_1".into(), "x'y\nz".into())]), Ok(()));
         assert_eq!(
-            env_file(&[("A_1".into(), "x'y\nz".into())]),
-            Ok("A_1='x'\\''y\nz'\n".into())
-        );
-        assert_eq!(
-            env_file(&[("A;rm".into(), "x".into())]),
+            check_env(&[("A;rm".into(), "x".into())]),
             Err(BadVariable::Name("A;rm".into()))
         );
         assert_eq!(
-            env_file(&[("1A".into(), "x".into())]),
+            check_env(&[("1A".into(), "x".into())]),
             Err(BadVariable::Name("1A".into()))
         );
-        assert_eq!(env_file(&[("".into(), "x".into())]), Err(BadVariable::Name("".into())));
+        assert_eq!(check_env(&[("".into(), "x".into())]), Err(BadVariable::Name("".into())));
         assert_eq!(
-            env_file(&[("A".into(), "x\0".into())]),
+            check_env(&[("A".into(), "x\0".into())]),
             Err(BadVariable::Value("A".into()))
         );
     }

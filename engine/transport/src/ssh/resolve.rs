@@ -30,6 +30,10 @@ pub struct SshHints {
     /// A known_hosts file recording the server's host key, read before
     /// drover's own and the user's.
     pub known_hosts: Option<PathBuf>,
+    /// The server's directory for temporary files (absolute), when the
+    /// provider knows it differs from `/tmp`: hosts that share one /tmp
+    /// each have their own (`TMPDIR`), and run directories go there.
+    pub temp_dir: Option<String>,
 }
 
 /// Where drover's own files are, for every server.
@@ -213,6 +217,12 @@ pub fn resolve(dest: Destination<'_>, defaults: &Defaults) -> Result<SshTarget, 
         become_user,
         connect_timeout: defaults.connect_timeout,
         keepalive: defaults.keepalive,
+        temp_dir: dest
+            .hints
+            .temp_dir
+            .clone()
+            .filter(|t| t.starts_with('/'))
+            .unwrap_or_else(|| "/tmp".into()),
     })
 }
 
