@@ -82,6 +82,23 @@
 //! ones, projected linearly); a fleet and size that cannot fit one round of
 //! drover is skipped. Everything skipped is reported with the reason.
 //!
+//! `--large N,...`: sizes measured after every `--sizes` one, on the
+//! existing fleet only, one command only, with drover, pdsh (`-f N`,
+//! drover's key exchange) and the floor (`ssh host true` to all N at once,
+//! drover's key exchange), `--large-runs` runs each (1); not bound by
+//! `--max-run` (but by `--deadline`). The benchmark raises its open-files
+//! limit (RLIMIT_NOFILE, inherited by every tool) to 65,536: at 1,000 hosts
+//! drover holds a socket per host, pdsh and the floor a pipe per `ssh`.
+//!
+//! Targets (issue 15), judged on the peers with drover's key exchange and
+//! the floor measured in this run, at 100 hosts on each fleet: 1 command,
+//! drover at most 1.15× the floor and faster than pdsh and parallel-ssh;
+//! 10 steps, drover at most 2.5× the floor and at least 4× faster than
+//! pdsh; both cases at least 5× faster than ansible; memory, drover's RSS
+//! per open connection at most pdsh's tree PSS per host at the largest
+//! size; and at 1,000 hosts (`--large 1000`), 1 command, drover faster than
+//! pdsh. Each reads met / NOT MET, or not measured (with why).
+//!
 //! `--json FILE` writes every figure (see `drover_bench::figures`);
 //! `--help` lists the options.
 
@@ -115,6 +132,30 @@ const FIRST_NET: u8 = 241;
 
 /// The port of the existing hosts' sshd.
 const EXISTING_PORT: u16 = 2222;
+
+/// The fleet size the targets are judged at (each fleet).
+const TARGET_HOSTS: usize = 100;
+
+/// The `--large` size the large-fleet target is judged at.
+const LARGE_TARGET_HOSTS: usize = 1000;
+
+/// 1 command: drover at most this many times the floor (`ssh host true`
+/// to every host at once, drover's key exchange).
+const ONE_FLOOR_X: f64 = 1.15;
+
+/// 10 steps: drover at most this many times the same floor.
+const TEN_FLOOR_X: f64 = 2.5;
+
+/// 10 steps: drover at least this many times faster than pdsh.
+const TEN_PDSH_X: f64 = 4.0;
+
+/// Both cases: drover at least this many times faster than ansible.
+const ANSIBLE_X: f64 = 5.0;
+
+/// Open files the benchmark (and every tool it starts) may have: a
+/// 1,000-host run holds a pipe per `ssh` (pdsh, the floor) or a socket per
+/// connection (drover), above the usual soft limit of 1,024.
+const NOFILE_WANTED: u64 = 65536;
 
 /// What the peers are made to use until the probe has said what drover
 /// negotiates (the probe runs first; a run without it fails).
@@ -307,6 +348,9 @@ struct Measured {
     first: BTreeMap<Item, f64>,
     /// Items skipped at this size: their projected duration, and why.
     skipped: BTreeMap<Item, (f64, &'static str)>,
+    /// At a --large size, the runs that failed (the others are still
+    /// measured): why.
+    failed: BTreeMap<Item, String>,
 }
 
 /// How often the memory of a measured command's process tree is sampled
@@ -365,6 +409,16 @@ struct Args {
         value_name = "TOOL,..."
     )]
     tools: Vec<Tool>,
+    /// Large fleet sizes, measured after --sizes on the existing fleet
+    /// only, one command only, with drover, pdsh (drover's key exchange) and
+    /// the floor (`ssh host true` to every host at once, drover's key
+    /// exchange); not --max-run, but within --deadline. None by default.
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...",
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=3500))]
+    large: Vec<usize>,
+    /// Runs of each measurement at a --large size.
+    #[arg(long, default_value_t = 1, value_name = "R", value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    large_runs: usize,
     /// The fleets to measure on, each at every size.
     #[arg(
         long,
@@ -402,6 +456,9 @@ fn main() -> Result<()> {
     let mut report = Report::new("fleet", "Fleet fan-out");
     report.params = json!({
         "sizes": args.sizes, "runs": args.runs,
+        "large": args.large, "large_runs": args.large_runs, "large_fleet": FleetKind::Existing.key(),
+        "large_tools": ["drover", "pdsh"],
+        "target_hosts": TARGET_HOSTS, "large_target_hosts": LARGE_TARGET_HOSTS,
         "tools": args.tools.iter().map(|t| t.name()).collect::<Vec<_>>(),
         "fleets": args.fleets.iter().map(|k| k.key()).collect::<Vec<_>>(),
         "budget_s": args.budget, "max_run_s": args.max_run,
@@ -417,6 +474,7 @@ fn main() -> Result<()> {
     // become our children, so the memory of its tree includes them.
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let nofile = raise_nofile();
     let real = Home::discover()?;
     let real = real.root().to_path_buf();
     let drover = sibling("drover")?;
@@ -455,6 +513,15 @@ fn main() -> Result<()> {
         args.tools.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "),
         args.deadline.map_or(String::new(), |d| format!(", deadline {d} s"))
     );
+    if !args.large.is_empty() {
+        println!(
+            "large sizes {:?} ({} fleet, 1 command only: drover, pdsh with drover's kex, the floor; {} run(s) each)",
+            args.large,
+            FleetKind::Existing.key(),
+            args.large_runs
+        );
+    }
+    println!("open files (RLIMIT_NOFILE, inherited by every tool): {nofile}");
     let versions = json!({
         "ansible": version_of(&venv.join("bin/ansible")),
         "pdsh": version_of_flag("pdsh", "-V"),
@@ -467,16 +534,21 @@ fn main() -> Result<()> {
         mem_total_gib(),
         drover.display(),
     );
-    let pairs: Vec<(usize, FleetKind)> = args
+    let mut pairs: Vec<(usize, FleetKind)> = args
         .sizes
         .iter()
         .flat_map(|&n| args.fleets.iter().map(move |&k| (n, k)))
         .collect();
+    // The large sizes come last: only the existing fleet, one command.
+    let large_from = pairs.len();
+    pairs.extend(args.large.iter().map(|&n| (n, FleetKind::Existing)));
     let mut bench = Bench {
         drover,
         venv,
         home,
         runs: args.runs,
+        large_runs: args.large_runs,
+        large_from,
         tools: args.tools.clone(),
         timeout: Duration::from_secs(args.timeout),
         budget: Duration::from_secs(args.budget),
@@ -495,17 +567,28 @@ fn main() -> Result<()> {
     let mut sizes_json = Vec::new();
     let mut memory: Vec<Memory> = Vec::new();
     let mut headlines: Vec<Headline> = Vec::new();
+    let mut verdicts: Vec<Value> = Vec::new();
     // The figures so far, complete or not: written after every size, so
     // that an interrupted run keeps what it measured.
-    let save = |report: &mut Report, headlines: &[Headline], memory: &[Memory], sizes: &[Value], complete: bool| {
+    let save = |report: &mut Report,
+                headlines: &[Headline],
+                memory: &[Memory],
+                sizes: &[Value],
+                verdicts: &[Value],
+                complete: bool| {
         report.headlines = headlines.to_vec();
         let memory_json = memory_headlines(memory, report, complete);
+        let targets = target_summary(&args.fleets, &args.large, sizes, verdicts, &memory_json);
+        if complete {
+            print_targets(&targets);
+        }
         report.results = json!({
             "versions": versions,
             "kex": kex,
             "fleets": args.fleets.iter().map(|k| json!({"fleet": k.key(), "label": k.label(), "description": k.describe()})).collect::<Vec<_>>(),
             "sizes": sizes,
             "memory": memory_json,
+            "targets": targets,
             "complete": complete,
             "total_s": started.elapsed().as_secs_f64(),
         });
@@ -514,7 +597,7 @@ fn main() -> Result<()> {
         if let Some(why) = bench.cannot_fit(idx) {
             println!("\n== {n} hosts, {} fleet: skipped: {why}", kind.key());
             let _ = writeln!(summary, "| {} | {n} | skipped: {why} |", kind.key());
-            sizes_json.push(json!({"fleet": kind.key(), "hosts": n, "status": "skipped", "reason": why}));
+            sizes_json.push(json!({"fleet": kind.key(), "hosts": n, "large": bench.is_large(idx), "status": "skipped", "reason": why}));
             continue;
         }
         let dir = base.path().join(format!("{}-n{n}-{idx}", kind.key()));
@@ -527,6 +610,7 @@ fn main() -> Result<()> {
                 sizes_json.push(done.json);
                 headlines.extend(done.headlines);
                 memory.extend(done.memory);
+                verdicts.extend(done.verdicts);
             }
             Err(e) => {
                 if INTERRUPTED.load(Ordering::SeqCst) {
@@ -535,17 +619,17 @@ fn main() -> Result<()> {
                 eprintln!("{n} hosts, {} fleet, failed: {e:#}", kind.key());
                 let _ = writeln!(summary, "| {} | {n} | failed: {e} |", kind.key());
                 sizes_json
-                    .push(json!({"fleet": kind.key(), "hosts": n, "status": "failed", "reason": format!("{e:#}")}));
+                    .push(json!({"fleet": kind.key(), "hosts": n, "large": bench.is_large(idx), "status": "failed", "reason": format!("{e:#}")}));
             }
         }
-        save(&mut report, &headlines, &memory, &sizes_json, false);
+        save(&mut report, &headlines, &memory, &sizes_json, &verdicts, false);
         report.save(args.json.as_deref())?;
     }
     println!(
-        "\nsummary: median wall time, s (1 command / 10 steps); ratio = peer time / drover time; peers with drover's key exchange {}, \
+        "\nsummary: median wall time, s (1 command / 10 steps); ratio = peer time / drover time; floor ratio = drover time / floor; peers with drover's key exchange {}, \
          [with OpenSSH's default {}]; ≈: 10 × one invocation\n\
-         | fleet | hosts | drover | {} | ssh true, default kex: 1 / all | ssh true, drover's kex: 1 / all |\n\
-         |---|---|---|{}---|---|\n{summary}",
+         | fleet | hosts | drover | drover ÷ floor | {} | ssh true, default kex: 1 / all | ssh true, drover's kex: 1 / all |\n\
+         |---|---|---|---|{}---|---|\n{summary}",
         bench.kex,
         bench.default_kex,
         bench
@@ -557,7 +641,7 @@ fn main() -> Result<()> {
             .join(" | "),
         "---|".repeat(bench.tools.iter().filter(|t| **t != Tool::Drover).count()),
     );
-    save(&mut report, &headlines, &memory, &sizes_json, true);
+    save(&mut report, &headlines, &memory, &sizes_json, &verdicts, true);
     report.write(args.json.as_deref())
 }
 
@@ -587,6 +671,7 @@ fn memory_headlines(memory: &[Memory], report: &mut Report, print: bool) -> Valu
     let n = large.hosts;
     let per_conn = (large.hosts > small.hosts)
         .then(|| (large.drover_maxrss_kib - small.drover_maxrss_kib) as f64 / (large.hosts - small.hosts) as f64);
+    let pdsh_per_host = large.tree_pss_kib.get(&Tool::Pdsh).map(|k| *k as f64 / n as f64);
     // drover is one process: its peak RSS counts every page it maps, even
     // those shared with other processes, so any bias is against it. A
     // peer is a tree of processes (an ssh per host): their PSS summed
@@ -643,6 +728,23 @@ fn memory_headlines(memory: &[Memory], report: &mut Report, print: bool) -> Valu
                 per = per.peer(tool.name(), Figure::single(*kib as f64 / n as f64));
             }
         }
+        let what = format!("drover per connection <= pdsh's tree PSS per host at {n} hosts");
+        per = match (n >= TARGET_HOSTS, pdsh_per_host) {
+            (true, Some(p)) => per.target(format!("{what} ({pc:.0} vs {p:.0} KiB)"), pc <= p),
+            (true, None) => per.target_not_measured(format!("{what} (pdsh not measured)")),
+            (false, _) => per.target_not_measured(format!(
+                "{what} (not judged: the largest size, {n}, is below {TARGET_HOSTS} hosts)"
+            )),
+        };
+        if print {
+            println!(
+                "  target: {what}: {}",
+                match (n >= TARGET_HOSTS, pdsh_per_host) {
+                    (true, Some(p)) => format!("{pc:.0} vs {p:.0} KiB ({})", if pc <= p { "met" } else { "NOT MET" }),
+                    _ => "not measured".into(),
+                }
+            );
+        }
         report.headlines.push(h);
         report.headlines.push(per.note(format!(
             "drover: its RSS at {n} hosts minus its RSS at {} hosts, per added host (one SSH connection each); peers: their tree's PSS at {n} hosts / {n}",
@@ -651,12 +753,34 @@ fn memory_headlines(memory: &[Memory], report: &mut Report, print: bool) -> Valu
     } else {
         report.headlines.push(h);
     }
+    let pdsh = pdsh_per_host;
+    let judged = n >= TARGET_HOSTS;
+    let memory_target = json!({
+        "what": format!("drover's RSS per open connection <= pdsh's tree PSS per host at the largest size ({n} hosts)"),
+        "drover_kib": per_conn,
+        "pdsh_kib": pdsh,
+        "measured": judged && per_conn.is_some() && pdsh.is_some(),
+        "met": match (judged, per_conn, pdsh) {
+            (true, Some(d), Some(p)) => json!(d <= p),
+            _ => Value::Null,
+        },
+        "reason": if !judged {
+            json!(format!("the largest size, {n}, is below {TARGET_HOSTS} hosts"))
+        } else if per_conn.is_none() {
+            json!("one size only: no per-connection figure")
+        } else if pdsh.is_none() {
+            json!("pdsh not measured")
+        } else {
+            Value::Null
+        },
+    });
     json!({
         "fleet": fleet.key(),
         "hosts": n,
         "smallest_hosts": small.hosts,
         "drover_maxrss_kib": {"smallest": small.drover_maxrss_kib, "largest": large.drover_maxrss_kib},
         "drover_kib_per_connection": per_conn,
+        "target": memory_target,
         "tree_pss_kib": large.tree_pss_kib.iter().map(|(t, k)| (t.name().to_string(), json!(k))).collect::<serde_json::Map<_, _>>(),
         "by_size": memory.iter().map(|m| json!({
             "hosts": m.hosts,
@@ -666,6 +790,187 @@ fn memory_headlines(memory: &[Memory], report: &mut Report, print: bool) -> Valu
     })
 }
 
+/// One criterion of a fleet target.
+#[derive(Debug, Clone, Copy)]
+enum Criterion {
+    /// drover's time at most this many times the floor (`ssh host true`
+    /// to every host at once, drover's key exchange).
+    Floor(f64),
+    /// The peer's time (drover's key exchange) more than drover's.
+    Faster(Tool),
+    /// The peer's time at least this many times drover's.
+    AtLeast(Tool, f64),
+}
+
+impl Criterion {
+    fn what(self) -> String {
+        match self {
+            Criterion::Floor(x) => format!("drover <= {x}× the floor"),
+            Criterion::Faster(t) => format!("> 1× {} (faster)", t.name()),
+            Criterion::AtLeast(t, x) => format!(">= {x}× {}", t.name()),
+        }
+    }
+
+    /// Met by `ratio` (drover ÷ floor for Floor, peer ÷ drover otherwise).
+    fn met(self, ratio: f64) -> bool {
+        match self {
+            Criterion::Floor(x) => ratio <= x,
+            Criterion::Faster(_) => ratio > 1.0,
+            Criterion::AtLeast(_, x) => ratio >= x,
+        }
+    }
+}
+
+/// The criteria of the target of a case: at TARGET_HOSTS on every fleet,
+/// and (`large`) 1 command at LARGE_TARGET_HOSTS.
+fn criteria(case: Case, large: bool) -> Vec<Criterion> {
+    match (case, large) {
+        (Case::One, true) => vec![Criterion::Faster(Tool::Pdsh)],
+        (Case::One, false) => vec![
+            Criterion::Floor(ONE_FLOOR_X),
+            Criterion::Faster(Tool::Pdsh),
+            Criterion::Faster(Tool::Pssh),
+            Criterion::AtLeast(Tool::Ansible, ANSIBLE_X),
+        ],
+        (Case::Ten, _) => vec![
+            Criterion::Floor(TEN_FLOOR_X),
+            Criterion::AtLeast(Tool::Pdsh, TEN_PDSH_X),
+            Criterion::AtLeast(Tool::Ansible, ANSIBLE_X),
+        ],
+    }
+}
+
+/// Every target of the run, judged or not (with why not): 1 command and
+/// 10 steps at TARGET_HOSTS on each fleet, memory per connection, 1 command
+/// at LARGE_TARGET_HOSTS (a --large size, existing fleet).
+fn target_summary(fleets: &[FleetKind], large: &[usize], sizes: &[Value], verdicts: &[Value], memory: &Value) -> Value {
+    let mut wanted: Vec<(FleetKind, usize, Case, bool)> = Vec::new();
+    for &k in fleets {
+        wanted.push((k, TARGET_HOSTS, Case::One, false));
+        wanted.push((k, TARGET_HOSTS, Case::Ten, false));
+    }
+    let mut out = Vec::new();
+    let placeholder = |k: FleetKind, n: usize, case: Case, big: bool| {
+        let entry = sizes
+            .iter()
+            .find(|s| s["fleet"] == k.key() && s["hosts"] == n && s["large"].as_bool().unwrap_or(false) == big);
+        let reason = match entry {
+            Some(s) if s["status"] != "measured" => format!(
+                "{n} hosts {}: {}",
+                s["status"].as_str().unwrap_or("?"),
+                s["reason"].as_str().unwrap_or("")
+            ),
+            Some(s) => match s["tools"]["drover"][case.key()]["failed"].as_str() {
+                Some(e) => format!("drover failed: {}", tail(e, 2).replace('\n', " / ")),
+                None => "drover's run of this case was not measured".to_string(),
+            },
+            None if big && !large.contains(&n) => format!("{n} hosts not in --large"),
+            None if big => format!("{n} hosts: not reached"),
+            None => format!("no {n}-host size of the {} fleet in this run", k.key()),
+        };
+        json!({
+            "fleet": k.key(), "hosts": n, "case": case.key(), "large": big,
+            "what": criteria(case, big).iter().map(|c| c.what()).collect::<Vec<_>>().join(", "),
+            "parts": criteria(case, big).iter().map(|c| json!({"what": c.what(), "ratio": null, "measured": false, "met": null})).collect::<Vec<_>>(),
+            "measured": false, "met": null, "reason": reason,
+        })
+    };
+    let found = |k: FleetKind, n: usize, case: Case, big: bool| {
+        verdicts
+            .iter()
+            .find(|v| v["fleet"] == k.key() && v["hosts"] == n && v["case"] == case.key() && v["large"] == big)
+            .cloned()
+    };
+    for (k, n, case, big) in wanted {
+        let mut v = found(k, n, case, big).unwrap_or_else(|| placeholder(k, n, case, big));
+        v["target"] = json!(format!(
+            "{n} hosts, {} ({})",
+            if case == Case::One { "1 command" } else { "10 steps" },
+            k.key()
+        ));
+        out.push(v);
+    }
+    let mut mem = if memory.is_null() {
+        json!({"what": "drover's RSS per open connection <= pdsh's tree PSS per host at the largest size",
+               "measured": false, "met": null, "reason": "drover's one-command run was measured at no size"})
+    } else {
+        memory["target"].clone()
+    };
+    mem["target"] = json!("memory per connection");
+    out.push(mem);
+    let (k, n) = (FleetKind::Existing, LARGE_TARGET_HOSTS);
+    let mut v = found(k, n, Case::One, true).unwrap_or_else(|| placeholder(k, n, Case::One, true));
+    v["target"] = json!(format!(
+        "{} hosts, 1 command ({})",
+        drover_bench::figures::thousands(n),
+        k.key()
+    ));
+    out.push(v);
+    Value::Array(out)
+}
+
+/// The targets, in the text output.
+fn print_targets(targets: &Value) {
+    println!("\ntargets (issue 15), peers with drover's key exchange:");
+    for t in targets.as_array().into_iter().flatten() {
+        let verdict = match t["met"].as_bool() {
+            Some(true) => "met".to_string(),
+            Some(false) => "NOT MET".to_string(),
+            None => "not measured".to_string(),
+        };
+        let detail = match t["parts"].as_array() {
+            Some(parts) => parts
+                .iter()
+                .map(|p| match p["ratio"].as_f64() {
+                    Some(r) => format!("{} ({r:.2}×)", p["what"].as_str().unwrap_or("")),
+                    None => format!("{} (not measured)", p["what"].as_str().unwrap_or("")),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            None => format!(
+                "{} (drover {} KiB, pdsh {} KiB)",
+                t["what"].as_str().unwrap_or(""),
+                t["drover_kib"].as_f64().map_or("-".into(), |v| format!("{v:.0}")),
+                t["pdsh_kib"].as_f64().map_or("-".into(), |v| format!("{v:.0}"))
+            ),
+        };
+        let why = t["reason"].as_str().map_or(String::new(), |r| format!(" [{r}]"));
+        println!("  {:<36} {detail}: {verdict}{why}", t["target"].as_str().unwrap_or("?"));
+    }
+}
+
+/// Raises the open-files limit (RLIMIT_NOFILE) to NOFILE_WANTED, or at
+/// least to its hard limit: every tool started inherits it. The limit
+/// now, as text.
+fn raise_nofile() -> String {
+    // SAFETY: rlimit is plain data; getrlimit fills it.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: reads this process's limit into `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return format!("unknown ({})", std::io::Error::last_os_error());
+    }
+    let wanted = NOFILE_WANTED as libc::rlim_t;
+    if lim.rlim_cur < wanted {
+        // Root may raise the hard limit too (up to fs.nr_open).
+        let up = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: lim.rlim_max.max(wanted),
+        };
+        // SAFETY: sets this process's limit from `up`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &up) } != 0 {
+            let soft = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            // SAFETY: as above; the soft limit up to the hard one.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) };
+        }
+        // SAFETY: as above.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    }
+    format!("soft {}, hard {}", lim.rlim_cur, lim.rlim_max)
+}
+
 /// What one size of one fleet produced.
 struct SizeDone {
     /// The line of the summary table.
@@ -673,6 +978,8 @@ struct SizeDone {
     json: Value,
     headlines: Vec<Headline>,
     memory: Option<Memory>,
+    /// The targets judged at this size (see [`target_summary`]).
+    verdicts: Vec<Value>,
 }
 
 struct Bench {
@@ -680,6 +987,10 @@ struct Bench {
     venv: PathBuf,
     home: PathBuf,
     runs: usize,
+    /// Runs at a --large size.
+    large_runs: usize,
+    /// Pairs from this index on are --large sizes.
+    large_from: usize,
     tools: Vec<Tool>,
     timeout: Duration,
     budget: Duration,
@@ -1004,7 +1315,14 @@ impl Bench {
     /// everything, deletes the fleet; what to report.
     fn size(&self, idx: usize, dir: &Path) -> Result<SizeDone> {
         let (n, kind) = self.pairs[idx];
-        println!("\n== {n} hosts: {} ==", kind.describe());
+        if self.is_large(idx) {
+            println!(
+                "\n== {n} hosts (--large: 1 command only; drover, pdsh with drover's kex, the floor): {} ==",
+                kind.describe()
+            );
+        } else {
+            println!("\n== {n} hosts: {} ==", kind.describe());
+        }
         let created = Instant::now();
         // What keeps the hosts alive: dropping it deletes them (also on an
         // early return).
@@ -1098,22 +1416,58 @@ impl Bench {
         items
     }
 
-    /// One round of drover (both cases) at `n` hosts, projected.
-    fn drover_round(&self, kind: FleetKind, n: usize) -> f64 {
-        [Case::One, Case::Ten]
+    /// Whether pair `idx` is a --large size: the existing fleet, one
+    /// command, drover, pdsh and the floor only, not --max-run.
+    fn is_large(&self, idx: usize) -> bool {
+        idx >= self.large_from
+    }
+
+    /// drover's runs at pair `idx`.
+    fn runs_at(&self, idx: usize) -> usize {
+        if self.is_large(idx) { self.large_runs } else { self.runs }
+    }
+
+    /// The items of a round at pair `idx`: every item, or at a --large size
+    /// the floor, drover and pdsh (drover's key exchange), one command.
+    fn items_for(&self, idx: usize) -> Vec<Item> {
+        if !self.is_large(idx) {
+            return self.items();
+        }
+        let mut items = vec![Item::Physical];
+        for tool in [Tool::Drover, Tool::Pdsh] {
+            if self.tools.contains(&tool) {
+                items.push(Item::Run(tool, Case::One, Kex::Drover));
+            }
+        }
+        items
+    }
+
+    /// One round of drover (both cases; one command at a --large size) at
+    /// pair `idx`, projected.
+    fn drover_round(&self, idx: usize) -> f64 {
+        let (n, kind) = self.pairs[idx];
+        let cases: &[Case] = if self.is_large(idx) {
+            &[Case::One]
+        } else {
+            &[Case::One, Case::Ten]
+        };
+        cases
             .iter()
             .filter_map(|&c| self.projection(kind, Item::Run(Tool::Drover, c, Kex::Drover), n))
             .sum()
     }
 
-    /// The first runs of the peers with drover's key exchange at `n`
-    /// hosts, projected (those within --max-run).
-    fn peer_firsts(&self, kind: FleetKind, n: usize) -> f64 {
-        self.items()
+    /// The first runs of the peers with drover's key exchange at pair
+    /// `idx`, projected (those within --max-run, which a --large size
+    /// ignores).
+    fn peer_firsts(&self, idx: usize) -> f64 {
+        let (n, kind) = self.pairs[idx];
+        let large = self.is_large(idx);
+        self.items_for(idx)
             .into_iter()
             .filter(|i| i.rank(0) == 1)
             .filter_map(|i| self.projection(kind, i, n))
-            .filter(|&p| p <= self.max_run.as_secs_f64())
+            .filter(|&p| large || p <= self.max_run.as_secs_f64())
             .sum()
     }
 
@@ -1133,13 +1487,14 @@ impl Bench {
             .filter(|i| !m.skipped.contains_key(i) && i.rank(round) < rank && (round == 0 || i.always()))
             .filter_map(|&i| m.first.get(&i).copied().or_else(|| self.projection(kind, i, n)))
             .sum();
-        t += self.drover_round(kind, n) * (self.runs - round - 1) as f64;
-        for &(later_n, later_kind) in &self.pairs[idx + 1..] {
-            t += self.drover_round(later_kind, later_n) * self.runs as f64
+        t += self.drover_round(idx) * self.runs_at(idx).saturating_sub(round + 1) as f64;
+        for later in idx + 1..self.pairs.len() {
+            let (later_n, later_kind) = self.pairs[later];
+            t += self.drover_round(later) * self.runs_at(later) as f64
                 + self.projection(later_kind, Item::Physical, later_n).unwrap_or(0.0)
                 + CREATE_PER_HOST * later_n as f64;
             if rank >= 2 {
-                t += self.peer_firsts(later_kind, later_n);
+                t += self.peer_firsts(later);
             }
         }
         t
@@ -1150,7 +1505,7 @@ impl Bench {
         let left = self.time_left()?;
         let (n, kind) = self.pairs[idx];
         let need = CREATE_PER_HOST * n as f64
-            + self.drover_round(kind, n)
+            + self.drover_round(idx)
             + self.projection(kind, Item::Physical, n).unwrap_or(0.0);
         (need > left).then(|| {
             format!(
@@ -1222,10 +1577,11 @@ impl Bench {
     fn measure(&self, idx: usize, f: &Fleet) -> Result<SizeDone> {
         let n = f.hosts.len();
         let kind = f.kind;
-        let items = self.items();
+        let large = self.is_large(idx);
+        let items = self.items_for(idx);
         let mut m = Measured::default();
         let size_started = Instant::now();
-        for round in 0..self.runs {
+        for round in 0..self.runs_at(idx) {
             // Interleaved rounds, so that a drift of the machine hits
             // every tool alike.
             for (k, &item) in items.iter().enumerate() {
@@ -1236,6 +1592,7 @@ impl Bench {
                 // size, else projected from a smaller one.
                 let expected = m.first.get(&item).copied().or_else(|| self.estimate(kind, item, n));
                 if round == 0
+                    && !large
                     && let Some(p) = self.projection(kind, item, n)
                     && p > self.max_run.as_secs_f64()
                 {
@@ -1293,19 +1650,49 @@ impl Bench {
                 match item {
                     Item::Physical => {
                         let host = &f.hosts[round % n];
-                        m.single_default.push(self.ssh_one(f, host, Kex::Default)?);
-                        m.all_default.push(self.ssh_all(f, Kex::Default)?);
+                        // At a --large size, drover's key exchange only.
+                        if !large {
+                            m.single_default.push(self.ssh_one(f, host, Kex::Default)?);
+                            m.all_default.push(self.ssh_all(f, Kex::Default)?);
+                        }
                         m.single_drover.push(self.ssh_one(f, host, Kex::Drover)?);
                         m.all_drover.push(self.ssh_all(f, Kex::Drover)?);
                     }
                     Item::Run(tool, case, kex) => {
                         let s = match tool {
-                            Tool::Drover => {
-                                let (s, b) = self.drover(f, case, round)?;
-                                m.breakdowns.push((case, b));
-                                s
-                            }
-                            Tool::Pdsh => self.pdsh(f, case, kex)?,
+                            Tool::Drover => match self.drover(f, case, round) {
+                                Ok((s, b)) => {
+                                    m.breakdowns.push((case, b));
+                                    s
+                                }
+                                // At a --large size a failed run is
+                                // reported, and the others measured.
+                                Err(e) if large && !INTERRUPTED.load(Ordering::SeqCst) => {
+                                    println!(
+                                        "  {}: failed at {n} hosts: {}",
+                                        item.label(),
+                                        tail(&format!("{e:#}"), 3)
+                                    );
+                                    m.failed.entry(item).or_insert(format!("{e:#}"));
+                                    settle(f);
+                                    continue;
+                                }
+                                Err(e) => return Err(e),
+                            },
+                            Tool::Pdsh => match self.pdsh(f, case, kex) {
+                                Ok(s) => s,
+                                Err(e) if large && !INTERRUPTED.load(Ordering::SeqCst) => {
+                                    println!(
+                                        "  {}: failed at {n} hosts: {}",
+                                        item.label(),
+                                        tail(&format!("{e:#}"), 3)
+                                    );
+                                    m.failed.entry(item).or_insert(format!("{e:#}"));
+                                    settle(f);
+                                    continue;
+                                }
+                                Err(e) => return Err(e),
+                            },
                             Tool::Pssh => self.pssh(f, case, kex)?,
                             Tool::Ansible => self.ansible(f, case, round, kex)?,
                         };
@@ -1326,7 +1713,7 @@ impl Bench {
             );
         }
         println!("  measured {n} hosts in {:.0} s", size_started.elapsed().as_secs_f64());
-        Ok(self.report(f, &m))
+        Ok(self.report(idx, f, &m))
     }
 
     /// How long one run of `item` would take at `n` hosts: projected from
@@ -1362,10 +1749,24 @@ impl Bench {
         })
     }
 
-    fn report(&self, f: &Fleet, m: &Measured) -> SizeDone {
+    fn report(&self, idx: usize, f: &Fleet, m: &Measured) -> SizeDone {
         let n = f.hosts.len();
         let kind = f.kind;
-        let peers: Vec<Tool> = self.tools.iter().copied().filter(|t| *t != Tool::Drover).collect();
+        let large = self.is_large(idx);
+        let items = self.items_for(idx);
+        // What was to be measured here (every tool and key exchange, or at
+        // a --large size drover and pdsh with drover's key exchange).
+        let planned = |t: Tool, k: Kex| {
+            items
+                .iter()
+                .any(|i| matches!(i, Item::Run(x, _, y) if *x == t && *y == k))
+        };
+        let peers: Vec<Tool> = self
+            .tools
+            .iter()
+            .copied()
+            .filter(|&t| t != Tool::Drover && planned(t, Kex::Drover))
+            .collect();
         let samples = |t: Tool, c: Case, k: Kex| m.samples.get(&(t, c, k));
         let wall = |t: Tool, c: Case, k: Kex| samples(t, c, k).map(|v| walls(v));
         let med = |t: Tool, c: Case, k: Kex| wall(t, c, k).map(|v| median(&v));
@@ -1375,7 +1776,7 @@ impl Bench {
         // invocation is what it would take (an estimate: shown, never
         // judged).
         let ten_x = |t: Tool, c: Case, k: Kex| match (c, t) {
-            (Case::Ten, Tool::Pdsh | Tool::Pssh) if samples(t, c, k).is_none() => {
+            (Case::Ten, Tool::Pdsh | Tool::Pssh) if !large && samples(t, c, k).is_none() => {
                 med(t, Case::One, k).map(|v| v * STEPS as f64)
             }
             _ => None,
@@ -1397,6 +1798,7 @@ impl Bench {
             .filter(|t| **t == Tool::Drover)
             .map(|&t| (t, Kex::Drover))
             .chain(peers.iter().flat_map(|&t| [(t, Kex::Drover), (t, Kex::Default)]))
+            .filter(|&(t, k)| planned(t, k))
             .collect();
         let row_name = |t: Tool, k: Kex| match (t, k) {
             (Tool::Drover, _) => "drover".to_string(),
@@ -1416,6 +1818,7 @@ impl Bench {
         for &(tool, kex) in &rows {
             let cell = |case: Case| match wall(tool, case, kex) {
                 Some(v) => format!("{} n={}", spread(&v), v.len()),
+                None if m.failed.contains_key(&Item::Run(tool, case, kex)) => "failed (see above)".into(),
                 None => match (skipped(tool, case, kex), ten_x(tool, case, kex)) {
                     (_, Some(v)) => format!("not run (≈{v:.1} = 10 × 1 cmd)"),
                     (Some((p, why)), _) if p.is_finite() => format!("not run ({why}, ~{p:.0} s)"),
@@ -1457,6 +1860,8 @@ impl Bench {
                 spread(&walls(&m.all_default)),
                 cpu_of(&m.all_default)
             );
+        }
+        if !m.single_drover.is_empty() {
             println!(
                 "  physical limit, ssh with drover's kex ({}): 1 host {}; {n} at once {} ({:.2} core-s)",
                 self.kex,
@@ -1520,6 +1925,7 @@ impl Bench {
                 "tree_procs": max_of(tool, case, kex, |s| s.tree_procs as i64),
                 "skipped": skipped(tool, case, kex).map(|(p, why)| json!({"reason": why, "projected_s": p})),
                 "estimate_s": ten_x(tool, case, kex),
+                "failed": m.failed.get(&Item::Run(tool, case, kex)),
             })
         };
         let mut tools_json = serde_json::Map::new();
@@ -1545,9 +1951,25 @@ impl Bench {
             "skipped": m.skipped.get(&Item::Physical).map(|(p, why)| json!({"reason": why, "projected_s": p})),
         });
 
-        let mut line = format!("| {} | {n} |", kind.key());
         let d1 = med(Tool::Drover, Case::One, Kex::Drover);
         let d10 = med(Tool::Drover, Case::Ten, Kex::Drover);
+        // The floor: `ssh host true` to every host at once with drover's
+        // key exchange; drover's time over it, per case.
+        let floor = (!m.all_drover.is_empty()).then(|| median(&walls(&m.all_drover)));
+        let over_floor = |d: Option<f64>| match (d, floor) {
+            (Some(d), Some(fl)) => Some(d / fl),
+            _ => None,
+        };
+        let opt = |v: Option<f64>, suffix: &str| v.map_or("-".to_string(), |v| format!("{v:.2}{suffix}"));
+        let mut line = format!(
+            "| {} | {n}{} | {} / {} | {} / {} |",
+            kind.key(),
+            if large { " (large)" } else { "" },
+            opt(d1, ""),
+            opt(d10, ""),
+            opt(over_floor(d1), "×"),
+            opt(over_floor(d10), "×")
+        );
         let fmt_value = |v: Option<(f64, bool)>| match v {
             Some((v, false)) => format!("{v:.2}"),
             Some((v, true)) => format!("≈{v:.1}"),
@@ -1555,16 +1977,18 @@ impl Bench {
         };
         let mut ratios_json = serde_json::Map::new();
         let mut targets_json = Vec::new();
+        let mut verdicts = Vec::new();
         let mut headlines = Vec::new();
-        if let (Some(d1), Some(d10)) = (d1, d10) {
-            let _ = write!(line, " {d1:.2} / {d10:.2} |");
+        if d1.is_some() || d10.is_some() {
             println!("  ratios, peer time / drover time (> 1: drover is faster):");
-            for &tool in &peers {
-                let ratio = |case: Case, kex: Kex, d: f64| match value(tool, case, kex) {
-                    Some((v, false)) => format!("{:.2}×", v / d),
-                    Some((v, true)) => format!("≈{:.1}×", v / d),
-                    None => "-".into(),
-                };
+        }
+        for &tool in &peers {
+            let ratio = |case: Case, kex: Kex, d: Option<f64>| match (value(tool, case, kex), d) {
+                (Some((v, false)), Some(d)) => format!("{:.2}×", v / d),
+                (Some((v, true)), Some(d)) => format!("≈{:.1}×", v / d),
+                _ => "-".into(),
+            };
+            if d1.is_some() || d10.is_some() {
                 println!(
                     "    vs {:<13} drover's kex: 1 command {:>7}   10 steps {:>7}   (OpenSSH's default kex: {:>7} / {:>7})",
                     tool.name(),
@@ -1573,153 +1997,215 @@ impl Bench {
                     ratio(Case::One, Kex::Default, d1),
                     ratio(Case::Ten, Kex::Default, d10)
                 );
-                let _ = write!(
-                    line,
-                    " {} / {} ({} / {}) [{} / {}] |",
-                    fmt_value(value(tool, Case::One, Kex::Drover)),
-                    fmt_value(value(tool, Case::Ten, Kex::Drover)),
-                    ratio(Case::One, Kex::Drover, d1),
-                    ratio(Case::Ten, Kex::Drover, d10),
-                    fmt_value(value(tool, Case::One, Kex::Default)),
-                    fmt_value(value(tool, Case::Ten, Kex::Default)),
-                );
-                let r = |case: Case, kex: Kex, d: f64| {
-                    value(tool, case, kex).map(|(v, guess)| json!({"ratio": v / d, "estimate": guess}))
-                };
-                ratios_json.insert(
-                    tool.name().into(),
-                    json!({
-                        "one": r(Case::One, Kex::Drover, d1), "ten": r(Case::Ten, Kex::Drover, d10),
-                        "one_default_kex": r(Case::One, Kex::Default, d1), "ten_default_kex": r(Case::Ten, Kex::Default, d10),
-                    }),
-                );
             }
-            // The targets, judged on the peers with drover's key exchange
-            // measured in this run (an estimate or a projection is not a
-            // measurement): 1 command no slower than pdsh and >= 5× faster
-            // than ansible; 10 steps >= 3× faster than pdsh and >= 5×
-            // faster than ansible.
-            for (case, d, pdsh_x) in [(Case::One, d1, 1.0), (Case::Ten, d10, 3.0)] {
-                let mut parts = Vec::new();
-                let mut verdict: Option<bool> = Some(true);
-                for (tool, x) in [(Tool::Pdsh, pdsh_x), (Tool::Ansible, 5.0)] {
-                    let what = format!(">= {x:.0}× {}", tool.name());
-                    match med(tool, case, Kex::Drover) {
-                        Some(p) => {
-                            let ok = p / d >= x;
-                            parts.push((
-                                format!("{what} ({:.2}×)", p / d),
-                                format!("{:.2}× ({})", p / d, if ok { "met" } else { "missed" }),
-                            ));
-                            targets_json.push(
-                                json!({"case": case.key(), "what": what, "ratio": p / d, "measured": true, "met": ok}),
-                            );
-                            verdict = match (verdict, ok) {
-                                (Some(false), _) | (_, false) => Some(false),
-                                (v, true) => v,
-                            };
-                        }
-                        None => {
-                            parts.push((format!("{what} (not measured)"), "not measured".to_string()));
-                            targets_json.push(json!({"case": case.key(), "what": what, "ratio": null, "measured": false, "met": null}));
-                            if verdict == Some(true) {
-                                verdict = None;
-                            }
+            let _ = write!(
+                line,
+                " {} / {} ({} / {}) [{} / {}] |",
+                fmt_value(value(tool, Case::One, Kex::Drover)),
+                fmt_value(value(tool, Case::Ten, Kex::Drover)),
+                ratio(Case::One, Kex::Drover, d1),
+                ratio(Case::Ten, Kex::Drover, d10),
+                fmt_value(value(tool, Case::One, Kex::Default)),
+                fmt_value(value(tool, Case::Ten, Kex::Default)),
+            );
+            let r = |case: Case, kex: Kex, d: Option<f64>| match (value(tool, case, kex), d) {
+                (Some((v, guess)), Some(d)) => json!({"ratio": v / d, "estimate": guess}),
+                _ => Value::Null,
+            };
+            ratios_json.insert(
+                tool.name().into(),
+                json!({
+                    "one": r(Case::One, Kex::Drover, d1), "ten": r(Case::Ten, Kex::Drover, d10),
+                    "one_default_kex": r(Case::One, Kex::Default, d1), "ten_default_kex": r(Case::Ten, Kex::Default, d10),
+                }),
+            );
+        }
+        // Peers not measured at a --large size: their cells empty.
+        for &tool in self.tools.iter().filter(|&&t| t != Tool::Drover && !peers.contains(&t)) {
+            let _ = tool;
+            line.push_str(" - |");
+        }
+        if let Some(fl) = floor {
+            println!(
+                "    drover / floor (`ssh host true` to all {n} at once, drover's kex: {fl:.2} s): 1 command {:>7}   10 steps {:>7}",
+                opt(over_floor(d1), "×"),
+                opt(over_floor(d10), "×")
+            );
+        }
+        let floor_json = json!({"floor_s": floor, "one": over_floor(d1), "ten": over_floor(d10)});
+
+        // The targets (issue 15), judged at TARGET_HOSTS hosts on every
+        // fleet (at LARGE_TARGET_HOSTS for a --large size) on the peers
+        // with drover's key exchange and the floor measured in this run
+        // (an estimate or a projection is not a measurement).
+        let judged = if large {
+            n == LARGE_TARGET_HOSTS
+        } else {
+            n == TARGET_HOSTS
+        };
+        let cases: &[Case] = if large { &[Case::One] } else { &[Case::One, Case::Ten] };
+        for &case in cases {
+            let Some(drover) = wall(Tool::Drover, case, Kex::Drover) else {
+                continue;
+            };
+            let d = median(&drover);
+            let mut parts = Vec::new();
+            let mut parts_json = Vec::new();
+            let mut verdict: Option<bool> = Some(true);
+            for c in criteria(case, large) {
+                let r = match c {
+                    Criterion::Floor(_) => floor.map(|fl| d / fl),
+                    Criterion::Faster(t) | Criterion::AtLeast(t, _) => med(t, case, Kex::Drover).map(|p| p / d),
+                };
+                match r {
+                    Some(r) => {
+                        let ok = c.met(r);
+                        parts.push(format!("{} ({r:.2}×)", c.what()));
+                        parts_json.push(json!({"what": c.what(), "ratio": r, "measured": true, "met": ok}));
+                        verdict = match (verdict, ok) {
+                            (Some(false), _) | (_, false) => Some(false),
+                            (v, true) => v,
+                        };
+                    }
+                    None => {
+                        parts.push(format!("{} (not measured)", c.what()));
+                        parts_json.push(json!({"what": c.what(), "ratio": null, "measured": false, "met": null}));
+                        if verdict == Some(true) {
+                            verdict = None;
                         }
                     }
                 }
+            }
+            if judged {
                 println!(
-                    "  targets, {} step(s), peers with drover's kex: {}",
+                    "  target, {} step(s) at {n} hosts (peers with drover's kex): {}: {}",
                     case.steps(),
-                    parts
-                        .iter()
-                        .zip([(Tool::Pdsh, pdsh_x), (Tool::Ansible, 5.0)])
-                        .map(|((_, v), (t, x))| format!("{x:.0}× {}: {v}", t.name()))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                );
-                let what = match case {
-                    Case::One => format!("fleet fan-out, {}: 1 command on {n} hosts", kind.label()),
-                    Case::Ten => format!("fleet fan-out, {}: {STEPS} steps on {n} hosts", kind.label()),
-                };
-                let Some(drover) = wall(Tool::Drover, case, Kex::Drover) else {
-                    continue;
-                };
-                let mut h = Headline::new(
-                    format!("fleet-{}-{}-{n}", kind.key(), case.steps()),
-                    what,
-                    "s",
-                    Better::Lower,
-                    Stat::new("s", drover).figure(),
-                );
-                let figure = |tool: Tool, kex: Kex| match (
-                    wall(tool, case, kex),
-                    ten_x(tool, case, kex),
-                    skipped(tool, case, kex),
-                ) {
-                    (Some(v), _, _) => Some(Stat::new("s", v).figure()),
-                    (None, Some(v), _) => Some(Figure::estimated(v, "10 × its 1-command time")),
-                    (None, _, Some((p, why))) if p.is_finite() => {
-                        Some(Figure::estimated(p, format!("not run (--{why})")))
+                    parts.join("; "),
+                    match verdict {
+                        Some(true) => "met",
+                        Some(false) => "NOT MET",
+                        None => "not measured",
                     }
-                    _ => None,
-                };
-                for &tool in &peers {
-                    if let Some(fig) = figure(tool, Kex::Drover) {
-                        h = h.peer_beside(
-                            tool.name(),
-                            fig,
-                            figure(tool, Kex::Default).map(|f| ("OpenSSH's default kex".to_string(), f)),
-                        );
-                    }
+                );
+                for p in &parts_json {
+                    let mut p = p.clone();
+                    p["case"] = json!(case.key());
+                    targets_json.push(p);
                 }
-                if !m.all_drover.is_empty() {
-                    let default = median(&walls(&m.all_default));
-                    h = h.limit(
-                        format!(
-                            "`ssh host true` to all {n} hosts at once with drover's key exchange ({}; with OpenSSH's default, {}: {default:.2} s){}",
-                            self.kex,
-                            self.default_kex,
-                            if case == Case::Ten { "; 10 steps need at least this handshake per host" } else { "" }
-                        ),
-                        Figure::single(median(&walls(&m.all_drover))),
+                verdicts.push(json!({
+                    "fleet": kind.key(), "hosts": n, "case": case.key(), "large": large,
+                    "what": parts.join(", "),
+                    "parts": parts_json,
+                    "measured": parts_json.iter().all(|p| p["measured"] == true),
+                    "met": verdict,
+                }));
+            }
+            let what = match (case, large) {
+                (Case::One, false) => format!("fleet fan-out, {}: 1 command on {n} hosts", kind.label()),
+                (Case::One, true) => format!(
+                    "fleet fan-out, {}: 1 command on {} hosts (--large: drover, pdsh and the floor only)",
+                    kind.label(),
+                    drover_bench::figures::thousands(n)
+                ),
+                (Case::Ten, _) => format!("fleet fan-out, {}: {STEPS} steps on {n} hosts", kind.label()),
+            };
+            let mut h = Headline::new(
+                format!(
+                    "fleet-{}-{}-{n}{}",
+                    kind.key(),
+                    case.steps(),
+                    if large { "-large" } else { "" }
+                ),
+                what,
+                "s",
+                Better::Lower,
+                Stat::new("s", drover).figure(),
+            );
+            let figure = |tool: Tool, kex: Kex| match (
+                wall(tool, case, kex),
+                ten_x(tool, case, kex),
+                skipped(tool, case, kex),
+            ) {
+                (Some(v), _, _) => Some(Stat::new("s", v).figure()),
+                (None, Some(v), _) => Some(Figure::estimated(v, "10 × its 1-command time")),
+                (None, _, Some((p, why))) if p.is_finite() => Some(Figure::estimated(p, format!("not run (--{why})"))),
+                _ => None,
+            };
+            for &tool in &peers {
+                if let Some(fig) = figure(tool, Kex::Drover) {
+                    h = h.peer_beside(
+                        tool.name(),
+                        fig,
+                        figure(tool, Kex::Default).map(|f| ("OpenSSH's default kex".to_string(), f)),
                     );
                 }
-                let what = parts.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(", ");
+            }
+            if let Some(fl) = floor {
+                let default = if m.all_default.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; with OpenSSH's default, {}: {:.2} s",
+                        self.default_kex,
+                        median(&walls(&m.all_default))
+                    )
+                };
+                h = h.limit(
+                    format!(
+                        "`ssh host true` to all {n} hosts at once with drover's key exchange ({}{default}){}",
+                        self.kex,
+                        if case == Case::Ten {
+                            "; 10 steps need at least this handshake per host"
+                        } else {
+                            ""
+                        }
+                    ),
+                    Figure::single(fl),
+                );
+            }
+            if judged {
+                let what = parts.join(", ");
                 h = match verdict {
                     Some(met) => h.target(what, met),
                     None => h.target_not_measured(what),
                 };
-                headlines.push(h);
             }
-        } else {
-            line.push_str(" - |");
-            for _ in &peers {
-                line.push_str(" - |");
-            }
+            headlines.push(h);
         }
         if m.single_default.is_empty() {
-            line.push_str(" - | - |\n");
+            line.push_str(" - / - |");
+        } else {
+            let _ = write!(
+                line,
+                " {:.2} / {:.2} |",
+                median(&walls(&m.single_default)),
+                median(&walls(&m.all_default)),
+            );
+        }
+        if m.single_drover.is_empty() {
+            line.push_str(" - / - |\n");
         } else {
             let _ = writeln!(
                 line,
-                " {:.2} / {:.2} | {:.2} / {:.2} |",
-                median(&walls(&m.single_default)),
-                median(&walls(&m.all_default)),
+                " {:.2} / {:.2} |",
                 median(&walls(&m.single_drover)),
                 median(&walls(&m.all_drover))
             );
         }
-        let memory = max_of(Tool::Drover, Case::One, Kex::Drover, |s| s.maxrss_kib).map(|drover_maxrss_kib| Memory {
-            fleet: kind,
-            hosts: n,
-            drover_maxrss_kib,
-            tree_pss_kib: self
-                .tools
-                .iter()
-                .filter_map(|&t| max_of(t, Case::One, Kex::Drover, |s| s.tree_pss_kib).map(|k| (t, k)))
-                .collect(),
-        });
+        // The memory rows are the --sizes' (a --large size is on one fleet
+        // only; its figures are in its JSON).
+        let memory = max_of(Tool::Drover, Case::One, Kex::Drover, |s| s.maxrss_kib)
+            .filter(|_| !large)
+            .map(|drover_maxrss_kib| Memory {
+                fleet: kind,
+                hosts: n,
+                drover_maxrss_kib,
+                tree_pss_kib: self
+                    .tools
+                    .iter()
+                    .filter_map(|&t| max_of(t, Case::One, Kex::Drover, |s| s.tree_pss_kib).map(|k| (t, k)))
+                    .collect(),
+            });
         SizeDone {
             line,
             json: json!({
@@ -1731,15 +2217,20 @@ impl Bench {
                 "port": f.access.port,
                 "server_algorithms": f.server_algorithms,
                 "status": "measured",
+                "large": large,
+                "runs": self.runs_at(idx),
                 "physical": physical,
                 "tools": tools_json,
                 "tools_default_kex": default_json,
                 "ratios": ratios_json,
+                "floor_ratio": floor_json,
                 "targets": targets_json,
+                "targets_judged_at": if large { LARGE_TARGET_HOSTS } else { TARGET_HOSTS },
                 "drover_breakdown_ms": breakdown_json,
             }),
             headlines,
             memory,
+            verdicts,
         }
     }
 
