@@ -725,7 +725,9 @@ impl Runner {
         if let Some(files) = &files {
             env.push(("DROVER_TEMPLATES".to_string(), files.dir.clone()));
         }
-        let cwd = PathBuf::from(format!("{run_dir}/work"));
+        // The run's directory itself: made by the command's one `mkdir`
+        // (a `work` below it would cost every host another).
+        let cwd = PathBuf::from(&run_dir);
         let cmd = Command {
             program: "/bin/sh".into(),
             args,
@@ -1178,7 +1180,7 @@ impl TaskExecutor for Runner {
                     .run_dir(&self.run_id)
                     .await
                     .map_err(|e| self.transport_failure(&e))?;
-                (conn.transport.clone(), PathBuf::from(format!("{run_dir}/work")))
+                (conn.transport.clone(), PathBuf::from(run_dir))
             }
             None => {
                 let here = LocalTransport::new(self.paths.data_dir.join("work").join("orchestrator"));

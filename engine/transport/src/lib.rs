@@ -41,10 +41,11 @@ pub struct Command {
     pub program: String,
     /// Its arguments, e.g. the script path. Never secrets.
     pub args: Vec<String>,
-    /// A shell script's text, run as `program -c SCRIPT ARGS...` (so
-    /// `args[0]` is its `$0`); `program` must then be a POSIX shell
-    /// (`/bin/sh`). Nothing is staged for it: the SSH transport sends it
-    /// with the command (up to [`MAX_INLINE_SCRIPT`] bytes).
+    /// A shell script's text, run by `program`, which must then be a POSIX
+    /// shell (`/bin/sh`). Nothing is staged for it: the SSH transport sends
+    /// it with the command, on the channel's standard input, and runs it in
+    /// the command's own shell; the local transport runs `program -c SCRIPT
+    /// ARGS...` (so `args[0]` is its `$0` there).
     pub script: Option<String>,
     /// Files written before the command starts and removed when it has
     /// ended, whatever its outcome: rendered templates, which may hold
@@ -69,10 +70,6 @@ pub struct Command {
     /// streamed, including a secret the command echoes back.
     pub mask: crate::mask::Masker,
 }
-
-/// The longest [`Command::script`]: what one argument of a Linux command
-/// line can hold (128 KiB) with room for the transport's own lines.
-pub const MAX_INLINE_SCRIPT: usize = 120 * 1024;
 
 /// Files for one command (see [`Command::files`]).
 #[derive(Clone, Default)]

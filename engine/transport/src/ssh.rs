@@ -644,22 +644,13 @@ impl Transport for SshTransport {
         if let Some(problem) = cmd.files.as_ref().and_then(|f| f.problem()) {
             return Err(invalid(format!("the command's files: {problem}")));
         }
-        if let Some(script) = &cmd.script
-            && script.len() > crate::MAX_INLINE_SCRIPT
-        {
-            return Err(invalid(format!(
-                "a script of {} bytes cannot be run inline (at most {} bytes): stage it as a file",
-                script.len(),
-                crate::MAX_INLINE_SCRIPT
-            )));
-        }
         let cwd_str = String::from_utf8_lossy(cwd);
         let run_dir = self.run_dir_of(&cwd_str);
         let run = match &cmd.script {
-            Some(text) => remote::Run::Script(cmd.args.first().map_or(cmd.program.as_str(), String::as_str), text),
+            Some(text) => remote::Run::Script(text),
             None => remote::Run::Program(cmd.program.as_bytes(), cmd.args.iter().map(|a| a.as_bytes()).collect()),
         };
-        let program = remote::task_program(&remote::Task {
+        let task = remote::Task {
             run_dir: run_dir.as_deref(),
             cwd,
             env: &cmd.env,
@@ -667,7 +658,8 @@ impl Transport for SshTransport {
             run,
             remove_run_dir: cmd.remove_run_dir,
             grace_tenths: u32::try_from(GRACE.as_millis() / 100).unwrap_or(20),
-        });
+        };
+        let program = remote::task_program(&task);
         // Opened before starting: a command whose output cannot be recorded
         // is not started.
         let mut sink = Sink::open(&cmd.log, lines, cmd.mask.clone())
@@ -693,7 +685,7 @@ impl Transport for SshTransport {
         // The whole program goes before any output is read: the shell reads
         // all of it (one `{ }` group) before it runs, and so before it
         // writes anything.
-        let line = remote::task_line(connection.become_user.as_deref());
+        let line = remote::task_line(&task, connection.become_user.as_deref());
         let started = async {
             channel.exec(true, line).await?;
             channel.data(program.as_slice()).await?;

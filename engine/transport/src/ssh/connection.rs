@@ -31,6 +31,15 @@ pub(super) struct Connection {
     _open: OpenGuard,
 }
 
+/// How many connections this process opens at once (TCP, key exchange,
+/// authentication). A run reaches all its servers at once, and on a small
+/// machine a thousand simultaneous key exchanges would each take longer
+/// than the connect timeout, which is meant for a server that does not
+/// answer, not for our own queue: past this many, the others wait their
+/// turn, and their timeout starts with it. The work is the same; it is
+/// done in the same time, by fewer at once.
+pub(super) static HANDSHAKES: Semaphore = Semaphore::const_new(128);
+
 /// SSH connections open in this process, for the orchestrator's metrics.
 pub(super) static OPEN: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
@@ -69,7 +78,11 @@ impl Connection {
     /// Connects, within the connect timeout: TCP (or a channel through
     /// the bastions), the host key, authentication. No command runs: the
     /// first task's channel is the first round on the server.
+    ///
+    /// At most [`HANDSHAKES`] connections of this process are being opened
+    /// at once; the connect timeout counts from the turn of this one.
     pub(super) async fn open(target: &SshTarget) -> Result<Connection, SshError> {
+        let _turn = HANDSHAKES.acquire().await;
         let deadline = Instant::now() + target.connect_timeout;
         // Bounded by the deadline itself, naming the bastion when it is
         // one that does not answer.

@@ -45,25 +45,70 @@ pub(super) fn known_as(address: &str, port: u16) -> String {
 pub(super) fn records(name: &str, files: &[PathBuf]) -> Result<Vec<Record>, (PathBuf, io::Error)> {
     let mut found = Vec::new();
     for file in files {
-        let text = match std::fs::read_to_string(file) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err((file.clone(), e)),
+        let Some(lines) = parsed(file).map_err(|e| (file.clone(), e))? else {
+            continue;
         };
-        for (index, line) in text.lines().enumerate() {
-            if let Some((entry, revoked)) = parse(line)
-                && matches(entry.host_patterns(), name)
-            {
+        for (line, entry, revoked) in lines.iter() {
+            if matches(entry.host_patterns(), name) {
                 found.push(Record {
                     file: file.clone(),
-                    line: index + 1,
+                    line: *line,
                     key: entry.public_key().clone(),
-                    revoked,
+                    revoked: *revoked,
                 });
             }
         }
     }
     Ok(found)
+}
+
+/// A file's usable lines: number, entry, `@revoked`.
+type Lines = std::sync::Arc<Vec<(usize, Entry, bool)>>;
+
+/// What identifies a version of a file: size, modification time, inode.
+type Stamp = (u64, std::time::SystemTime, u64);
+
+/// Files parsed by this process, with the version parsed. A run connects
+/// to every host of a fleet at once, each looking up its own name in the
+/// same file (a thousand hosts: a thousand lines); parsing it once per
+/// connection made connecting quadratic in the fleet. A file that changed
+/// (another tool, or [`learn`] adding a key) is parsed again.
+static PARSED: std::sync::Mutex<Vec<(PathBuf, Stamp, Lines)>> = std::sync::Mutex::new(Vec::new());
+
+/// The usable lines of `file`, `None` if it does not exist.
+fn parsed(file: &Path) -> io::Result<Option<Lines>> {
+    use std::os::unix::fs::MetadataExt;
+    let stamp = |meta: &std::fs::Metadata| -> io::Result<Stamp> { Ok((meta.len(), meta.modified()?, meta.ino())) };
+    let before = match std::fs::metadata(file) {
+        Ok(meta) => stamp(&meta)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    {
+        let cache = PARSED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, _, lines)) = cache.iter().find(|(path, at, _)| path == file && *at == before) {
+            return Ok(Some(lines.clone()));
+        }
+    }
+    let mut handle = std::fs::File::open(file)?;
+    let opened = stamp(&handle.metadata()?)?;
+    let mut text = String::new();
+    io::Read::read_to_string(&mut handle, &mut text)?;
+    let lines: Lines = std::sync::Arc::new(
+        text.lines()
+            .enumerate()
+            .filter_map(|(index, line)| parse(line).map(|(entry, revoked)| (index + 1, entry, revoked)))
+            .collect(),
+    );
+    // Kept only if nothing changed the file while it was read.
+    if let Ok(after) = handle.metadata().and_then(|m| stamp(&m))
+        && after == opened
+    {
+        let mut cache = PARSED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.retain(|(path, _, _)| path != file);
+        cache.push((file.to_path_buf(), opened, lines.clone()));
+    }
+    Ok(Some(lines))
 }
 
 /// One line as an entry, and whether it is `@revoked`; `None` for

@@ -19,51 +19,15 @@
 
 use std::fmt::Write as _;
 
-/// Finds `kill -s 0` live members in a process group: used to decide
-/// whether anything is left to end. (dash's `kill -0 -- -PGID` misparses.)
-macro_rules! end_group_loop {
-    () => {
-        r#"kill -s TERM -- "-$_drover_p" 2> /dev/null
-_drover_i=0
-while [ "$_drover_i" -lt "$_drover_grace" ] && kill -s 0 -- "-$_drover_p" 2> /dev/null; do
-	sleep 0.1
-	_drover_i=$((_drover_i + 1))
-done
-kill -s KILL -- "-$_drover_p" 2> /dev/null
-"#
-    };
-}
-
-/// The start of what the command's own process runs, once `setsid` has
-/// made it the leader of a new session and process group: report the
-/// group (to the transport, `drover-pgid PGID BOOT_ID` on stderr, and to
-/// the task program, its pid on descriptor 4, which is then closed), then
-/// `drover-exec`: from here on, stderr is the command's. One line, so that
-/// an inline script's line numbers stay its own.
-const REPORT: &str = r#"read -r _drover_b < /proc/sys/kernel/random/boot_id || _drover_b=-; printf 'drover-pgid %s %s\n' "$$" "$_drover_b" >&2; echo "$$" >&4; exec 4>&-; unset _drover_b; "#;
-
-/// What runs a program (not an inline script) in its new group: it must
-/// exist (`drover-error cannot run ...`, which [`is_not_found`]
-/// recognises), then it replaces the shell.
-const RUN_PROGRAM: &str = r#"case $1 in
-*/*) [ -f "$1" ] && [ -x "$1" ] ;;
-*) command -v -- "$1" > /dev/null ;;
-esac || {
-	echo "drover-error cannot run $1: not found or not executable" >&2
-	exit 127
-}
-echo drover-exec >&2
-exec "$@""#;
-
 /// What a command runs.
 pub(super) enum Run<'a> {
     /// A program and its arguments.
     Program(&'a [u8], Vec<&'a [u8]>),
-    /// A shell script's text, run by /bin/sh as `$0` = the name.
-    Script(&'a str, &'a str),
+    /// A shell script's text, run by the command's own /bin/sh.
+    Script(&'a str),
 }
 
-/// Everything a command's program is made of.
+/// Everything a command is made of.
 pub(super) struct Task<'a> {
     /// The run's directory, made (mode 700) if missing, refused if it is
     /// not a directory of the user's own: its name is predictable, and on
@@ -86,55 +50,113 @@ pub(super) struct Task<'a> {
     pub(super) grace_tenths: u32,
 }
 
-/// The command line of a command's channel: /bin/sh reading its program
-/// from standard input, as the login user or, under `ssh.become`, as the
-/// become user through `sudo -n` (which passes standard input on).
-pub(super) fn task_line(become_user: Option<&str>) -> Vec<u8> {
+/// The waiting side of a command, run by the login shell (see
+/// [`task_line`]). `$w_f`: the files' directory, `$w_d`: the run directory
+/// to remove, `$w_g`: the grace period in tenths (set before it).
+const WAIT: &str = r#"exec 5>&1 6>&2 2> /dev/null
+p=$(exec 4>&1 1>&5 2>&6 5>&- 6>&-
+for s in /usr/bin/setsid /bin/setsid /usr/local/bin/setsid /usr/sbin/setsid /sbin/setsid; do
+	[ -x "$s" ] && exec "$s" /bin/sh -s drover-task
+done
+echo "drover-error setsid (util-linux) is not installed on this host" >&2
+exit 127)
+rc=$?
+exec 2>&6 5>&- 6>&-
+if [ -n "$p" ] && kill -s 0 -- "-$p" 2> /dev/null; then
+	kill -s TERM -- "-$p" 2> /dev/null
+	i=0
+	while [ "$i" -lt "$w_g" ] && kill -s 0 -- "-$p" 2> /dev/null; do
+		sleep 0.1
+		i=$((i + 1))
+	done
+	kill -s KILL -- "-$p" 2> /dev/null
+fi
+[ -z "$w_f" ] || rm -rf -- "$w_f"
+[ -z "$w_d" ] || { cd / && rm -rf -- "$w_d"; }
+case $rc in
+129 | 13[0-9] | 14[0-3]) kill "-$((rc - 128))" "$$" ;;
+esac
+exit "$rc""#;
+
+/// The command line of a command's channel. sshd runs it with the user's
+/// login shell, which must be a Bourne shell (sh, dash, bash, zsh, ksh),
+/// as the login user or, under `ssh.become`, as the become user through
+/// `sudo -n -u USER -- /bin/sh -c` (sudo passes standard input on).
+///
+/// That shell is the command's waiting side ([`WAIT`]): it starts
+/// `setsid /bin/sh -s`, which reads the command's program from the
+/// channel ([`task_program`]) in a session and process group of its own,
+/// learns its pid (descriptor 4, the write end of the command
+/// substitution's pipe, closed by the command as soon as it has written
+/// it, so that the substitution waits for the command's exit and no
+/// longer), waits, ends what the command left in its group (SIGTERM, the
+/// grace period, SIGKILL; `kill -s 0` says whether anything is left, so
+/// the usual case costs nothing), removes the command's files (and, for
+/// the run's last command on the server, the run directory), and ends the
+/// way the command ended: its exit status, or the signal that killed it,
+/// re-raised so that sshd reports it (a command that exits with 128+N, N
+/// up to 15, reads as killed by signal N, as in any shell). While it
+/// waits, its own standard error points at /dev/null (the command's is the
+/// channel's): a shell reports a child killed by a signal there, which is
+/// not the command's output.
+///
+/// Why the command runs as a child of the login shell, under `setsid`,
+/// instead of replacing it: its group then holds it and what it started,
+/// and nothing else, so that a timeout signals exactly that (through
+/// another channel, see [`KILL_GROUP`]), and ending leftovers after a
+/// normal exit needs no second channel. Three programs start per command
+/// (the login shell, setsid, /bin/sh) and an inline script runs in the
+/// last of them: on a small VM, an exec costs about a millisecond, as much
+/// as anything else a command does.
+///
+/// The line holds no secret (paths and numbers only): it shows in `ps`.
+pub(super) fn task_line(task: &Task<'_>, become_user: Option<&str>) -> Vec<u8> {
+    let mut waiting = b"w_f=".to_vec();
+    quote_into(&mut waiting, task.files.map_or("", |(dir, _)| dir).as_bytes());
+    waiting.extend_from_slice(b" w_d=");
+    let remove = if task.remove_run_dir {
+        task.run_dir.unwrap_or("")
+    } else {
+        ""
+    };
+    quote_into(&mut waiting, remove.as_bytes());
+    let _ = write!(Bytes(&mut waiting), " w_g={}\n{WAIT}", task.grace_tenths);
     match become_user {
-        None => b"exec /bin/sh -s drover-task".to_vec(),
+        None => waiting,
         Some(user) => {
             let mut line = b"exec sudo -n -u ".to_vec();
             quote_into(&mut line, user.as_bytes());
-            line.extend_from_slice(b" -- /bin/sh -s drover-task");
+            line.extend_from_slice(b" -- /bin/sh -c ");
+            quote_into(&mut line, &waiting);
+            line.extend_from_slice(b" drover-task");
             line
         }
     }
 }
 
-/// The program /bin/sh reads from a command's standard input.
+/// The program the command's /bin/sh reads from standard input.
 ///
 /// It is one `{ ... }` group, so the shell has read all of it before it
 /// runs any of it: nothing the command does with standard input can reach
-/// it. It
+/// it. It reports the group (`drover-pgid PGID BOOT_ID` on stderr, and the
+/// pid on descriptor 4 for [`WAIT`]), makes the run directory and the
+/// working directory and enters it, writes the files (a failure is
+/// `drover-error MESSAGE`, exit 127), points standard input at /dev/null,
+/// exports the environment, says `drover-exec` (from here on, stderr is
+/// the command's) and then runs the script in place, or replaces itself
+/// with the program (which must exist: `drover-error cannot run ...`,
+/// which [`is_not_found`] recognises).
 ///
-/// 1. makes the run directory and the working directory and enters it,
-///    writes the files; a failure is `drover-error MESSAGE`, exit 127;
-/// 2. starts the command in a session and process group of its own
-///    (`setsid`), with its environment (exported with `set -a`, in that
-///    child only) and standard input from /dev/null; the command reports
-///    its group (see [`REPORT`]);
-/// 3. waits for it, and ends what it left running in its group (SIGTERM,
-///    the grace period, SIGKILL; `kill -s 0` says whether anything is
-///    left, so the usual case costs nothing);
-/// 4. removes the files (and, for the run's last command on the server,
-///    the run directory), and ends the way the command ended: its exit
-///    status, or the signal that killed it (re-raised, so that sshd
-///    reports it; a command that exits with 128+N for N up to 15 reads as
-///    killed by signal N, as in any shell).
-///
-/// While it waits, the program's own standard error points at /dev/null
-/// (the command's is the channel's): a shell reports a child killed by a
-/// signal there, which is not the command's output.
-///
-/// Why the command runs under `setsid` as a child instead of replacing the
-/// shell: its group then holds it and what it started, and nothing else,
-/// so that a timeout signals exactly that (through another channel, see
-/// `KILL_GROUP`), and ending leftovers after a normal exit needs no second
-/// channel. Its pid reaches this program on descriptor 4, the write end of
-/// the command substitution's pipe, closed as soon as it is written, so
-/// the substitution waits for the command's exit and no longer.
+/// Nothing in it shows in `ps`; the environment (secrets included), the
+/// script and the files travel only here.
 pub(super) fn task_program(task: &Task<'_>) -> Vec<u8> {
-    let mut p: Vec<u8> = b"{\n".to_vec();
+    let mut p: Vec<u8> = br#"{
+read -r _drover_b < /proc/sys/kernel/random/boot_id || _drover_b=-
+printf 'drover-pgid %s %s\n' "$$" "$_drover_b" >&2
+echo "$$" >&4
+exec 4>&-
+"#
+    .to_vec();
     if let Some(dir) = task.run_dir {
         p.extend_from_slice(b"_drover_d=");
         quote_into(&mut p, dir.as_bytes());
@@ -175,26 +197,12 @@ cd -- "$_drover_w" 2> /dev/null || { mkdir -p -- "$_drover_w" && cd -- "$_drover
         p.extend_from_slice(
             br#" ) || {
 	echo "drover-error cannot write the command's files into $_drover_f" >&2
-	rm -rf -- "$_drover_f"
 	exit 127
 }
 "#,
         );
     }
-    p.extend_from_slice(
-        br#"_drover_s=
-for _drover_x in /usr/bin/setsid /bin/setsid /usr/local/bin/setsid /usr/sbin/setsid /sbin/setsid; do
-	if [ -x "$_drover_x" ]; then _drover_s=$_drover_x; break; fi
-done
-if [ -z "$_drover_s" ]; then
-	echo "drover-error setsid (util-linux) is not installed on this host" >&2
-	exit 127
-fi
-exec 5>&1 6>&2 2> /dev/null
-_drover_p=$(
-exec 4>&1 1>&5 2>&6 5>&- 6>&- 0< /dev/null
-"#,
-    );
+    p.extend_from_slice(b"exec 0< /dev/null\nunset _drover_b _drover_d _drover_w _drover_f\nset --\n");
     if !task.env.is_empty() {
         p.extend_from_slice(b"set -a\n");
         for (name, value) in task.env {
@@ -205,50 +213,37 @@ exec 4>&1 1>&5 2>&6 5>&- 6>&- 0< /dev/null
         }
         p.extend_from_slice(b"set +a\n");
     }
-    p.extend_from_slice(b"exec \"$_drover_s\" /bin/sh -c ");
     match &task.run {
         Run::Program(program, args) => {
-            let inner = format!("{REPORT}{RUN_PROGRAM}");
-            quote_into(&mut p, inner.as_bytes());
-            p.extend_from_slice(b" drover-exec ");
+            p.extend_from_slice(b"set -- ");
             quote_into(&mut p, program);
             for arg in args {
                 p.push(b' ');
                 quote_into(&mut p, arg);
             }
-        }
-        Run::Script(name, text) => {
-            let inner = format!("{REPORT}echo drover-exec >&2; {text}");
-            quote_into(&mut p, inner.as_bytes());
-            p.push(b' ');
-            quote_into(&mut p, name.as_bytes());
-        }
-    }
-    let _ = write!(
-        Bytes(&mut p),
-        "\n)\n_drover_rc=$?\nexec 2>&6 5>&- 6>&-\n_drover_grace={}\n",
-        task.grace_tenths
-    );
-    p.extend_from_slice(
-        br#"if [ -n "$_drover_p" ] && kill -s 0 -- "-$_drover_p" 2> /dev/null; then
-"#,
-    );
-    p.extend_from_slice(end_group_loop!().as_bytes());
-    p.extend_from_slice(b"fi\n");
-    if task.files.is_some() {
-        p.extend_from_slice(b"rm -rf -- \"$_drover_f\"\n");
-    }
-    if task.remove_run_dir && task.run_dir.is_some() {
-        p.extend_from_slice(b"cd / && rm -rf -- \"$_drover_d\"\n");
-    }
-    p.extend_from_slice(
-        br#"case $_drover_rc in
-129 | 13[0-9] | 14[0-3]) kill "-$((_drover_rc - 128))" "$$" ;;
-esac
-exit "$_drover_rc"
+            p.extend_from_slice(
+                br#"
+case $1 in
+*/*) [ -f "$1" ] && [ -x "$1" ] ;;
+*) command -v -- "$1" > /dev/null ;;
+esac || {
+	echo "drover-error cannot run $1: not found or not executable" >&2
+	exit 127
 }
+echo drover-exec >&2
+exec "$@"
 "#,
-    );
+            );
+        }
+        Run::Script(text) => {
+            p.extend_from_slice(b"echo drover-exec >&2\n");
+            p.extend_from_slice(text.as_bytes());
+            if !text.ends_with('\n') {
+                p.push(b'\n');
+            }
+        }
+    }
+    p.extend_from_slice(b"}\n");
     p
 }
 
