@@ -235,8 +235,9 @@ struct RunArgs {
     /// Print every output line of every task.
     #[arg(long, short)]
     verbose: bool,
-    /// Leave the run's directory on each SSH host (/tmp/drover-RUN_ID: the
-    /// scripts and environment files sent there) for inspection.
+    /// Leave the run's directory on each SSH host ($TMPDIR/drover-RUN_ID,
+    /// /tmp unless the provider says otherwise: the scripts' working
+    /// directory and the folders staged there) for inspection.
     #[arg(long)]
     keep_remote_dirs: bool,
 }
