@@ -25,6 +25,9 @@ use drover_provider::{Provider, ProviderContext, ProviderError, Reach, ServerFac
 
 use crate::hosts::{HostError, HostFleet, HostInfo, HostSpec, HostState};
 
+/// Numbers the facts files being written by this process.
+static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The `local` provider.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LocalProvider;
@@ -142,8 +145,15 @@ impl Provider for LocalProvider {
         let result = async {
             tokio::fs::create_dir_all(&root).await?;
             // Write-then-rename: a crash leaves either no facts file or a
-            // complete one, never half of one.
-            let tmp = root.join(".drover-host.tmp");
+            // complete one, never half of one. The temporary name is the
+            // writer's own: runs that create the same host at once (the
+            // API benchmark's 200 submissions of one workflow) each rename
+            // their own file, instead of one finding the other's gone.
+            let tmp = root.join(format!(
+                ".drover-host.tmp.{}.{}",
+                std::process::id(),
+                NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
             tokio::fs::write(&tmp, facts).await?;
             tokio::fs::rename(&tmp, &file).await
         }
