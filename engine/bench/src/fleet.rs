@@ -1659,42 +1659,30 @@ impl Bench {
                         m.all_drover.push(self.ssh_all(f, Kex::Drover)?);
                     }
                     Item::Run(tool, case, kex) => {
-                        let s = match tool {
-                            Tool::Drover => match self.drover(f, case, round) {
-                                Ok((s, b)) => {
-                                    m.breakdowns.push((case, b));
-                                    s
-                                }
-                                // At a --large size a failed run is
-                                // reported, and the others measured.
-                                Err(e) if large && !INTERRUPTED.load(Ordering::SeqCst) => {
-                                    println!(
-                                        "  {}: failed at {n} hosts: {}",
-                                        item.label(),
-                                        tail(&format!("{e:#}"), 3)
-                                    );
-                                    m.failed.entry(item).or_insert(format!("{e:#}"));
-                                    settle(f);
-                                    continue;
-                                }
-                                Err(e) => return Err(e),
-                            },
-                            Tool::Pdsh => match self.pdsh(f, case, kex) {
-                                Ok(s) => s,
-                                Err(e) if large && !INTERRUPTED.load(Ordering::SeqCst) => {
-                                    println!(
-                                        "  {}: failed at {n} hosts: {}",
-                                        item.label(),
-                                        tail(&format!("{e:#}"), 3)
-                                    );
-                                    m.failed.entry(item).or_insert(format!("{e:#}"));
-                                    settle(f);
-                                    continue;
-                                }
-                                Err(e) => return Err(e),
-                            },
-                            Tool::Pssh => self.pssh(f, case, kex)?,
-                            Tool::Ansible => self.ansible(f, case, round, kex)?,
+                        let measured = match tool {
+                            Tool::Drover => self.drover(f, case, round).map(|(s, b)| {
+                                m.breakdowns.push((case, b));
+                                s
+                            }),
+                            Tool::Pdsh => self.pdsh(f, case, kex),
+                            Tool::Pssh => self.pssh(f, case, kex),
+                            Tool::Ansible => self.ansible(f, case, round, kex),
+                        };
+                        let s = match measured {
+                            Ok(s) => s,
+                            // At a --large size a failed run is reported,
+                            // and the others measured.
+                            Err(e) if large && !INTERRUPTED.load(Ordering::SeqCst) => {
+                                println!(
+                                    "  {}: failed at {n} hosts: {}",
+                                    item.label(),
+                                    tail(&format!("{e:#}"), 3)
+                                );
+                                m.failed.entry(item).or_insert(format!("{e:#}"));
+                                settle(f);
+                                continue;
+                            }
+                            Err(e) => return Err(e),
                         };
                         m.samples.entry((tool, case, kex)).or_default().push(s);
                     }
