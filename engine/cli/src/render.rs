@@ -139,6 +139,7 @@ fn operation_line(op: &OperationPlan) -> String {
         Target::Server => "server",
         Target::Taskserv => "taskserv",
         Target::Cluster => "cluster taskserv",
+        Target::Command => "command",
     };
     let parallel = match op.max_parallel {
         Some(1) => "one at a time".to_string(),
@@ -206,7 +207,9 @@ fn operation_table(plan: &Plan, op: &OperationPlan) -> String {
     let waits_header = "waits for (outside this operation)";
     match op.target {
         Target::Server => table.set_header(vec!["server", "action", "provider", "plan", "zone", waits_header]),
-        Target::Taskserv | Target::Cluster => table.set_header(vec!["server", "tasks, in order", waits_header]),
+        Target::Taskserv | Target::Cluster | Target::Command => {
+            table.set_header(vec!["server", "tasks, in order", waits_header])
+        }
     };
     for (key, tasks) in rows {
         let waits = outside_waits(plan, op, &tasks);
@@ -225,7 +228,7 @@ fn operation_table(plan: &Plan, op: &OperationPlan) -> String {
                     waits,
                 ]);
             }
-            Target::Taskserv | Target::Cluster => {
+            Target::Taskserv | Target::Cluster | Target::Command => {
                 table.add_row(vec![key, pipeline(plan, &tasks), waits]);
             }
         }

@@ -213,6 +213,10 @@ pub enum Target {
     Taskserv,
     /// Cluster-wide taskservs, run once on one server.
     Cluster,
+    /// A shell command on each selected server ([`Operation::command`]):
+    /// what `drover exec` runs. Not in the KCL schema, so a workflow
+    /// cannot name it; only drover builds such operations.
+    Command,
 }
 
 /// fail | continue | rollback.
@@ -291,6 +295,10 @@ pub struct Operation {
     /// Roll through servers in batches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolling: Option<RollingStrategy>,
+    /// The shell command of a `command` target (`drover exec`), run by
+    /// /bin/sh on each selected server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 fn yes() -> bool {

@@ -12,6 +12,8 @@
 //!   delete), so each server advances at its own pace.
 //! - target cluster: one task per taskserv, on `run_on` or the first
 //!   selected server carrying it.
+//! - target command (built by `drover exec`, not by a workflow): one task
+//!   per selected server running the operation's command.
 //! - depends_on: a barrier gate per operation; every task of the upstream
 //!   operation finishes before the downstream operation's first tasks.
 //! - per server, a taskserv task hard-depends on the creation of its server
@@ -61,6 +63,8 @@ pub enum Action {
     Remove,
     /// Taskserv: run check.sh.
     Check,
+    /// Run the operation's shell command (`drover exec`).
+    Exec,
 }
 
 impl Action {
@@ -76,6 +80,7 @@ impl Action {
             Action::Update => "update",
             Action::Remove => "remove",
             Action::Check => "check",
+            Action::Exec => "exec",
         }
     }
 }
@@ -429,11 +434,23 @@ impl<'a> Builder<'a> {
             Target::Server => self.expand_servers(i, op, &servers, &mut tasks),
             Target::Taskserv => self.expand_taskservs(i, op, &servers, &mut tasks),
             Target::Cluster => self.expand_cluster(i, op, &servers, &mut tasks),
+            Target::Command => {
+                for s in &servers {
+                    tasks.push(self.task(Task {
+                        id: format!("{}/{}", op.id, s.hostname),
+                        operation: i,
+                        action: Action::Exec,
+                        server: Some(s.hostname.clone()),
+                        taskserv: None,
+                        provider: None,
+                    }));
+                }
+            }
         }
         // A cluster operation reports each item that has no server itself.
         if tasks.is_empty() && !(op.target == Target::Cluster && self.diags.len() > reported) {
             let what = match op.target {
-                Target::Server => "no server".to_string(),
+                Target::Server | Target::Command => "no server".to_string(),
                 Target::Taskserv if op.items.is_empty() => {
                     "no (taskserv, server) pair: no selected server carries a taskserv".to_string()
                 }

@@ -328,6 +328,7 @@ impl Validator<'_> {
                         }
                     }
                 }
+                Target::Command => {}
                 Target::Taskserv | Target::Cluster => {
                     for (k, item) in op.items.iter().enumerate() {
                         match self.catalog.taskservs.get(item) {
@@ -373,6 +374,43 @@ impl Validator<'_> {
                         }
                     }
                 }
+            }
+            match (&op.target, &op.command) {
+                (Target::Command, None) => self.push(
+                    Diagnostic::new(
+                        self.file,
+                        at("command"),
+                        format!("operation {} runs a command but names none", op.id),
+                    )
+                    .help("give the command to run on each selected server")
+                    .at(&op.id),
+                ),
+                (Target::Command, Some(c)) if c.trim().is_empty() || c.contains('\0') => self.push(
+                    Diagnostic::new(
+                        self.file,
+                        at("command"),
+                        format!("operation {}: the command is empty or holds a NUL byte", op.id),
+                    )
+                    .help("give a shell command, e.g. \"uptime\"")
+                    .at(&op.id),
+                ),
+                (Target::Command, Some(_)) if !op.items.is_empty() => self.push(
+                    Diagnostic::new(
+                        self.file,
+                        at("items"),
+                        format!("operation {} runs a command: it takes a selector, not items", op.id),
+                    )
+                    .at(&op.id),
+                ),
+                (Target::Server | Target::Taskserv | Target::Cluster, Some(_)) => self.push(
+                    Diagnostic::new(
+                        self.file,
+                        at("command"),
+                        format!("operation {} has a command but its target is not \"command\"", op.id),
+                    )
+                    .at(&op.id),
+                ),
+                _ => {}
             }
             if op.condition != Condition::OnSuccess && op.depends_on.is_empty() && wf.kind != WorkflowType::Sequential {
                 self.push(

@@ -6,6 +6,8 @@
 //! - [`runner`]: one attempt of one task (provider call or script), and the
 //!   run's connections to its servers.
 //! - [`run`]: start, resume, retry and roll back runs.
+//! - [`fleet`]: `drover exec` as a run, its answers grouped; commands
+//!   on open connections for watch, tail and snapshots.
 //! - [`report`]: the end-of-run report.
 //! - [`mask`]: secret values replaced wherever text leaves the engine.
 //! - [`template`]: taskserv templates rendered per server.
@@ -16,6 +18,7 @@
 //! This crate names no provider: it drives the registry it is given
 //! ([`Options::providers`]).
 
+pub mod fleet;
 pub mod ping;
 pub mod report;
 pub mod run;

@@ -4,14 +4,15 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use drover_core::model::{Connection, Server};
-use drover_provider::{ProviderContext, Providers, ServerStatus};
 use drover_transport::Command;
 use tokio_util::sync::CancellationToken;
 
+use crate::fleet::Fleet;
 use crate::mask::Masker;
 use crate::run::Options;
-use crate::runner::{Paths, Pool};
 
 /// One server's answer.
 #[derive(Debug, Clone)]
@@ -28,17 +29,11 @@ pub struct Ping {
 /// paths (SSH keys, known_hosts, config) are relative to: the directory of
 /// the file that declares them.
 pub async fn ping(servers: Vec<Server>, base_dir: PathBuf, opts: &Options) -> Vec<Ping> {
-    let paths = Paths {
-        data_dir: opts.data_dir.clone(),
-        logs_dir: opts.data_dir.join("ping"),
-        base_dir,
-        keep_remote_dirs: false,
-    };
-    let pool = std::sync::Arc::new(Pool::new(&paths));
+    let fleet = Arc::new(Fleet::new(servers, base_dir, opts, "ping"));
     let mut tasks = Vec::new();
-    for s in servers {
-        let (providers, pool, paths) = (opts.providers.clone(), pool.clone(), paths.clone());
-        tasks.push(tokio::spawn(async move { one(s, &providers, pool, &paths).await }));
+    for s in fleet.servers() {
+        let (fleet, s) = (fleet.clone(), s.clone());
+        tasks.push(tokio::spawn(async move { one(s, &fleet).await }));
     }
     let mut out = Vec::new();
     for t in tasks {
@@ -46,22 +41,16 @@ pub async fn ping(servers: Vec<Server>, base_dir: PathBuf, opts: &Options) -> Ve
             out.push(p);
         }
     }
-    pool.finish(false).await;
+    fleet.finish().await;
     out
 }
 
-async fn one(s: Server, providers: &Providers, pool: std::sync::Arc<Pool>, paths: &Paths) -> Ping {
+async fn one(s: Server, fleet: &Fleet) -> Ping {
     let address = s.address.clone().unwrap_or_default();
     let fail = |address: String, e: String| Ping {
         server: s.hostname.clone(),
         address,
         result: Err(e),
-    };
-    let Some(provider) = providers.get(&s.provider) else {
-        return fail(
-            address,
-            format!("provider {} has no implementation in this build", s.provider),
-        );
     };
     if s.connection == Connection::Local {
         return fail(
@@ -69,26 +58,10 @@ async fn one(s: Server, providers: &Providers, pool: std::sync::Arc<Pool>, paths
             "connection = \"local\": nothing to reach over the network".into(),
         );
     }
-    let ctx = ProviderContext {
-        state_dir: paths.provider_dir(&s.provider),
-        run_id: "ping".into(),
-        idempotency_key: "ping".into(),
-        plan: None,
-        connector: pool.clone(),
-        zones: s.zone.iter().cloned().collect(),
-        // ping decrypts no secrets: credentials come from the environment.
-        secrets: drover_provider::Secrets::default(),
-    };
     let started = Instant::now();
-    let facts = match provider.status(&s, &ctx).await {
-        Ok(ServerStatus::Running(f)) => f,
-        Ok(ServerStatus::Down(why)) => return fail(address, why),
-        Ok(ServerStatus::Absent) => return fail(address, "does not exist (its provider reports it absent)".into()),
-        Err(e) => return fail(address, e.to_string()),
-    };
-    let conn = match pool.host(&s, &facts).await {
+    let (conn, facts) = match fleet.reach(&s.hostname).await {
         Ok(c) => c,
-        Err(e) => return fail(facts.address, e.to_string()),
+        Err(e) => return fail(address, e),
     };
     let cmd = Command {
         program: "true".into(),
@@ -99,7 +72,7 @@ async fn one(s: Server, providers: &Providers, pool: std::sync::Arc<Pool>, paths
         env: Vec::new(),
         cwd: PathBuf::from("/"),
         timeout: Some(Duration::from_secs(5)),
-        log: paths.logs_dir.join(format!("{}.log", s.hostname)),
+        log: PathBuf::from("/dev/null"),
         mask: Masker::none(),
     };
     let result = match conn.transport().exec(cmd, None, CancellationToken::new()).await {

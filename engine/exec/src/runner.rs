@@ -71,6 +71,9 @@ pub struct TaskFailure {
     pub kind: FailureKind,
     /// What happened, naming the server and what to do.
     pub message: String,
+    /// What the attempt found out even so, journaled with the failure: a
+    /// command's exit status and output (`drover exec`).
+    pub found: Found,
 }
 
 impl TaskFailure {
@@ -79,6 +82,7 @@ impl TaskFailure {
         TaskFailure {
             kind: FailureKind::Transient,
             message: message.into(),
+            found: Found::new(),
         }
     }
 
@@ -87,6 +91,7 @@ impl TaskFailure {
         TaskFailure {
             kind: FailureKind::Permanent,
             message: message.into(),
+            found: Found::new(),
         }
     }
 
@@ -95,6 +100,7 @@ impl TaskFailure {
         TaskFailure {
             kind: FailureKind::Cancelled,
             message: message.into(),
+            found: Found::new(),
         }
     }
 }
@@ -110,6 +116,7 @@ impl From<ProviderError> for TaskFailure {
         TaskFailure {
             kind: e.kind,
             message: e.to_string(),
+            found: Found::new(),
         }
     }
 }
@@ -269,7 +276,7 @@ impl Pool {
 
     /// Close `server`'s connection, if the run has one, removing what the
     /// run put there (unless `keep`), and forget it.
-    async fn release(&self, server: &str, keep: bool) {
+    pub(crate) async fn release(&self, server: &str, keep: bool) {
         let cell = self.hosts.lock().await.remove(server);
         if let Some(conn) = cell.and_then(|c| c.get().cloned()) {
             // Best effort, as at the end of a run.
@@ -291,6 +298,12 @@ impl HostConn {
     /// The transport.
     pub fn transport(&self) -> &Arc<dyn Transport> {
         &self.transport
+    }
+
+    /// The directory of run (or fleet operation) `run_id` on the server,
+    /// made on first use.
+    pub async fn run_dir_for(&self, run_id: &str) -> Result<String, TransportError> {
+        self.run_dir(run_id).await
     }
 
     async fn run_dir(&self, run_id: &str) -> Result<String, TransportError> {
@@ -350,7 +363,7 @@ impl Runner {
         for task in plan.graph.node_weights().filter_map(|n| n.task()) {
             if matches!(
                 task.action,
-                Action::Install | Action::Update | Action::Remove | Action::Check
+                Action::Install | Action::Update | Action::Remove | Action::Check | Action::Exec
             ) && let Some(server) = &task.server
             {
                 *left.entry(server.clone()).or_default() += 1;
@@ -514,6 +527,7 @@ impl Runner {
         TaskFailure {
             kind: e.kind(),
             message: self.mask.mask(&e.to_string()),
+            found: Found::new(),
         }
     }
 
@@ -854,9 +868,63 @@ impl Runner {
             return Err(TaskFailure {
                 kind: last.kind,
                 message: format!("{} (`{}`, {} tries)", last.message, hc.command, hc.retries + 1),
+                found: Found::new(),
             });
         }
         Ok(())
+    }
+
+    /// The operation's shell command on the task's server (`drover exec`):
+    /// in the login user's home directory over SSH, with no environment
+    /// of drover's. Its exit status and output are what the attempt
+    /// found out, journaled whether it succeeded or not; an exit status
+    /// other than 0 or a signal is the command's answer, not worth another
+    /// attempt (permanent).
+    async fn run_command(&self, task: &Task, cancel: CancellationToken) -> Result<Found, TaskFailure> {
+        let server = self.server(task.server.as_deref().unwrap_or_default())?;
+        let facts = self.facts(server, &task.id).await?;
+        let command = self.plan.workflow.operations[task.operation]
+            .command
+            .clone()
+            .ok_or_else(|| TaskFailure::permanent(format!("task {} has no command", task.id)))?;
+        let conn = self
+            .pool
+            .host(server, &facts)
+            .await
+            .map_err(|e| self.transport_failure(&e))?;
+        let cwd = match facts.reach {
+            Reach::Local => PathBuf::from(
+                conn.run_dir(&self.run_id)
+                    .await
+                    .map_err(|e| self.transport_failure(&e))?,
+            ),
+            Reach::Ssh(_) => PathBuf::new(),
+        };
+        let timeout = Duration::from_secs(self.plan.operations[task.operation].timeout);
+        let cmd = crate::fleet::shell_command(
+            &command,
+            cwd,
+            Some(timeout),
+            Self::log_file(&self.paths.logs_dir, &task.id),
+            self.mask.clone(),
+        );
+        let (tx, rx) = mpsc::unbounded_channel::<LogLine>();
+        let forward = self.lines.clone().map(|out| (out, task.id.clone()));
+        let collect = tokio::spawn(crate::fleet::capture(rx, forward));
+        let result = conn.transport.exec(cmd, Some(tx), cancel).await;
+        let captured = collect.await.unwrap_or_default();
+        let outcome = result.map_err(|e| self.transport_failure(&e))?;
+        let found = captured.found(&outcome);
+        match check_outcome(&outcome, "the command", timeout) {
+            Ok(()) => Ok(found),
+            Err(mut f) => {
+                if matches!(outcome, Outcome::Exited(_) | Outcome::Signaled(_)) {
+                    f.kind = FailureKind::Permanent;
+                }
+                f.found = found;
+                Err(f)
+            }
+        }
     }
 
     /// A provider call on `server`, bounded by the operation's timeout and
@@ -1070,6 +1138,7 @@ impl TaskExecutor for Runner {
             Action::CreateServer | Action::UpdateServer | Action::DeleteServer | Action::CheckServer => {
                 self.server_call(task, cancel).await
             }
+            Action::Exec => self.run_command(task, cancel).await,
         };
         if let Err(e) = &result {
             self.log(
@@ -1091,6 +1160,7 @@ impl TaskExecutor for Runner {
         let taskserv = task.taskserv.as_deref().unwrap_or("?");
         match task.action {
             Action::Check | Action::CheckServer => Compensation::Nothing,
+            Action::Exec => Compensation::Impossible("what an ad-hoc command did is not known to drover".into()),
             Action::Remove => Compensation::Impossible(
                 "a removed taskserv is not reinstalled by rollback; re-run the workflow".into(),
             ),

@@ -293,6 +293,10 @@ pub enum Event {
         kind: FailureKind,
         /// Whether another attempt follows.
         will_retry: bool,
+        /// What the attempt found out even so: a command's exit status
+        /// and output (`drover exec`).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        found: BTreeMap<String, String>,
     },
     /// The next attempt waits this long.
     TaskRetrying {

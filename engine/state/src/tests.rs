@@ -285,6 +285,7 @@ fn events_round_trip_through_their_disk_format() {
         error: "exit 3".into(),
         kind: FailureKind::Permanent,
         will_retry: false,
+        found: Default::default(),
     };
     let s = serde_json::to_string(&e).unwrap_or_default();
     assert_eq!(

@@ -19,7 +19,7 @@ use petgraph::graph::NodeIndex;
 use tokio::time::Instant;
 
 /// A node's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Waiting for what it depends on.

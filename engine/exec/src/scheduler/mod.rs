@@ -1051,6 +1051,7 @@ impl Scheduler {
                     error: failure.message,
                     kind: failure.kind,
                     will_retry: true,
+                    found: failure.found,
                 },
             );
             self.record(
@@ -1070,6 +1071,7 @@ impl Scheduler {
                     error: failure.message.clone(),
                     kind: failure.kind,
                     will_retry: false,
+                    found: failure.found,
                 },
             );
             self.on_failed(n, op, &failure.message);

@@ -252,7 +252,7 @@ impl Scheduler {
             .map_or(0, |s| s.elapsed().as_millis() as u64);
         match undo {
             Undo::Nothing | Undo::Done => self.record(Some(n), Event::UndoSucceeded { duration_ms }),
-            Undo::Failed(TaskFailure { kind, message }) => {
+            Undo::Failed(TaskFailure { kind, message, .. }) => {
                 self.record(Some(n), Event::UndoFailed { error: message, kind });
                 if let Some(r) = self.rollback() {
                     r.failed += 1;

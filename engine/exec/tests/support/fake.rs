@@ -416,6 +416,7 @@ impl TaskExecutor for Fake {
                 Err(TaskFailure {
                     kind,
                     message: format!("{} failed ({kind}) in attempt {attempt}", task.id),
+                    found: Found::new(),
                 })
             }
         }
