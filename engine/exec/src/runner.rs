@@ -565,6 +565,10 @@ impl Runner {
                 self.facts.lock().await.insert(server.hostname.clone(), f.clone());
                 Ok(f)
             }
+            // A transport's error names the host already.
+            ServerStatus::Down(why) if why.starts_with(&format!("{}:", server.hostname)) => {
+                Err(TaskFailure::transient(format!("server {why}")))
+            }
             ServerStatus::Down(why) => Err(TaskFailure::transient(format!("server {}: {why}", server.hostname))),
             ServerStatus::Absent => Err(TaskFailure::permanent(format!(
                 "server {} does not exist (provider {} reports it absent); create it first",

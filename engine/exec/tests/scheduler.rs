@@ -582,7 +582,8 @@ async fn a_rolling_failure_above_the_threshold_halts_the_roll_then_on_failure_ap
             t.fake.script(&format!("install/a@s{i}"), [Step::permanent(secs(1))]);
         }
         let s = t.run(rolling(on_failure)).await;
-        let halt = "rolling update of install halted: 3 of 6 servers failed (50%), above the 34% threshold";
+        let halt =
+            "rolling update of install halted: 3 of 6 servers failed (50%), more than the 2 tolerated (threshold 34%)";
         // Batches 1 and 2 ran; batch 3 was queued and is skipped.
         assert_eq!(t.fake.spans("install/a@s2"), [(6000, 7000)], "{on_failure}");
         for i in [4, 5] {

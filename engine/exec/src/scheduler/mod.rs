@@ -691,9 +691,17 @@ impl Scheduler {
             } else {
                 ""
             };
+            // A halted roll says so first: it is why servers were skipped.
+            let halted = self
+                .op_halted
+                .iter()
+                .flatten()
+                .next()
+                .map(|h| format!("{h}; "))
+                .unwrap_or_default();
             return Finished {
                 status: RunStatus::Failed,
-                reason: format!("{} task(s) failed{tolerated}: {list}", failed.len()),
+                reason: format!("{halted}{} task(s) failed{tolerated}: {list}", failed.len()),
             };
         }
         // A wait condition that never held skipped its source without any
@@ -1123,13 +1131,18 @@ impl Scheduler {
         if r.failed.is_empty() || r.failed_pct() <= r.threshold || self.op_halted[op].is_some() {
             return;
         }
+        let total = r.batch_of.len();
+        // The most failed servers the threshold lets through.
+        let tolerated = (0..=total)
+            .filter(|&k| k as f64 * 100.0 / total.max(1) as f64 <= r.threshold)
+            .max()
+            .unwrap_or(0);
         let reason = format!(
-            "rolling update of {} halted: {} of {} servers failed ({:.0}%), above the {}% threshold",
+            "rolling update of {} halted: {} of {total} servers failed ({:.0}%), more than the {tolerated} tolerated (threshold {}%)",
             self.plan.operations[op].id,
             r.failed.len(),
-            r.batch_of.len(),
             r.failed_pct(),
-            r.threshold
+            (r.threshold * 100.0).round() / 100.0
         );
         self.op_halted[op] = Some(reason.clone());
         self.apply_on_failure(op, reason.clone(), reason.clone());

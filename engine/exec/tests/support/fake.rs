@@ -431,7 +431,7 @@ impl TaskExecutor for Fake {
             Action::Install => Compensation::Run("remove".into()),
             Action::Update => Compensation::Run("rollback".into()),
             Action::Check | Action::CheckServer => Compensation::Nothing,
-            Action::Remove | Action::DeleteServer | Action::UpdateServer => {
+            Action::Remove | Action::DeleteServer | Action::UpdateServer | Action::Exec => {
                 Compensation::Impossible(format!("{} cannot be undone", task.action))
             }
         }
