@@ -3,10 +3,12 @@
 //! Exit status: 0 success, 1 invalid input (the workflow or a declaration
 //! is wrong), 2 usage (wrong arguments), 3 environment (the KCL engine or
 //! drover's home cannot be found, the state store is owned by another
-//! process). A closed stdout (e.g. `| head`) is not an
-//! error.
+//! process), 4 a run failed, 5 a run was cancelled or aborted, 6 drift
+//! found (`drover drift`, `snapshot diff`). A closed stdout (e.g. `| head`)
+//! is not an error.
 
 mod batch;
+mod fleet;
 mod inventory;
 mod kcl_worker;
 mod progress;
@@ -27,7 +29,9 @@ use drover_kcl::{LoadError, Loader};
 
 const AFTER_HELP: &str = "\
 Exit status: 0 success, 1 invalid input, 2 usage, 3 environment (KCL engine or drover home missing,
-the state store owned by another process), 4 the run failed (or was rolled back; for ping: a server did not answer), 5 the run was cancelled or aborted.
+the state store owned by another process), 4 the run failed (or was rolled back; for ping: a server did not answer;
+for exec: a server failed; for snapshot take: a server could not be read), 5 the run was cancelled or aborted,
+6 drift found (drover drift, drover snapshot diff: something changed).
 
 Environment:
   DROVER_HOME     directory holding schemas/, providers/, taskservs/ (default: the source tree)
@@ -118,6 +122,18 @@ enum Command {
         #[command(flatten)]
         state: StateArgs,
     },
+    /// Run a shell command on the selected servers; identical answers grouped.
+    Exec(fleet::exec::Args),
+    /// Past execs: list, show one, compare two.
+    History(fleet::history::Args),
+    /// Rerun a command at an interval; print the servers whose output changed.
+    Watch(fleet::watch::Args),
+    /// Follow files (or a systemd unit's journal) on the selected servers.
+    Tail(fleet::tail::Args),
+    /// Record files and command outputs of servers; compare two records.
+    Snapshot(fleet::snapshot::Args),
+    /// Compare the selected servers now with a snapshot: what changed, per server.
+    Drift(fleet::snapshot::DriftArgs),
     /// Secrets: check that SOPS files decrypt, without printing values.
     Secrets {
         #[command(subcommand)]
@@ -196,10 +212,10 @@ enum SecretsCommand {
 
 /// Where runs are kept.
 #[derive(Debug, clap::Args)]
-struct StateArgs {
+pub(crate) struct StateArgs {
     /// The state database (an SQLite file, or sqlite://PATH).
     #[arg(long, env = "DROVER_STATE", value_name = "PATH", value_parser = state_location)]
-    state: Option<PathBuf>,
+    pub(crate) state: Option<PathBuf>,
 }
 
 /// A `--state` argument: a path, or a URL of a store this build has.
@@ -243,7 +259,7 @@ struct RunArgs {
 }
 
 impl StateArgs {
-    fn target(self) -> runs::Target {
+    pub(crate) fn target(self) -> runs::Target {
         self.target_with(RunArgs::default())
     }
 
@@ -316,6 +332,12 @@ fn main() -> ExitCode {
         Command::Secrets {
             command: SecretsCommand::Check { file, identity },
         } => secrets::check(&file, identity.as_deref(), &mut out),
+        Command::Exec(args) => fleet::exec::main(args, &mut out),
+        Command::History(args) => fleet::history::main(args, &mut out),
+        Command::Watch(args) => fleet::watch::main(args, &mut out),
+        Command::Tail(args) => fleet::tail::main(args, &mut out),
+        Command::Snapshot(args) => fleet::snapshot::main(args, &mut out),
+        Command::Drift(args) => fleet::snapshot::drift(args, &mut out),
         Command::Batch(args) => batch::main(args, &mut out),
         Command::Token(args) => token::main(args, &mut out),
         Command::Serve(args) => {

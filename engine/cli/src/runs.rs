@@ -25,7 +25,8 @@ pub struct Target {
     pub keep_remote_dirs: bool,
 }
 
-fn open(t: &Target) -> anyhow::Result<(Arc<Store>, Options)> {
+/// The state store of `t` (owned by this process) and the run options.
+pub(crate) fn open(t: &Target) -> anyhow::Result<(Arc<Store>, Options)> {
     let store = Store::open(&t.state)?;
     let mut opts = Options::for_state(&t.state, drover_registry::providers());
     opts.max_parallel = t.parallel;
@@ -33,7 +34,8 @@ fn open(t: &Target) -> anyhow::Result<(Arc<Store>, Options)> {
     Ok((Arc::new(store), opts))
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// The runtime runs are carried out on.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
@@ -63,7 +65,9 @@ pub fn exit_for(status: RunStatus, ending: Ending) -> ExitCode {
     }
 }
 
-fn exec_failure(e: ExecError) -> anyhow::Result<ExitCode> {
+/// Report why a run could not start or go on: 1 for what the operator
+/// can act on (a wrong state, an unknown run), an error otherwise.
+pub(crate) fn exec_failure(e: ExecError) -> anyhow::Result<ExitCode> {
     match e {
         ExecError::Unsupported(msg)
         | ExecError::WrongState(msg)
@@ -232,7 +236,7 @@ fn follow(
 }
 
 /// Task id → operation id and server, for the run's log lines.
-fn task_maps(
+pub(crate) fn task_maps(
     plan: &drover_core::Plan,
 ) -> (
     std::collections::HashMap<String, String>,
@@ -251,7 +255,7 @@ fn task_maps(
 
 /// After a run: finished runs past their workflow's `logging.retention_days`
 /// leave the store, with their logs (never one in progress or resumable).
-fn retention(store: &Store, opts: &Options) {
+pub(crate) fn retention(store: &Store, opts: &Options) {
     match drover_exec::run::prune(store, opts, None, drover_exec::scheduler::now_ms()) {
         Ok(ids) if !ids.is_empty() => eprintln!("removed {} run(s) past their retention", ids.len()),
         Ok(_) => {}

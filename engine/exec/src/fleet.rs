@@ -28,10 +28,11 @@ use drover_core::plan::Action;
 use drover_core::{Diagnostic, Plan};
 use drover_provider::{ProviderContext, Reach, ServerFacts, ServerStatus};
 use drover_state::{Entry, Event};
-use drover_transport::{Command, LogLine, Outcome, Stream};
+use drover_transport::Command;
+pub use drover_transport::{LogLine, Outcome, Stream};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+pub use tokio_util::sync::CancellationToken;
 
 use crate::mask::Masker;
 use crate::run::{Inputs, Options};
@@ -563,6 +564,58 @@ pub fn hostlist(names: &[String]) -> String {
     shown.join(",")
 }
 
+impl Answer {
+    /// The output as shown and diffed, as [`Group::body`] has it: stdout,
+    /// then stderr with each line marked `stderr| `.
+    pub fn body(&self) -> String {
+        Group {
+            servers: Vec::new(),
+            outcome: String::new(),
+            stdout: self.stdout.clone(),
+            stderr: self.stderr.clone(),
+        }
+        .body()
+    }
+}
+
+/// How the answers of two execs differ, server by server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// Servers in both whose outcome or output differs: the old answer,
+    /// then the new one, in the new exec's order.
+    pub changed: Vec<(Answer, Answer)>,
+    /// Servers in both that answered the same.
+    pub same: Vec<String>,
+    /// Servers only the old exec ran on.
+    pub only_old: Vec<String>,
+    /// Servers only the new exec ran on.
+    pub only_new: Vec<String>,
+}
+
+/// Compare the answers of an exec (`old`) with those of a later one
+/// (`new`): a server changed when its outcome ([`Answer::outcome`]),
+/// stdout or stderr differs.
+pub fn compare(old: &[Answer], new: &[Answer]) -> Comparison {
+    let before: HashMap<&str, &Answer> = old.iter().map(|a| (a.server.as_str(), a)).collect();
+    let mut c = Comparison::default();
+    for a in new {
+        match before.get(a.server.as_str()) {
+            None => c.only_new.push(a.server.clone()),
+            Some(b) if b.outcome() == a.outcome() && b.stdout == a.stdout && b.stderr == a.stderr => {
+                c.same.push(a.server.clone());
+            }
+            Some(b) => c.changed.push(((*b).clone(), a.clone())),
+        }
+    }
+    let now: std::collections::HashSet<&str> = new.iter().map(|a| a.server.as_str()).collect();
+    c.only_old = old
+        .iter()
+        .filter(|a| !now.contains(a.server.as_str()))
+        .map(|a| a.server.clone())
+        .collect();
+    c
+}
+
 /// Connections to a set of servers for commands outside a run (watch,
 /// tail, snapshots): each server reached as a run reaches it (its
 /// provider's facts, the SSH transport, host keys verified), once, and
@@ -780,5 +833,20 @@ mod tests {
         assert_eq!("10%".parse::<MaxFail>(), Ok(MaxFail::Percent(10.0)));
         assert!("x".parse::<MaxFail>().is_err());
         assert!("120%".parse::<MaxFail>().is_err());
+    }
+
+    #[test]
+    fn comparisons_name_changed_servers_and_those_in_one_exec_only() {
+        let old = vec![answer("h1", 0, "x\n"), answer("h2", 0, "x\n"), answer("h3", 0, "x\n")];
+        let new = vec![answer("h2", 0, "x\n"), answer("h3", 1, "x\n"), answer("h4", 0, "y\n")];
+        let c = compare(&old, &new);
+        assert_eq!(c.same, names(&["h2"]));
+        assert_eq!(c.changed.len(), 1);
+        assert_eq!(
+            (c.changed[0].0.outcome(), c.changed[0].1.outcome()),
+            ("exit 0".into(), "exit 1".into())
+        );
+        assert_eq!(c.only_old, names(&["h1"]));
+        assert_eq!(c.only_new, names(&["h4"]));
     }
 }
