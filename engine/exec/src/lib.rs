@@ -8,6 +8,8 @@
 //! - [`run`]: start, resume, retry and roll back runs.
 //! - [`fleet`]: `drover exec` as a run, its answers grouped; commands
 //!   on open connections for watch, tail and snapshots.
+//! - [`snapshot`]: files and command outputs of servers recorded, and
+//!   what changed between two records (snapshots, drift).
 //! - [`report`]: the end-of-run report.
 //! - [`mask`]: secret values replaced wherever text leaves the engine.
 //! - [`template`]: taskserv templates rendered per server.
@@ -24,6 +26,7 @@ pub mod report;
 pub mod run;
 pub mod runner;
 pub mod scheduler;
+pub mod snapshot;
 pub mod template;
 
 pub use drover_transport::mask;

@@ -1,5 +1,6 @@
 //! The state store: runs and their journals; API tokens (hashed) and the
-//! audit trail of operator actions.
+//! audit trail of operator actions; snapshots of servers' files and
+//! command outputs (`drover snapshot`, `drover drift`).
 //!
 //! Architecture invariant: the journal is the source of truth for a run.
 //! Every task transition is appended here, durably (WAL,
@@ -105,6 +106,14 @@ pub enum StateError {
     /// No token has this name.
     #[error("no token named {0:?}; `drover token list` shows them")]
     UnknownToken(String),
+    /// No snapshot has this id or name.
+    #[error("no snapshot {0:?} in the state store (neither an id nor a name); `drover snapshot list` shows them")]
+    UnknownSnapshot(String),
+    /// A snapshot of this name exists: names are unique, and a name is
+    /// never moved to another snapshot (what `drift --against NAME`
+    /// compares with does not change under it).
+    #[error("a snapshot named {0:?} exists already; choose another name")]
+    SnapshotExists(String),
     /// The token was revoked before.
     #[error("the token {name:?} was revoked already (at {at_ms} ms since the Unix epoch)")]
     TokenRevoked {
@@ -406,6 +415,28 @@ pub struct RunRecord {
     /// workflow and catalog), so a resume does not depend on files that
     /// may have changed since.
     pub inputs: serde_json::Value,
+}
+
+/// A snapshot as stored: what was recorded of which servers, when.
+/// The record's values are opaque JSON to this crate: the executor
+/// defines what a spec and a server's state hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// Its id: time-ordered, like run ids.
+    pub id: String,
+    /// A name given to it (unique among snapshots), if any.
+    pub name: Option<String>,
+    /// When it was taken, ms since the epoch.
+    pub created_at_ms: i64,
+    /// The inventory or workflow file its servers came from.
+    pub file: String,
+    /// The filters that selected the servers.
+    pub selector: serde_json::Value,
+    /// What was recorded: files and commands.
+    pub spec: serde_json::Value,
+    /// What was found on each server (`Null` in [`Store::snapshots`]'
+    /// listing, which leaves it out).
+    pub servers: serde_json::Value,
 }
 
 pub use access::{AuditQuery, AuditRecord, Role, TokenHash, TokenRecord};

@@ -23,7 +23,7 @@ use std::sync::{Mutex, mpsc};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use crate::{Entry, Event, RunRecord, RunStatus, StateError};
+use crate::{Entry, Event, RunRecord, RunStatus, SnapshotRecord, StateError};
 
 mod access;
 
@@ -45,6 +45,23 @@ CREATE TABLE IF NOT EXISTS journal (
     event TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
+";
+
+/// Snapshots (`drover snapshot`): added to a database made before they
+/// existed by `CREATE ... IF NOT EXISTS`, like the tokens. A reader of
+/// such a database (read-only, so it cannot add the table) sees no
+/// snapshots.
+const SNAPSHOT_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    name TEXT UNIQUE,
+    created_at_ms INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    selector TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    servers TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_by_time ON snapshots (created_at_ms, id);
 ";
 
 /// Read connections kept open for reuse.
@@ -83,6 +100,8 @@ enum Request {
         ids: Vec<String>,
         reply: mpsc::SyncSender<Result<Vec<String>, StateError>>,
     },
+    /// A new snapshot.
+    Snapshot(Box<SnapshotRecord>, mpsc::SyncSender<Result<(), StateError>>),
     /// Tokens and the audit trail (`access`).
     Access(access::Write, mpsc::SyncSender<Result<access::Done, StateError>>),
 }
@@ -110,6 +129,7 @@ impl std::fmt::Debug for Request {
             Request::Create(..) => "Create",
             Request::Append { .. } => "Append",
             Request::Delete { .. } => "Delete",
+            Request::Snapshot(..) => "Snapshot",
             Request::Access(w, _) => w.kind(),
         })
     }
@@ -174,6 +194,7 @@ impl Store {
         let conn = open_conn(&path, false)?;
         conn.execute_batch(SCHEMA)
             .and_then(|()| conn.execute_batch(access::SCHEMA))
+            .and_then(|()| conn.execute_batch(SNAPSHOT_SCHEMA))
             .map_err(|source| StateError::Open {
                 path: path.clone(),
                 source,
@@ -385,6 +406,122 @@ impl Store {
     }
 }
 
+/// The columns of a snapshot, in [`snapshot_row`]'s order.
+const SNAPSHOT_COLUMNS: &str = "id, name, created_at_ms, file, selector, spec, servers";
+
+/// A stored snapshot from a row of [`SNAPSHOT_COLUMNS`] (`servers` may be
+/// a constant `'null'`).
+fn snapshot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(SnapshotRecord, [String; 3])> {
+    Ok((
+        SnapshotRecord {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            created_at_ms: r.get(2)?,
+            file: r.get(3)?,
+            selector: serde_json::Value::Null,
+            spec: serde_json::Value::Null,
+            servers: serde_json::Value::Null,
+        },
+        [r.get(4)?, r.get(5)?, r.get(6)?],
+    ))
+}
+
+/// The record with its JSON columns decoded.
+fn snapshot_decoded(
+    (mut rec, [selector, spec, servers]): (SnapshotRecord, [String; 3]),
+) -> Result<SnapshotRecord, StateError> {
+    rec.selector = serde_json::from_str(&selector)?;
+    rec.spec = serde_json::from_str(&spec)?;
+    rec.servers = serde_json::from_str(&servers)?;
+    Ok(rec)
+}
+
+/// Whether the database has the snapshots table (a database made by an
+/// older drover and only read since has not).
+fn has_snapshots(conn: &Connection) -> Result<bool, StateError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'")?
+        .query_row([], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+impl Store {
+    /// Record a snapshot. Its name, if it has one, must be new: a second
+    /// snapshot of an existing name is refused
+    /// ([`StateError::SnapshotExists`]), so a name always means the one
+    /// snapshot it was first given to.
+    pub fn save_snapshot(&self, snapshot: &SnapshotRecord) -> Result<(), StateError> {
+        let snapshot = Box::new(snapshot.clone());
+        self.write(|reply| Request::Snapshot(snapshot, reply))
+    }
+
+    /// The snapshot whose id, or else whose name, is `id_or_name`.
+    pub fn snapshot(&self, id_or_name: &str) -> Result<SnapshotRecord, StateError> {
+        self.read(|conn| {
+            if !has_snapshots(conn)? {
+                return Err(StateError::UnknownSnapshot(id_or_name.to_string()));
+            }
+            // An id first: a name cannot hide the snapshot with that id.
+            for column in ["id", "name"] {
+                let row = conn
+                    .prepare_cached(&format!("SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE {column} = ?1"))?
+                    .query_row(params![id_or_name], snapshot_row)
+                    .optional()?;
+                if let Some(row) = row {
+                    return snapshot_decoded(row);
+                }
+            }
+            Err(StateError::UnknownSnapshot(id_or_name.to_string()))
+        })
+    }
+
+    /// Every snapshot, newest first, without what was found on the
+    /// servers (`servers` is `Null`: [`Store::snapshot`] reads one whole).
+    pub fn snapshots(&self) -> Result<Vec<SnapshotRecord>, StateError> {
+        self.read(|conn| {
+            if !has_snapshots(conn)? {
+                return Ok(Vec::new());
+            }
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, name, created_at_ms, file, selector, spec, 'null' FROM snapshots \
+                 ORDER BY created_at_ms DESC, id DESC",
+            )?;
+            let rows = stmt.query_map([], snapshot_row)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(snapshot_decoded(row?)?);
+            }
+            Ok(out)
+        })
+    }
+}
+
+fn save_snapshot(conn: &Connection, s: &SnapshotRecord) -> Result<(), StateError> {
+    if let Some(name) = &s.name {
+        let taken: Option<String> = conn
+            .prepare_cached("SELECT id FROM snapshots WHERE name = ?1")?
+            .query_row(params![name], |r| r.get(0))
+            .optional()?;
+        if taken.is_some() {
+            return Err(StateError::SnapshotExists(name.clone()));
+        }
+    }
+    conn.prepare_cached(
+        "INSERT INTO snapshots (id, name, created_at_ms, file, selector, spec, servers) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        s.id,
+        s.name,
+        s.created_at_ms,
+        s.file,
+        serde_json::to_string(&s.selector)?,
+        serde_json::to_string(&s.spec)?,
+        serde_json::to_string(&s.servers)?
+    ])?;
+    Ok(())
+}
+
 fn status_of(run: &str, value: &str) -> Result<RunStatus, StateError> {
     RunStatus::parse(value).ok_or_else(|| StateError::UnknownStatus {
         run: run.to_string(),
@@ -522,6 +659,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, request: Request) -> Answer {
         Request::Create(run, reply) => answer(reply, in_savepoint(tx, |sp| create(sp, &run))),
         Request::Append { run_id, events, reply } => answer(reply, in_savepoint(tx, |sp| append(sp, &run_id, &events))),
         Request::Delete { ids, reply } => answer(reply, in_savepoint(tx, |sp| delete_final(sp, &ids))),
+        Request::Snapshot(snap, reply) => answer(reply, in_savepoint(tx, |sp| save_snapshot(sp, &snap))),
         Request::Access(write, reply) => answer(reply, in_savepoint(tx, |sp| access::apply(sp, &write))),
     }
 }

@@ -303,3 +303,74 @@ fn events_round_trip_through_their_disk_format() {
         })
     ));
 }
+
+fn snap(id: &str, name: Option<&str>, at: i64) -> SnapshotRecord {
+    SnapshotRecord {
+        id: id.into(),
+        name: name.map(str::to_string),
+        created_at_ms: at,
+        file: "inv.k".into(),
+        selector: serde_json::json!({"tags": ["web"]}),
+        spec: serde_json::json!({"files": ["~/app.conf"], "commands": []}),
+        servers: serde_json::json!([{"server": "web-1", "files": {}}]),
+    }
+}
+
+#[test]
+fn snapshots_are_found_by_id_or_name_listed_newest_first_and_names_are_not_reused() -> Result<(), StateError> {
+    let dir = tempdir()?;
+    let path = dir.path().join("state.db");
+    let s = Store::open(&path)?;
+    s.save_snapshot(&snap("20250101-000000-0001", Some("before"), 10))?;
+    s.save_snapshot(&snap("20250101-000001-0002", None, 20))?;
+    assert_eq!(s.snapshot("before")?, snap("20250101-000000-0001", Some("before"), 10));
+    assert_eq!(s.snapshot("20250101-000001-0002")?.servers[0]["server"], "web-1");
+    assert!(matches!(s.snapshot("after"), Err(StateError::UnknownSnapshot(n)) if n == "after"));
+    // A second snapshot of a taken name is refused, and nothing of it kept.
+    assert!(matches!(
+        s.save_snapshot(&snap("20250101-000002-0003", Some("before"), 30)),
+        Err(StateError::SnapshotExists(n)) if n == "before"
+    ));
+    assert!(matches!(
+        s.snapshot("20250101-000002-0003"),
+        Err(StateError::UnknownSnapshot(_))
+    ));
+    // The listing, newest first, leaves out what the servers held.
+    let listed = s.snapshots()?;
+    let ids: Vec<&str> = listed.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["20250101-000001-0002", "20250101-000000-0001"]);
+    assert!(
+        listed
+            .iter()
+            .all(|r| r.servers.is_null() && r.spec["files"][0] == "~/app.conf")
+    );
+    drop(s);
+    // Readers see them; they survive reopening.
+    let reader = Store::open_read_only(&path)?;
+    assert_eq!(reader.snapshot("before")?.created_at_ms, 10);
+    assert!(matches!(
+        reader.save_snapshot(&snap("x", None, 1)),
+        Err(StateError::ReadOnly(_))
+    ));
+    Ok(())
+}
+
+#[test]
+fn a_database_made_before_snapshots_existed_reads_as_having_none() -> Result<(), StateError> {
+    let dir = tempdir()?;
+    let path = dir.path().join("old.db");
+    {
+        // The tables of a store from before snapshots, nothing else.
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.execute_batch("CREATE TABLE runs (id TEXT PRIMARY KEY, workflow TEXT NOT NULL, file TEXT NOT NULL, status TEXT NOT NULL, created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL, inputs TEXT NOT NULL);")?;
+    }
+    let reader = Store::open_read_only(&path)?;
+    assert!(reader.snapshots()?.is_empty());
+    assert!(matches!(reader.snapshot("x"), Err(StateError::UnknownSnapshot(_))));
+    drop(reader);
+    // Its owner adds the table.
+    let owner = Store::open(&path)?;
+    owner.save_snapshot(&snap("s1", Some("n"), 1))?;
+    assert_eq!(owner.snapshots()?.len(), 1);
+    Ok(())
+}
