@@ -10,6 +10,7 @@
 //! and lines printed.
 
 pub(crate) mod client;
+mod exec;
 mod follow;
 pub(crate) mod render;
 
@@ -93,6 +94,9 @@ enum BatchCommand {
         #[arg(long)]
         server_path: bool,
     },
+    /// Run a shell command on the servers a selector picks in a fleet
+    /// file; print the run id (with --watch: the answers, grouped).
+    Exec(exec::Args),
     /// A run's state: per operation, its tasks' status, attempts, duration and error.
     Status {
         /// The run.
@@ -193,6 +197,7 @@ pub(crate) fn main(args: BatchArgs, out: &mut impl Write) -> anyhow::Result<Exit
                 watch,
                 server_path,
             } => submit(&client, &file, validate, dry_run, watch, server_path, out).await,
+            BatchCommand::Exec(args) => exec::exec(&client, args, out).await,
             BatchCommand::Status { run_id, follow, format } => status(&client, &run_id, follow, format, out).await,
             BatchCommand::Logs {
                 run_id,

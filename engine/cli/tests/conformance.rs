@@ -310,6 +310,13 @@ runs = {{ values = ["{run}"] }}
 [[operations]]
 include-path = "/workflows/batch"
 checks.positive_data_acceptance.expected-statuses = [200, 202, 400, 401, 429, 503]
+
+# The same for the fleet operations, which evaluate an inventory (or
+# workflow) source the same way; a snapshot's name may be taken (409)
+# and a drift names a snapshot that may not exist (404).
+[[operations]]
+include-path-regex = "^/fleet/(select|exec|snapshots|drift)$"
+checks.positive_data_acceptance.expected-statuses = [200, 201, 202, 400, 401, 404, 409, 429, 503]
 "#
         ),
     )

@@ -58,6 +58,12 @@ async fn healthz_answers_and_the_openapi_document_lists_every_endpoint() {
         ("/tokens", &["get", "post"]),
         ("/tokens/{name}", &["delete"]),
         ("/audit", &["get"]),
+        ("/fleet/select", &["post"]),
+        ("/fleet/exec", &["post"]),
+        ("/fleet/exec/{id}", &["get"]),
+        ("/fleet/snapshots", &["get", "post"]),
+        ("/fleet/snapshots/{id}", &["get"]),
+        ("/fleet/drift", &["post"]),
     ];
     let paths = doc["paths"].as_object().expect("paths");
     let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();

@@ -522,9 +522,13 @@ fn evaluate_in(engine: &Engine, config: &WorkerConfig, request: Request, dir: &P
     });
     match outcome {
         Ok(Ok(mut value)) => {
+            // The two values a file may define: a workflow, or (for fleet
+            // operations) an inventory.
             let mut only = serde_json::Map::new();
-            if let Some(w) = value.get_mut("workflow").map(serde_json::Value::take) {
-                only.insert("workflow".into(), w);
+            for key in ["workflow", "inventory"] {
+                if let Some(w) = value.get_mut(key).map(serde_json::Value::take) {
+                    only.insert(key.into(), w);
+                }
             }
             Answer::Value(serde_json::Value::Object(only))
         }

@@ -24,6 +24,7 @@ use utoipa::OpenApi;
 
 use crate::auth::{Auth, Caller, outcome_of, record_audit, record_refusal};
 use crate::error::{ApiError, ApiJson, ApiQuery};
+use crate::fleet;
 use crate::logs::{StreamReader, stream_file};
 use crate::orchestrator::{Orchestrator, exec_error};
 use crate::wire::*;
@@ -38,13 +39,17 @@ use crate::wire::*;
     ),
     paths(
         submit, list, status, logs, events, rollback, retry, pause, resume, cancel, run_metrics, metrics, healthz,
-        list_tokens, create_token, revoke_token, audit
+        list_tokens, create_token, revoke_token, audit, fleet::select, fleet::exec, fleet::exec_status, fleet::take_snapshot, fleet::list_snapshots,
+        fleet::show_snapshot, fleet::drift
     ),
     components(schemas(
         SubmitRequest, SubmitResponse, OperationPlan, TaskRef, RunInfo, RunList, RunState, RunStatusView, NotUndone,
         OperationStatus, TaskStatus, LogEvent, LogStreamEvent, JournalEvent, TransitionStreamEvent, RetryRequest,
         ActionResponse, RunMetrics, OperationMetrics, ApiErrorBody, Health, RunAction, TokenRole, CreateTokenRequest,
-        CreatedToken, TokenInfo, TokenList, AuditEntry, AuditList
+        CreatedToken, TokenInfo, TokenList, AuditEntry, AuditList, FleetSelector, FleetCriterion, CriterionField,
+        CriterionOp, SelectRequest, SelectResponse, FleetServer, ExecRequest, ExecRolling, ExecAccepted, ExecView,
+        ExecProgress, ExecAnswer, ExecGroup, SnapshotRequest, SnapshotInfo, SnapshotTaken, Unreachable, SnapshotList,
+        SnapshotView, DriftRequest, DriftChange, DriftResponse
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -85,6 +90,15 @@ pub fn router(orch: Arc<Orchestrator>, auth: Auth) -> Router {
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{name}", axum::routing::delete(revoke_token))
         .route("/audit", get(audit))
+        .route("/fleet/select", post(fleet::select))
+        .route("/fleet/exec", post(fleet::exec))
+        .route("/fleet/exec/{id}", get(fleet::exec_status))
+        .route(
+            "/fleet/snapshots",
+            get(fleet::list_snapshots).post(fleet::take_snapshot),
+        )
+        .route("/fleet/snapshots/{id}", get(fleet::show_snapshot))
+        .route("/fleet/drift", post(fleet::drift))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(orch.clone());
@@ -301,7 +315,7 @@ async fn status(
     let submitted_by = trail
         .iter()
         .rev()
-        .find(|a| a.action == "submit" && a.outcome == "ok")
+        .find(|a| (a.action == "submit" || a.action == "exec") && a.outcome == "ok")
         .map(|a| a.actor.clone());
     let actions = trail
         .into_iter()

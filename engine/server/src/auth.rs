@@ -490,7 +490,13 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 pub fn required_role(method: &Method, route: Option<&str>) -> Role {
     match (method, route) {
         (_, Some("/tokens" | "/tokens/{name}" | "/audit")) => Role::Admin,
+        // A snapshot's contents are files of the servers: not for viewers.
+        (&Method::GET | &Method::HEAD, Some("/fleet/snapshots/{id}")) => Role::Operator,
         (&Method::GET | &Method::HEAD, _) => Role::Viewer,
+        // Selecting reads a fleet file (a path still needs admin: checked
+        // by the handler, which sees the body).
+        (&Method::POST, Some("/fleet/select")) => Role::Viewer,
+        (&Method::POST, Some("/fleet/exec" | "/fleet/snapshots" | "/fleet/drift")) => Role::Operator,
         (
             &Method::POST,
             Some(
@@ -516,6 +522,9 @@ pub fn action_of(method: &Method, route: Option<&str>) -> Option<&'static str> {
         (&Method::POST, "/workflows/{id}/cancel") => Some("cancel"),
         (&Method::POST, "/workflows/{id}/retry") => Some("retry"),
         (&Method::POST, "/workflows/{id}/rollback") => Some("rollback"),
+        (&Method::POST, "/fleet/exec") => Some("exec"),
+        (&Method::POST, "/fleet/snapshots") => Some("snapshot"),
+        (&Method::POST, "/fleet/drift") => Some("drift"),
         (&Method::POST, "/tokens") => Some("token_create"),
         (&Method::DELETE, "/tokens/{name}") => Some("token_revoke"),
         _ => None,

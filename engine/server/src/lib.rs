@@ -5,6 +5,8 @@
 //!   recovery, operator commands, graceful shutdown.
 //! - [`api`]: the axum router, handlers, SSE streams, the OpenAPI document.
 //! - [`wire`]: every request and response body (the wire format).
+//! - [`fleet`]: the fleet endpoints: selecting servers, execs (a command
+//!   on servers, as a run), snapshots and drift.
 //! - [`http`]: the accept loop: connection limit, header timeout, TLS,
 //!   the Host check, the body limit, the HTTP part of shutdown.
 //! - [`auth`]: bearer tokens, roles, who is calling (for the audit trail).
@@ -20,6 +22,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod fleet;
 pub mod http;
 pub mod logging;
 pub mod logs;

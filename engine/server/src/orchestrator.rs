@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_core::Plan;
+use drover_core::model::{Selector, Server};
+use drover_exec::fleet::{ExecSpec, Fleet};
 use drover_exec::run::{self, Inputs};
 use drover_exec::{Control, ExecError, Options, Progress, RunHandle};
 use drover_kcl::problems::Problems;
@@ -605,17 +607,7 @@ impl Orchestrator {
         // Problems in a submitted source name it as the client knows it,
         // not as the server's file.
         let evaluated = match (evaluated, &req.source) {
-            (Err(mut e), Some(_)) => {
-                let name = file
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                for p in &mut e.body.problems {
-                    *p = as_source(p, &name);
-                }
-                e.body.message = as_source(&e.body.message, &name);
-                Err(e)
-            }
+            (Err(e), Some(_)) => Err(named_as_source(e, &file)),
             (other, _) => other,
         };
         if let Err(e) = &evaluated
@@ -651,16 +643,9 @@ impl Orchestrator {
         };
         // The server decides where logs go: under its own --logs.
         let mut inputs = inputs;
-        if let Some(under) = self.logs_under.get() {
-            let logging = &mut inputs.source.workflow.logging;
-            if let Some(problem) = run::logging_dir_problem(&logging.dir) {
-                self.metrics.submission("invalid");
-                return Err(ApiError::invalid_workflow(
-                    problem.clone(),
-                    vec![format!("workflow.logging.dir: {problem}")],
-                ));
-            }
-            logging.dir = under.join(&logging.dir).display().to_string();
+        if let Err(e) = self.logs_of(&mut inputs) {
+            self.metrics.submission("invalid");
+            return Err(e);
         }
         let mut resp = SubmitResponse {
             run_id: None,
@@ -705,6 +690,183 @@ impl Orchestrator {
         resp.run_id = Some(id);
         resp.status = Some(RunStatus::Queued.as_str().into());
         Ok((true, resp))
+    }
+
+    /// Put the logs of a submitted run under the server's log directory
+    /// (see [`Orchestrator::keep_logs_under`]); refuse a `logging.dir`
+    /// that would leave it.
+    fn logs_of(&self, inputs: &mut Inputs) -> Result<(), ApiError> {
+        if let Some(under) = self.logs_under.get() {
+            let logging = &mut inputs.source.workflow.logging;
+            if let Some(problem) = run::logging_dir_problem(&logging.dir) {
+                return Err(ApiError::invalid_workflow(
+                    problem.clone(),
+                    vec![format!("workflow.logging.dir: {problem}")],
+                ));
+            }
+            logging.dir = under.join(&logging.dir).display().to_string();
+        }
+        Ok(())
+    }
+
+    /// Evaluate the fleet file of a `/fleet/*` request (its KCL `source`,
+    /// or a `path` under the workflows directories) into its servers,
+    /// groups and providers, checked as `drover inventory` checks them.
+    /// The scratch file of a source goes when the returned guard does,
+    /// unless a run keeps it.
+    async fn fleet_file(&self, source: Option<&str>, path: Option<&str>) -> Result<(Inputs, Scratch), ApiError> {
+        if self.stopping.is_cancelled() {
+            return Err(ApiError::unavailable(
+                "the server is shutting down; ask again when it is back",
+            ));
+        }
+        let admitted = match (source, path) {
+            (Some(_), Some(_)) => return Err(ApiError::bad_request("give either source or path, not both")),
+            (None, None) => {
+                return Err(ApiError::bad_request(
+                    "give the fleet file: source (the KCL text of an inventory or workflow file) or path (a file on the server)",
+                ));
+            }
+            (None, Some(p)) if p.trim().is_empty() => return Err(ApiError::bad_request("path is empty")),
+            (None, Some(p)) => Some(self.admit(p)?),
+            (Some(_), None) => None,
+        };
+        let Some(loader) = self.loader.clone() else {
+            return Err(ApiError::unavailable(
+                "this server has no KCL engine; run `make setup` or set DROVER_VENV",
+            ));
+        };
+        let pool = match &self.evaluator.pool {
+            Ok(pool) => pool.clone(),
+            Err(why) => return Err(ApiError::unavailable(why.clone())),
+        };
+        let (file, evaluation, scratch) = match (admitted, source) {
+            (Some(f), _) => (f.clone(), Evaluation::File(f), Scratch(None)),
+            (None, Some(src)) => {
+                let name = format!("{}.k", crate::logging::trace_id());
+                let f = self.submissions.join(&name);
+                std::fs::create_dir_all(&self.submissions).map_err(ApiError::io)?;
+                let scratch = Scratch(Some(f.clone()));
+                std::fs::write(&f, src).map_err(ApiError::io)?;
+                (
+                    f,
+                    Evaluation::Source {
+                        name,
+                        text: src.to_string(),
+                    },
+                    scratch,
+                )
+            }
+            (None, None) => return Err(ApiError::bad_request("no fleet file given")),
+        };
+        let evaluated = async {
+            let value = pool.evaluate(evaluation).await.map_err(eval_error)?;
+            let file = file.clone();
+            tokio::task::spawn_blocking(move || {
+                let source = fleet_source(value, &file).map_err(load_problem)?;
+                let catalog = catalog(&loader).map_err(load_problem)?;
+                let problems = drover_core::validate::validate_inventory(&source, &catalog);
+                if !problems.is_empty() {
+                    return Err(invalid(Problems::Model(problems)));
+                }
+                Ok(Inputs { source, catalog })
+            })
+            .await
+            .map_err(ApiError::internal)?
+        }
+        .await;
+        match evaluated {
+            Ok(inputs) => Ok((inputs, scratch)),
+            Err(e) if source.is_some() => Err(named_as_source(e, &file)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The servers `selector` picks in a fleet file (see
+    /// [`Orchestrator::fleet_file`]), with the file's inventory they were
+    /// picked from; or every problem with the file or the selector.
+    pub async fn fleet_select(
+        &self,
+        source: Option<&str>,
+        path: Option<&str>,
+        selector: &Selector,
+    ) -> Result<(Inputs, Vec<Server>), ApiError> {
+        let (inputs, _scratch) = self.fleet_file(source, path).await?;
+        let servers = select_in(&inputs, selector)?;
+        Ok((inputs, servers))
+    }
+
+    /// Queue an exec: `spec`'s command on the servers its selector picks
+    /// in a fleet file, as a run of its own under the queue's limits, as a
+    /// submitted workflow is. Its run id and the servers selected.
+    pub async fn submit_exec(
+        self: &Arc<Self>,
+        source: Option<&str>,
+        path: Option<&str>,
+        spec: &ExecSpec,
+    ) -> Result<(String, Vec<Server>), ApiError> {
+        let reservation = {
+            let mut q = lock(&self.queue);
+            if q.pending.len() + q.reserved >= self.limits.max_pending {
+                self.metrics.submission("rejected");
+                return Err(ApiError::queue_full(format!(
+                    "the queue is full ({} runs waiting, at most {}); retry later",
+                    q.pending.len() + q.reserved,
+                    self.limits.max_pending
+                )));
+            }
+            q.reserved += 1;
+            drop(q);
+            Reservation(self)
+        };
+        let (base, scratch) = match self.fleet_file(source, path).await {
+            Ok(x) => x,
+            Err(e) => {
+                let outcome = if e.status == axum::http::StatusCode::TOO_MANY_REQUESTS {
+                    "rejected"
+                } else {
+                    "invalid"
+                };
+                self.metrics.submission(outcome);
+                return Err(e);
+            }
+        };
+        let servers = select_in(&base, &spec.selector).inspect_err(|_| self.metrics.submission("invalid"))?;
+        let mut inputs = drover_exec::fleet::exec_inputs(&base, spec);
+        self.logs_of(&mut inputs)
+            .inspect_err(|_| self.metrics.submission("invalid"))?;
+        let id = run::enqueue(&self.store, inputs, &self.opts.providers).map_err(|e| {
+            self.metrics.submission("invalid");
+            exec_error(e)
+        })?;
+        // The run names the source's file: its relative paths (keys,
+        // known_hosts) are relative to it.
+        scratch.keep();
+        lock(&self.queue).pending.push_back(id.clone());
+        drop(reservation);
+        self.metrics.submission("accepted");
+        tracing::info!(run_id = %id, servers = servers.len(), command = %spec.command, "exec queued");
+        self.wake.notify_one();
+        Ok((id, servers))
+    }
+
+    /// Connections to the servers `selector` picks in a fleet file, for
+    /// commands outside a run (snapshots, drift); `purpose` names them to
+    /// providers.
+    pub async fn fleet(
+        &self,
+        source: Option<&str>,
+        path: Option<&str>,
+        selector: &Selector,
+        purpose: &str,
+    ) -> Result<Fleet, ApiError> {
+        let (inputs, scratch) = self.fleet_file(source, path).await?;
+        let servers = select_in(&inputs, selector)?;
+        let base_dir = inputs.source.file.parent().map(Path::to_path_buf).unwrap_or_default();
+        // A source's own file is not needed to reach its servers: paths in
+        // it are relative to a directory that stays.
+        drop(scratch);
+        Ok(Fleet::new(servers, base_dir, &self.opts, purpose))
     }
 
     /// Pause an executing run.
@@ -1004,6 +1166,132 @@ impl Drop for Scratch {
     }
 }
 
+/// `e` with every mention of a submitted source's file on the server
+/// (`file`) shown as `<source>`: the client knows it by no other name.
+fn named_as_source(mut e: ApiError, file: &Path) -> ApiError {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for p in &mut e.body.problems {
+        *p = as_source(p, &name);
+    }
+    e.body.message = as_source(&e.body.message, &name);
+    e
+}
+
+/// A fleet file's evaluated values as a source of servers and groups: its
+/// `inventory` (a `drover.Inventory`), else its `workflow` (whose
+/// operations, variables and secrets no fleet command uses: its secrets
+/// files need not exist here).
+fn fleet_source(mut value: serde_json::Value, file: &Path) -> Result<drover_core::model::Source, LoadError> {
+    use drover_core::Diagnostic;
+    use drover_core::model::{InventoryDef, Source, Workflow};
+    if let Some(mut inv) = value.get_mut("inventory").map(serde_json::Value::take) {
+        let ty = inv
+            .get("_type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("a plain dict")
+            .to_string();
+        if ty != "drover.Inventory" {
+            return Err(LoadError::Model(vec![
+                Diagnostic::new(
+                    file,
+                    "inventory",
+                    format!("`inventory` is {ty}, not a drover.Inventory"),
+                )
+                .help("write inventory = drover.Inventory { servers = [...], groups = [...] }"),
+            ]));
+        }
+        strip_types(&mut inv);
+        let inv: InventoryDef = serde_path_to_error::deserialize(inv).map_err(|e| {
+            LoadError::Model(vec![Diagnostic::new(
+                file,
+                format!("inventory.{}", e.path()),
+                e.into_inner().to_string(),
+            )])
+        })?;
+        let name = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "inventory".into());
+        let workflow: Workflow = serde_json::from_value(serde_json::json!({
+            "name": name,
+            "operations": [],
+            "servers": inv.servers,
+            "groups": inv.groups,
+        }))
+        .map_err(|e| LoadError::Model(vec![Diagnostic::new(file, "inventory", e.to_string())]))?;
+        return Ok(Source {
+            file: file.to_path_buf(),
+            workflow,
+        });
+    }
+    match value.get_mut("workflow").and_then(serde_json::Value::as_object_mut) {
+        Some(wf) => {
+            wf.remove("secrets");
+        }
+        None => {
+            return Err(LoadError::Model(vec![
+                Diagnostic::new(file, "-", "the file defines neither a top-level `inventory` nor a `workflow` value")
+                    .help("give an inventory file (inventory = drover.Inventory {...}) or a workflow file (workflow = drover.WorkflowDef {...})"),
+            ]));
+        }
+    }
+    drover_kcl::load::source_of(value, file)
+}
+
+/// Remove the engine's `_type` markers before deserialising.
+fn strip_types(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.remove("_type");
+            map.values_mut().for_each(strip_types);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_types),
+        _ => {}
+    }
+}
+
+/// The servers `selector` picks in `inputs`, or its problems as a 400
+/// naming each (an unknown group, tag or server; nothing selected).
+fn select_in(inputs: &Inputs, selector: &Selector) -> Result<Vec<Server>, ApiError> {
+    drover_exec::fleet::select(inputs, selector).map_err(|diags| {
+        let problems: Vec<String> = diags
+            .iter()
+            .map(|d| {
+                // The planner speaks of the exec's operation; here it is
+                // the selector that selects.
+                let message = d
+                    .message
+                    .replace("operation exec selects", "the selector names")
+                    .replace("operation exec", "the selector");
+                match &d.help {
+                    Some(help) => format!("selector: {message} (help: {help})"),
+                    None => format!("selector: {message}"),
+                }
+            })
+            .collect();
+        let mut e = ApiError::bad_request(format!(
+            "the selector has {} problem(s): {}",
+            problems.len(),
+            problems.join("; ")
+        ));
+        e.body.problems = problems;
+        e
+    })
+}
+
+/// Why a KCL worker could not evaluate a submitted file, as an API error.
+fn eval_error(e: EvalError) -> ApiError {
+    match e {
+        EvalError::Busy { .. } => ApiError::queue_full(format!("the workflow cannot be evaluated now: {e}")),
+        EvalError::Kcl(d) => invalid(Problems::Kcl(d)),
+        EvalError::Limit(limit) => ApiError::evaluation_limit(limit.to_string()),
+        EvalError::Failed(_) | EvalError::Unavailable(_) => ApiError::unavailable(e.to_string()),
+    }
+}
+
 /// Problems of a workflow as the API's 400.
 fn invalid(problems: Problems) -> ApiError {
     let located = problems.locate();
@@ -1029,12 +1317,7 @@ async fn evaluate(
     file: PathBuf,
     evaluation: Evaluation,
 ) -> Result<(Inputs, Plan), ApiError> {
-    let value = pool.evaluate(evaluation).await.map_err(|e| match e {
-        EvalError::Busy { .. } => ApiError::queue_full(format!("the workflow cannot be evaluated now: {e}")),
-        EvalError::Kcl(d) => invalid(Problems::Kcl(d)),
-        EvalError::Limit(limit) => ApiError::evaluation_limit(limit.to_string()),
-        EvalError::Failed(_) | EvalError::Unavailable(_) => ApiError::unavailable(e.to_string()),
-    })?;
+    let value = pool.evaluate(evaluation).await.map_err(eval_error)?;
     tokio::task::spawn_blocking(move || {
         let source = drover_kcl::load::source_of(value, &file).map_err(load_problem)?;
         let catalog = catalog(&loader).map_err(load_problem)?;

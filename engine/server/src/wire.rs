@@ -628,3 +628,439 @@ pub struct AuditList {
     /// The records.
     pub entries: Vec<AuditEntry>,
 }
+
+/// Which servers of a fleet file (`/fleet/*`): those meeting every filter
+/// given, as a workflow operation's `selector` picks them. Empty: every
+/// server of the file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSelector {
+    /// Only these servers, by hostname (with `groups`: servers named here
+    /// or in one of the groups).
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Only servers in one of these groups (hierarchy and criteria
+    /// resolved).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Only servers with every one of these tags (`!t`: without t).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Only servers meeting every one of these conditions.
+    #[serde(default)]
+    pub criteria: Vec<FleetCriterion>,
+}
+
+/// A condition on a server's field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetCriterion {
+    /// What is tested.
+    pub field: CriterionField,
+    /// How (default `equals`).
+    #[serde(default)]
+    pub op: CriterionOp,
+    /// The value (equals, contains, matches: a regular expression).
+    #[serde(default)]
+    pub value: Option<String>,
+    /// The values (in).
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+/// A server field a criterion tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CriterionField {
+    /// Its hostname.
+    Hostname,
+    /// Its provider.
+    Provider,
+    /// Its plan.
+    Plan,
+    /// Its zone.
+    Zone,
+    /// Its address.
+    Address,
+    /// One of its tags.
+    Tag,
+    /// One of its groups.
+    Group,
+}
+
+/// How a criterion compares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CriterionOp {
+    /// Equal to `value`.
+    #[default]
+    Equals,
+    /// Contains `value`.
+    Contains,
+    /// One of `values`.
+    In,
+    /// Matches the regular expression `value`.
+    Matches,
+}
+
+impl FleetSelector {
+    /// The model's selector.
+    pub fn to_model(&self) -> drover_core::model::Selector {
+        use drover_core::model::{Criterion, CriterionField as F, CriterionOp as O};
+        drover_core::model::Selector {
+            servers: self.servers.clone(),
+            groups: self.groups.clone(),
+            tags: self.tags.clone(),
+            criteria: self
+                .criteria
+                .iter()
+                .map(|c| Criterion {
+                    field: match c.field {
+                        CriterionField::Hostname => F::Hostname,
+                        CriterionField::Provider => F::Provider,
+                        CriterionField::Plan => F::Plan,
+                        CriterionField::Zone => F::Zone,
+                        CriterionField::Address => F::Address,
+                        CriterionField::Tag => F::Tag,
+                        CriterionField::Group => F::Group,
+                    },
+                    op: match c.op {
+                        CriterionOp::Equals => O::Equals,
+                        CriterionOp::Contains => O::Contains,
+                        CriterionOp::In => O::In,
+                        CriterionOp::Matches => O::Matches,
+                    },
+                    value: c.value.clone(),
+                    values: c.values.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Which servers of a fleet file a selector picks. The file is an
+/// inventory or workflow file: its KCL `source` or the `path` of a file on
+/// the server (exactly one; a path needs the admin role).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SelectRequest {
+    /// The file's KCL source. Give this or `path`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The path of a `.k` file under the server's workflows directories.
+    /// Give this or `source`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Which servers (none given: all).
+    #[serde(default)]
+    pub selector: FleetSelector,
+}
+
+/// One selected server.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FleetServer {
+    /// Its hostname.
+    pub hostname: String,
+    /// Its provider.
+    pub provider: String,
+    /// Its plan.
+    pub plan: String,
+    /// Its zone.
+    pub zone: Option<String>,
+    /// Its address, when declared.
+    pub address: Option<String>,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Every group it is in (declared, by membership or by criteria).
+    pub groups: Vec<String>,
+}
+
+/// The servers a selector picks, in declaration order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SelectResponse {
+    /// The servers.
+    pub servers: Vec<FleetServer>,
+    /// How many.
+    pub count: usize,
+}
+
+/// Run a shell command on the servers a selector picks: a run of its own
+/// (queued like a submitted workflow; followed, cancelled and retried
+/// through `/workflows/{id}/...`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The fleet file's KCL source (an inventory or workflow file). Give
+    /// this or `path`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The path of a `.k` file under the server's workflows directories
+    /// (admin role). Give this or `source`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Which servers (none given: all of the file).
+    #[serde(default)]
+    pub selector: FleetSelector,
+    /// The shell command, run by `/bin/sh` on each server.
+    #[schema(min_length = 1)]
+    pub command: String,
+    /// At most this many servers at once (default 64).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub parallel: Option<u32>,
+    /// Rolling batches, halted after too many failed servers.
+    #[serde(default)]
+    pub rolling: Option<ExecRolling>,
+    /// Run as root (`sudo -n`) on servers that do not declare `ssh.become`.
+    #[serde(default, rename = "become")]
+    pub become_root: bool,
+    /// Seconds before the command is killed on a server (default 600).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub timeout: Option<u64>,
+}
+
+/// Rolling batches of an exec.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRolling {
+    /// Servers per batch.
+    #[schema(minimum = 1)]
+    pub batch: u32,
+    /// Seconds between batches.
+    #[serde(default)]
+    pub pause: u64,
+    /// How many failed servers halt the roll: a number (`"3"`) or a
+    /// percentage of the selected servers (`"10%"`); default `"0"`.
+    #[serde(default)]
+    pub max_fail: Option<String>,
+}
+
+/// An exec was accepted and queued.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecAccepted {
+    /// Its run.
+    pub run_id: String,
+    /// `queued`.
+    pub status: String,
+    /// The command.
+    pub command: String,
+    /// The servers selected, in declaration order.
+    pub servers: Vec<String>,
+}
+
+/// How far an exec is.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecProgress {
+    /// Servers selected.
+    pub total: usize,
+    /// Servers finished with: succeeded, failed or skipped (a cancelled
+    /// server runs the command when the run is resumed).
+    pub done: usize,
+    /// Servers where the command failed (a non-zero exit, a signal, a
+    /// timeout, or the server could not be reached).
+    pub failed: usize,
+    /// `done` of `total`, 0 to 100 (rounded down).
+    pub percent: u32,
+}
+
+/// One server's answer to an exec, from the run's journal.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecAnswer {
+    /// The server.
+    pub server: String,
+    /// Its task's state: pending, ready, running, waiting, succeeded,
+    /// failed, skipped or cancelled.
+    pub status: String,
+    /// The command's exit status, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// Standard output (at most 64 KiB are kept).
+    pub stdout: String,
+    /// Standard error (at most 64 KiB are kept).
+    pub stderr: String,
+    /// Whether a stream was cut at 64 KiB (the run's logs have it all).
+    pub truncated: bool,
+    /// Why it failed, was skipped or cancelled.
+    pub error: Option<String>,
+    /// Time spent, ms.
+    pub duration_ms: u64,
+}
+
+/// Servers whose answers are identical.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecGroup {
+    /// The servers.
+    pub servers: Vec<String>,
+    /// The same as a compact host list (`web-[01-03,07],db-1`).
+    pub hosts: String,
+    /// How the command ended on them: `exit 0`, `exit 3`, `killed by
+    /// signal 9`, `failed: ...` (the server's own name shown as
+    /// `<server>`), `not run`, `running`.
+    pub outcome: String,
+    /// Their standard output.
+    pub stdout: String,
+    /// Their standard error.
+    pub stderr: String,
+}
+
+/// An exec's state: per server, and identical answers grouped.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecView {
+    /// Its run (its events, logs and commands: `/workflows/{id}/...`).
+    pub run_id: String,
+    /// The command.
+    pub command: String,
+    /// The run's status (see RunState).
+    pub status: String,
+    /// How it ended, when it did.
+    pub reason: String,
+    /// The token that submitted it.
+    pub submitted_by: Option<String>,
+    /// How far it is.
+    pub progress: ExecProgress,
+    /// Every selected server's answer, in declaration order.
+    pub servers: Vec<ExecAnswer>,
+    /// Identical answers folded together: the largest group first.
+    pub groups: Vec<ExecGroup>,
+}
+
+/// Take a snapshot: read files and run commands on the servers a selector
+/// picks in a fleet file, and keep what was found.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// The fleet file's KCL source (an inventory or workflow file). Give
+    /// this or `path`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The path of a `.k` file under the server's workflows directories
+    /// (admin role). Give this or `source`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Which servers (none given: all of the file).
+    #[serde(default)]
+    pub selector: FleetSelector,
+    /// Files to record on each server (`~/...`: in the login user's home;
+    /// relative paths too): existence, size, SHA-256, and the first 64 KiB
+    /// of text.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// Shell commands whose exit status and output to record on each
+    /// server.
+    #[serde(default)]
+    pub commands: Vec<String>,
+    /// A name for it, unique among snapshots (what drift is compared
+    /// against).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A snapshot, without what was found.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotInfo {
+    /// Its id.
+    pub id: String,
+    /// Its name, if it was given one.
+    pub name: Option<String>,
+    /// When it was taken, ms since the Unix epoch.
+    pub created_at_ms: i64,
+    /// The fleet file its servers came from (`<source>` for a file sent as
+    /// source).
+    pub file: String,
+    /// The selector that picked the servers.
+    #[schema(value_type = Object)]
+    pub selector: serde_json::Value,
+    /// What was recorded: `{"files": [...], "commands": [...]}`.
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+}
+
+/// A snapshot just taken.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotTaken {
+    /// The snapshot.
+    #[serde(flatten)]
+    pub snapshot: SnapshotInfo,
+    /// The servers read.
+    pub servers: Vec<String>,
+    /// The servers that could not be read, and why.
+    pub unreachable: Vec<Unreachable>,
+}
+
+/// A server that could not be read.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Unreachable {
+    /// The server.
+    pub server: String,
+    /// Why.
+    pub error: String,
+}
+
+/// Every snapshot, newest first, without what was found (viewer role).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotList {
+    /// The snapshots.
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// A snapshot with what was found on each server (operator role: it
+/// holds the servers' files).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotView {
+    /// The snapshot.
+    #[serde(flatten)]
+    pub snapshot: SnapshotInfo,
+    /// Per server: `{"server", "error"?, "files": {PATH: {"exists",
+    /// "sha256", "size", "text", "truncated", "binary", "error"}},
+    /// "commands": {COMMAND: {"exit_code", "stdout", "stderr"}}}`.
+    #[schema(value_type = Vec<Object>)]
+    pub servers: serde_json::Value,
+}
+
+/// Compare the servers now with a snapshot: its files and commands read
+/// again on the servers a selector picks in a fleet file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DriftRequest {
+    /// The fleet file's KCL source. Give this or `path`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The path of a `.k` file under the server's workflows directories
+    /// (admin role). Give this or `source`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Which servers (none given: all of the file; given, only these are
+    /// compared).
+    #[serde(default)]
+    pub selector: FleetSelector,
+    /// The snapshot: its id or its name.
+    pub against: String,
+}
+
+/// One difference between a snapshot and now.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DriftChange {
+    /// The server.
+    pub server: String,
+    /// `server`, `file` or `command`.
+    pub kind: String,
+    /// The file's path, the command, or (kind `server`) the server.
+    pub item: String,
+    /// What changed, in a few words.
+    pub summary: String,
+    /// A unified diff of the content or output, when there is one.
+    pub diff: String,
+}
+
+/// How the servers differ from a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DriftResponse {
+    /// The snapshot compared with.
+    pub against: SnapshotInfo,
+    /// Servers compared (on either side).
+    pub servers: usize,
+    /// Every difference, per server; empty: no drift.
+    pub changes: Vec<DriftChange>,
+}

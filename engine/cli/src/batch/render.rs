@@ -1,7 +1,7 @@
 //! How runs are shown: status tables, the end-of-watch summary, one line
 //! per transition, the run listing's columns.
 
-use drover_server::wire::{JournalEvent, RunAction, RunStatusView, TaskStatus};
+use drover_server::wire::{ExecView, JournalEvent, RunAction, RunStatusView, TaskStatus};
 use drover_state::Event;
 
 use super::{CommandError, StatusFormat};
@@ -281,6 +281,73 @@ pub(crate) fn utc(ms: i64) -> String {
         (rem % 3600) / 60,
         rem % 60
     )
+}
+
+/// `1 server`, `3 servers`.
+pub(super) fn servers(n: usize) -> String {
+    crate::fleet::exec::servers(n)
+}
+
+/// An exec's answers as `drover exec` prints them: each group of
+/// identical answers once, largest first (`==> web-[01-17] (17 servers):
+/// exit 0`, then its output indented by four spaces), a count of the
+/// servers by outcome, and the run.
+pub(super) fn exec_text(view: &ExecView) -> String {
+    use drover_exec::fleet::{Answer, Group};
+    let mut s = String::new();
+    for g in &view.groups {
+        s.push_str(&format!(
+            "==> {} ({}): {}\n",
+            g.hosts,
+            servers(g.servers.len()),
+            g.outcome
+        ));
+        let body = Group {
+            servers: g.servers.clone(),
+            outcome: g.outcome.clone(),
+            stdout: g.stdout.clone(),
+            stderr: g.stderr.clone(),
+        }
+        .body();
+        if body.is_empty() {
+            s.push_str("    (no output)\n");
+        }
+        for line in body.lines() {
+            if line.is_empty() {
+                s.push('\n');
+            } else {
+                s.push_str("    ");
+                s.push_str(line);
+                s.push('\n');
+            }
+        }
+    }
+    // The answers as the executor has them, for the same count `drover
+    // exec` prints; a status this build does not know counts as pending.
+    let answers: Vec<Answer> = view
+        .servers
+        .iter()
+        .map(|a| Answer {
+            server: a.server.clone(),
+            status: serde_json::from_value(serde_json::Value::String(a.status.clone()))
+                .unwrap_or(drover_exec::Status::Pending),
+            exit_code: a.exit_code,
+            signal: a.signal,
+            stdout: a.stdout.clone(),
+            stderr: a.stderr.clone(),
+            truncated: a.truncated,
+            error: a.error.clone(),
+            duration_ms: a.duration_ms,
+        })
+        .collect();
+    s.push_str(&crate::fleet::exec::tally(&answers));
+    s.push('\n');
+    s.push_str(&format!("run {} {}", view.run_id, view.status));
+    if view.status != "succeeded" && !view.reason.is_empty() {
+        s.push_str(&format!(": {}", view.reason));
+    }
+    s.push('\n');
+    s
 }
 
 #[cfg(test)]
