@@ -4,7 +4,8 @@
 # API and the scheduler on the embedded state store) in the background,
 # then `drover batch submit --watch`: three local SSH hosts (sshd in their
 # own namespaces, reached over SSH), hostinfo and webhello installed and
-# health-checked; the pages fetched, the hosts pinged, the run's status and
+# health-checked; the pages fetched, the hosts pinged, one command run on
+# all three (`drover batch exec`), the run's status and
 # metrics read over HTTP, then everything rolled back (the hosts deleted)
 # and the server stopped with SIGTERM, so nothing is left running.
 set -eu
@@ -47,6 +48,10 @@ done
 echo
 echo "== drover ping workflows/quickstart.k (SSH, host keys verified)"
 "$drover" ping workflows/quickstart.k
+
+echo
+echo "== drover batch exec workflows/quickstart.k --tag demo --watch -- 'id -un; uname -s' (one command, answers grouped)"
+"$drover" batch exec workflows/quickstart.k --tag demo --watch -- 'id -un; uname -s'
 
 echo
 echo "== drover batch status $run_id; /metrics"

@@ -303,12 +303,16 @@ impl Sample {
 enum Item {
     Physical,
     Run(Tool, Case, Kex),
+    /// `drover exec FILE -- true`: one command without a workflow (issue
+    /// 16), beside the peers' one command.
+    Exec,
 }
 
 impl Item {
     fn label(self) -> String {
         match self {
             Item::Physical => "the physical limit".into(),
+            Item::Exec => "drover exec -- true".into(),
             Item::Run(Tool::Drover, c, _) => format!("drover, {} step(s)", c.steps()),
             Item::Run(t, c, k) => format!("{}, {} step(s), {}", t.name(), c.steps(), k.label()),
         }
@@ -316,7 +320,7 @@ impl Item {
 
     /// drover gets every run: its medians are what the ratios divide by.
     fn always(self) -> bool {
-        matches!(self, Item::Run(Tool::Drover, ..))
+        matches!(self, Item::Run(Tool::Drover, ..) | Item::Exec)
     }
 
     /// Its priority under --deadline (0 first): drover's runs and the
@@ -326,6 +330,7 @@ impl Item {
     fn rank(self, round: usize) -> u8 {
         match self {
             Item::Physical => u8::from(round > 0),
+            Item::Exec => 0,
             Item::Run(Tool::Drover, ..) => 0,
             Item::Run(_, _, Kex::Drover) => 1,
             Item::Run(_, _, Kex::Default) => 2,
@@ -344,6 +349,8 @@ struct Measured {
     all_default: Vec<Sample>,
     single_drover: Vec<Sample>,
     all_drover: Vec<Sample>,
+    /// `drover exec -- true` (see [`Item::Exec`]).
+    exec: Vec<Sample>,
     /// Seconds the first run of each item took.
     first: BTreeMap<Item, f64>,
     /// Items skipped at this size: their projected duration, and why.
@@ -1403,6 +1410,9 @@ impl Bench {
         for case in [Case::One, Case::Ten] {
             if self.tools.contains(&Tool::Drover) {
                 items.push(Item::Run(Tool::Drover, case, Kex::Drover));
+                if case == Case::One {
+                    items.push(Item::Exec);
+                }
             }
             for kex in [Kex::Drover, Kex::Default] {
                 items.extend(
@@ -1658,6 +1668,7 @@ impl Bench {
                         m.single_drover.push(self.ssh_one(f, host, Kex::Drover)?);
                         m.all_drover.push(self.ssh_all(f, Kex::Drover)?);
                     }
+                    Item::Exec => m.exec.push(self.drover_exec(f, round)?),
                     Item::Run(tool, case, kex) => {
                         let measured = match tool {
                             Tool::Drover => self.drover(f, case, round).map(|(s, b)| {
@@ -1716,6 +1727,7 @@ impl Bench {
                 .projection(kind, Item::Run(tool, Case::Ten, k), n)
                 .map(|v| v / STEPS as f64),
             Item::Physical => None,
+            Item::Exec => self.projection(kind, Item::Run(Tool::Drover, Case::One, Kex::Drover), n),
         })
     }
 
@@ -2160,6 +2172,48 @@ impl Bench {
             }
             headlines.push(h);
         }
+        // `drover exec -- true` beside the peers' one command (the same
+        // `true` on the same hosts with the same key exchange, this run).
+        let mut exec_json = Value::Null;
+        if !m.exec.is_empty() {
+            let e = walls(&m.exec);
+            let d = median(&e);
+            let mut parts = vec![format!("drover exec -- true {} n={}", spread(&e), e.len())];
+            let mut peers_json = serde_json::Map::new();
+            let mut h = Headline::new(
+                format!("fleet-{}-exec-{n}", kind.key()),
+                format!("drover exec -- true on {n} hosts, {} (no workflow)", kind.label()),
+                "s",
+                Better::Lower,
+                Stat::new("s", e.clone()).figure(),
+            );
+            for &tool in peers.iter().filter(|t| matches!(t, Tool::Pdsh | Tool::Pssh)) {
+                if let Some(v) = wall(tool, Case::One, Kex::Drover) {
+                    let p = median(&v);
+                    parts.push(format!("{} {p:.2} s ({:.2}×)", tool.name(), p / d));
+                    peers_json.insert(tool.name().into(), json!({"median_s": p, "ratio": p / d}));
+                    h = h.peer_beside(tool.name(), Stat::new("s", v).figure(), None);
+                }
+            }
+            if let Some(fl) = floor {
+                parts.push(format!("floor {fl:.2} s ({:.2}× the floor)", d / fl));
+                h = h.limit(
+                    format!(
+                        "`ssh host true` to all {n} hosts at once with drover's key exchange ({})",
+                        self.kex
+                    ),
+                    Figure::single(fl),
+                );
+            }
+            println!("  {} (peer / drover exec)", parts.join("; "));
+            exec_json = json!({
+                "walls_s": e,
+                "median_s": d,
+                "peers": peers_json,
+                "floor_ratio": floor.map(|fl| d / fl),
+            });
+            headlines.push(h);
+        }
         if m.single_default.is_empty() {
             line.push_str(" - / - |");
         } else {
@@ -2215,6 +2269,7 @@ impl Bench {
                 "targets": targets_json,
                 "targets_judged_at": if large { LARGE_TARGET_HOSTS } else { TARGET_HOSTS },
                 "drover_breakdown_ms": breakdown_json,
+                "exec": exec_json,
             }),
             headlines,
             memory,
@@ -2298,6 +2353,51 @@ impl Bench {
             later_task: mean(&laters),
         };
         Ok((sample, b))
+    }
+
+    /// `drover exec FILE --parallel N -- true` on every host at once (the
+    /// one-command workflow file serves as the inventory); checked from
+    /// the journal: one exec run, every server's `true` exited 0.
+    fn drover_exec(&self, f: &Fleet, run: usize) -> Result<Sample> {
+        let state = f.dir.join("exec-state.db");
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = state.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
+        let mut cmd = Command::new(&self.drover);
+        cmd.arg("exec")
+            .arg(workflow_file(&f.dir, Case::One))
+            .arg("--parallel")
+            .arg(f.hosts.len().to_string())
+            .arg("--state")
+            .arg(&state)
+            .args(["--", "true"])
+            .env("DROVER_HOME", &self.home)
+            .env("DROVER_VENV", &self.venv)
+            .current_dir(&f.dir);
+        let sample = run_cmd(&mut cmd, self.timeout, &f.dir.join(format!("drover-exec-{run}")))?;
+        let store = Store::open(&state)?;
+        let runs = store.runs()?;
+        let [record] = runs.as_slice() else {
+            bail!(
+                "drover exec: expected one run in {}, found {}",
+                state.display(),
+                runs.len()
+            );
+        };
+        if record.status != RunStatus::Succeeded {
+            bail!("drover exec: run {} ended {}", record.id, record.status.as_str());
+        }
+        let ok = store
+            .journal(&record.id)?
+            .iter()
+            .filter(|e| matches!(&e.event, Event::TaskSucceeded { found, .. } if found.get("exit_code").map(String::as_str) == Some("0")))
+            .count();
+        if ok != f.hosts.len() {
+            bail!("drover exec: {ok} of {} servers exited 0", f.hosts.len());
+        }
+        Ok(sample)
     }
 
     /// ssh options choosing drover's key exchange (none for OpenSSH's
