@@ -258,6 +258,14 @@ def fmt(v, unit=""):
     return f"{s} {unit}" if unit else s
 
 
+def walls_stat(v):
+    """A Stat (median, min, max, n) of a list of seconds."""
+    v = sorted(v)
+    n = len(v)
+    mid = v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+    return {"median": mid, "min": v[0], "max": v[-1], "n": n}
+
+
 def spread(st, unit="", bold=False):
     """`median unit (min–max, n=k)` of a Stat."""
     if not st:
@@ -709,6 +717,19 @@ def fleet_section(d, lines):
                     ],
                     rr,
                 )
+            )
+            lines.append("")
+        ex = s.get("exec")
+        if ex:
+            peers = "; ".join(
+                f"{t} {fmt(x['median_s'])} s (÷ drover exec: {ratio(x['ratio'])})" for t, x in ex.get("peers", {}).items()
+            )
+            floor_text = f"; drover exec ÷ floor {ratio(ex['floor_ratio'])}" if ex.get("floor_ratio") is not None else ""
+            lines.append(
+                f"`drover exec FILE --parallel {n} -- true` (issue 16: one command without a workflow, every host at once; "
+                f"checked from its journal: every server's `true` exited 0): {spread(walls_stat(ex['walls_s']), 's', bold=True)}; "
+                f"beside it, the peers' 1 command above (the same `true` on the same hosts, kex {drover_kex}, this run): "
+                f"{peers or 'not measured'}{floor_text}."
             )
             lines.append("")
         if s.get("targets"):

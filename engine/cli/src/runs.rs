@@ -169,7 +169,7 @@ pub fn prune(older_than: Option<std::time::Duration>, t: &Target, out: &mut impl
 
 fn follow(
     rt: &tokio::runtime::Runtime,
-    mut handle: RunHandle,
+    handle: RunHandle,
     (store, opts): (&Store, &Options),
     t: &Target,
     out: &mut impl Write,
@@ -182,15 +182,28 @@ fn follow(
         handle.plan.task_count(),
         handle.logs_dir.display()
     );
-    let events = handle.subscribe();
+    match wait_for(rt, handle, Some(t.verbose)) {
+        Ok(s) => {
+            print_summary(&s, out)?;
+            retention(store, opts);
+            Ok(exit_for(s.status, ending))
+        }
+        Err(e) => exec_failure(e),
+    }
+}
+
+/// Wait for a run to end, writing its own log file (the workflow's
+/// logging level and format, as under `drover serve`). Ctrl-C stops it
+/// cleanly: running tasks are cancelled, the journal and a report marked
+/// aborted are written, and the run can be resumed. `view`: draw the live
+/// view on stderr (`Some(verbose)`: every output line too), or nothing.
+pub(crate) fn wait_for(
+    rt: &tokio::runtime::Runtime,
+    mut handle: RunHandle,
+    view: Option<bool>,
+) -> Result<Summary, ExecError> {
     let log_events = handle.subscribe();
-    let lines = handle.lines.take();
-    let layout = crate::progress::Layout::of_plan(&handle.plan);
     let ctl = handle.controller();
-    let verbose = t.verbose;
-    // The workflow's logging: its level and format for the run's own log
-    // file (<logs>/<run>/drover.jsonl or drover.log), as under `drover
-    // serve`; the terminal keeps the live view.
     let logging = handle.plan.workflow.logging.clone();
     let _log_guard = drover_server::logging::init_run_files(handle.logs_dir.parent().unwrap_or(Path::new(".")))
         .map_err(|e| eprintln!("drover: the run's log file will not be written: {e}"))
@@ -198,10 +211,18 @@ fn follow(
     drover_server::logging::register_run_in(&handle.run_id, &handle.logs_dir, logging.level, logging.format);
     let (operation_of, server_of) = task_maps(&handle.plan);
     let span = tracing::info_span!("run", run_id = %handle.run_id, workflow = %handle.plan.workflow.name);
-    let summary = rt.block_on(async move {
-        // Ctrl-C stops the run cleanly: running tasks are cancelled, the
-        // journal and a report marked aborted are written, and the run can
-        // be resumed.
+    // Without a view nobody reads the output lines: they are in the
+    // journal and the logs already.
+    let lines = handle.lines.take();
+    let view = view.map(|verbose| {
+        (
+            handle.subscribe(),
+            lines,
+            crate::progress::Layout::of_plan(&handle.plan),
+            verbose,
+        )
+    });
+    rt.block_on(async move {
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 let _ = ctl.send(Control::Abort);
@@ -217,22 +238,18 @@ fn follow(
                 }
             }
         });
-        let (tx, updates) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(crate::progress::bridge(events, tx));
-        let view = tokio::spawn(crate::progress::watch(layout, updates, lines, verbose));
+        let view = view.map(|(events, lines, layout, verbose)| {
+            let (tx, updates) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(crate::progress::bridge(events, tx));
+            tokio::spawn(crate::progress::watch(layout, updates, lines, verbose))
+        });
         let summary = handle.wait().await;
-        let _ = view.await;
+        if let Some(view) = view {
+            let _ = view.await;
+        }
         let _ = log.await;
         summary
-    });
-    match summary {
-        Ok(s) => {
-            print_summary(&s, out)?;
-            retention(store, opts);
-            Ok(exit_for(s.status, ending))
-        }
-        Err(e) => exec_failure(e),
-    }
+    })
 }
 
 /// Task id → operation id and server, for the run's log lines.

@@ -294,34 +294,17 @@ pub(super) fn servers(n: usize) -> String {
 /// servers by outcome, and the run.
 pub(super) fn exec_text(view: &ExecView) -> String {
     use drover_exec::fleet::{Answer, Group};
-    let mut s = String::new();
-    for g in &view.groups {
-        s.push_str(&format!(
-            "==> {} ({}): {}\n",
-            g.hosts,
-            servers(g.servers.len()),
-            g.outcome
-        ));
-        let body = Group {
+    let groups: Vec<Group> = view
+        .groups
+        .iter()
+        .map(|g| Group {
             servers: g.servers.clone(),
             outcome: g.outcome.clone(),
             stdout: g.stdout.clone(),
             stderr: g.stderr.clone(),
-        }
-        .body();
-        if body.is_empty() {
-            s.push_str("    (no output)\n");
-        }
-        for line in body.lines() {
-            if line.is_empty() {
-                s.push('\n');
-            } else {
-                s.push_str("    ");
-                s.push_str(line);
-                s.push('\n');
-            }
-        }
-    }
+        })
+        .collect();
+    let mut s = crate::fleet::exec::groups_text(&groups, false);
     // The answers as the executor has them, for the same count `drover
     // exec` prints; a status this build does not know counts as pending.
     let answers: Vec<Answer> = view

@@ -10,14 +10,14 @@
 //! exec exactly as `drover exec` did.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use drover_core::model::Criterion;
 use drover_exec::fleet::{self, Answer, ExecSpec, MaxFail, Rolling};
 use drover_exec::report::Summary;
-use drover_exec::{Control, ExecError, Options, RunHandle, Status};
+use drover_exec::{ExecError, Options, RunHandle, Status};
 use drover_state::{Event, RunRecord, RunStatus, StateError, Store};
 
 use super::Selection;
@@ -258,7 +258,7 @@ fn finish(
 /// Wait for the run to end: Ctrl-C stops it cleanly (running commands
 /// are cancelled, the journal and a report marked aborted are written,
 /// and it can be resumed); the live view is drawn only on a terminal.
-fn follow(rt: &tokio::runtime::Runtime, mut handle: RunHandle) -> Result<Summary, ExecError> {
+fn follow(rt: &tokio::runtime::Runtime, handle: RunHandle) -> Result<Summary, ExecError> {
     let live = std::io::stderr().is_terminal();
     if live {
         eprintln!(
@@ -268,56 +268,7 @@ fn follow(rt: &tokio::runtime::Runtime, mut handle: RunHandle) -> Result<Summary
             handle.logs_dir.display()
         );
     }
-    let ctl = handle.controller();
-    // The run's own log file, as `drover run` writes it.
-    let logging = handle.plan.workflow.logging.clone();
-    let _log_guard = drover_server::logging::init_run_files(handle.logs_dir.parent().unwrap_or(Path::new(".")))
-        .map_err(|e| eprintln!("drover: the run's log file will not be written: {e}"))
-        .ok();
-    drover_server::logging::register_run_in(&handle.run_id, &handle.logs_dir, logging.level, logging.format);
-    let (operation_of, server_of) = runs::task_maps(&handle.plan);
-    let span = tracing::info_span!("run", run_id = %handle.run_id, workflow = %handle.plan.workflow.name);
-    let log_events = handle.subscribe();
-    let view = live.then(|| {
-        (
-            handle.subscribe(),
-            handle.lines.take(),
-            crate::progress::Layout::of_plan(&handle.plan),
-        )
-    });
-    // Without a view nobody reads the output lines: they are in the
-    // journal and the logs already.
-    if !live {
-        drop(handle.lines.take());
-    }
-    rt.block_on(async move {
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                let _ = ctl.send(Control::Abort);
-            }
-        });
-        let log = tokio::spawn(async move {
-            let mut events = log_events;
-            loop {
-                match events.recv().await {
-                    Ok(p) => span.in_scope(|| drover_server::logging::log_transition(&p, &operation_of, &server_of)),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
-        let view = view.map(|(events, lines, layout)| {
-            let (tx, updates) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(crate::progress::bridge(events, tx));
-            tokio::spawn(crate::progress::watch(layout, updates, lines, false))
-        });
-        let summary = handle.wait().await;
-        if let Some(view) = view {
-            let _ = view.await;
-        }
-        let _ = log.await;
-        summary
-    })
+    runs::wait_for(rt, handle, live.then_some(false))
 }
 
 /// How an exec's answers are printed.
@@ -416,7 +367,28 @@ impl Exec {
 /// four spaces; with `diff`, the other groups as a unified diff against
 /// the largest's output), a count of the servers by outcome, and the run.
 pub(crate) fn text(exec: &Exec, diff: bool) -> String {
-    let groups = fleet::group(&exec.answers);
+    let mut s = groups_text(&fleet::group(&exec.answers), diff);
+    s.push_str(&tally(&exec.answers));
+    s.push('\n');
+    let status = exec.record.status;
+    s.push_str(&format!("run {} {}", exec.id(), status.as_str()));
+    if status != RunStatus::Succeeded && !exec.reason.is_empty() {
+        s.push_str(&format!(": {}", exec.reason));
+    }
+    s.push('\n');
+    if status.is_unfinished() {
+        s.push_str(&format!(
+            "not every server has answered: continue with `drover exec --resume {}`\n",
+            exec.id()
+        ));
+    }
+    s
+}
+
+/// Each group once, largest first: `==> web-[01-17] (17 servers): exit
+/// 0`, then its output indented by four spaces (`(no output)` for none);
+/// with `diff`, the other groups as a unified diff against the first.
+pub(crate) fn groups_text(groups: &[fleet::Group], diff: bool) -> String {
     let mut s = String::new();
     for (i, g) in groups.iter().enumerate() {
         // A group of one names its server where the answers of many say
@@ -446,20 +418,6 @@ pub(crate) fn text(exec: &Exec, diff: bool) -> String {
                 s.push('\n');
             }
         }
-    }
-    s.push_str(&tally(&exec.answers));
-    s.push('\n');
-    let status = exec.record.status;
-    s.push_str(&format!("run {} {}", exec.id(), status.as_str()));
-    if status != RunStatus::Succeeded && !exec.reason.is_empty() {
-        s.push_str(&format!(": {}", exec.reason));
-    }
-    s.push('\n');
-    if status.is_unfinished() {
-        s.push_str(&format!(
-            "not every server has answered: continue with `drover exec --resume {}`\n",
-            exec.id()
-        ));
     }
     s
 }

@@ -14,6 +14,7 @@ use drover_exec::fleet;
 use drover_state::{RunStatus, Store};
 
 use super::exec::{self, Exec, Format, View};
+use crate::batch::render::utc;
 
 /// Exit status of a refusal (an unknown run, a run that is not an exec,
 /// execs of different commands).
@@ -263,28 +264,6 @@ fn one_line(command: &str) -> String {
     command.trim_end().lines().collect::<Vec<_>>().join(" ⏎ ")
 }
 
-/// `2026-12-06 10:15:00`, UTC, from ms since the epoch.
-fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's days_from_civil, inverted.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 /// What changed from exec `old` to exec `new`: each changed server
 /// (`==> web-03: exit 0 -> exit 1`, then a unified diff of its output,
 /// indented), the servers only one of them ran on, and a count.
@@ -370,13 +349,6 @@ pub(crate) fn diff_last(store: &Store, new: &Exec, out: &mut impl Write) -> anyh
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_show_as_utc_calendar_dates() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00");
-        assert_eq!(utc(1_796_558_100_000), "2026-12-06 11:55:00");
-        assert_eq!(utc(951_825_600_000), "2000-02-29 12:00:00");
-    }
 
     #[test]
     fn statuses_are_read_by_name_and_unknown_ones_listed() {

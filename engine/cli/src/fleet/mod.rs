@@ -179,6 +179,10 @@ mod tests {
                 .contains("unknown field \"colour\"")
         );
         assert!(criterion("zone").is_err());
-        assert!(criterion("hostname=~(").expect_err("a bad regex").contains("regular expression"));
+        assert!(
+            criterion("hostname=~(")
+                .expect_err("a bad regex")
+                .contains("regular expression")
+        );
     }
 }
