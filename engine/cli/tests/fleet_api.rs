@@ -225,6 +225,16 @@ async fn select_picks_servers_by_tag_and_group_and_names_what_does_not_exist() {
     assert_eq!(body["code"], "invalid_workflow", "{body}");
     assert!(body.to_string().contains("<source>"), "{body}");
 
+    // A file that defines only an inventory (no workflow) serves too.
+    let (code, body) = s
+        .post(
+            "/fleet/select",
+            json!({"source": "import drover\n\ninventory = drover.Inventory {\n    servers = [drover.ServerDef {hostname = \"solo\", provider = \"static\", plan = \"small\", address = \"127.0.0.9\", tags = [\"web\"]}]\n    groups = [drover.GroupDef {name = \"one\", members = [\"solo\"]}]\n}\n", "selector": {"groups": ["one"]}}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "an inventory-only source: {body}");
+    assert_eq!(names(&body["servers"]), vec!["solo".to_string()]);
+
     // A viewer selects from a source, not by a path on the server.
     let viewer = s.token_of("watcher", "viewer").await;
     let (code, body) = s
