@@ -14,6 +14,7 @@ mod kcl_worker;
 mod progress;
 mod render;
 mod runs;
+mod schedule;
 mod secrets;
 mod serve;
 mod sse;
@@ -154,6 +155,9 @@ enum Command {
     /// API tokens of a drover server: create one with a role (viewer, operator, admin), list, revoke.
     #[command(after_help = token::AFTER_HELP)]
     Token(token::TokenArgs),
+    /// Cron schedules of a drover server: add (a workflow, or a command on servers), list, show, pause, resume, delete.
+    #[command(after_help = schedule::AFTER_HELP)]
+    Schedule(schedule::ScheduleArgs),
     /// A KCL worker process of `drover serve` (started by the server itself).
     #[command(name = "kcl-worker", hide = true)]
     KclWorker(kcl_worker::WorkerArgs),
@@ -340,6 +344,7 @@ fn main() -> ExitCode {
         Command::Drift(args) => fleet::snapshot::drift(args, &mut out),
         Command::Batch(args) => batch::main(args, &mut out),
         Command::Token(args) => token::main(args, &mut out),
+        Command::Schedule(args) => schedule::main(args, &mut out),
         Command::Serve(args) => {
             // The server's workers log to stdout: holding its lock here
             // would block them forever.

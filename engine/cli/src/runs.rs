@@ -170,7 +170,7 @@ pub fn prune(older_than: Option<std::time::Duration>, t: &Target, out: &mut impl
 fn follow(
     rt: &tokio::runtime::Runtime,
     handle: RunHandle,
-    (store, opts): (&Store, &Options),
+    (store, opts): (&Arc<Store>, &Options),
     t: &Target,
     out: &mut impl Write,
     ending: Ending,
@@ -182,9 +182,11 @@ fn follow(
         handle.plan.task_count(),
         handle.logs_dir.display()
     );
+    let plan = handle.plan.clone();
     match wait_for(rt, handle, Some(t.verbose)) {
         Ok(s) => {
             print_summary(&s, out)?;
+            notify_end(rt, store, &plan, &s);
             retention(store, opts);
             Ok(exit_for(s.status, ending))
         }
@@ -250,6 +252,58 @@ pub(crate) fn wait_for(
         let _ = log.await;
         summary
     })
+}
+
+/// How long a command waits, after its run, for the notifications due
+/// now to be delivered.
+const NOTIFY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Tell the workflow's notification targets how the run ended, as `drover
+/// serve` does: journaled in the store's outbox, then delivered, waiting
+/// at most [`NOTIFY_WAIT`] for what is due now. What is left (a cooldown's
+/// window, retries of a failing target) stays queued in the store, for
+/// the next command or `drover serve` on it to deliver. A notification
+/// never changes the run's outcome or exit status.
+pub(crate) fn notify_end(rt: &tokio::runtime::Runtime, store: &Arc<Store>, plan: &drover_core::Plan, s: &Summary) {
+    let targets = &plan.workflow.notifications;
+    if targets.is_empty() {
+        return;
+    }
+    let n = match drover_server::notify::Notifier::new(store.clone(), Vec::new()) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("drover: notifications not sent: {e}");
+            return;
+        }
+    };
+    let queued = |store: &Store| {
+        store
+            .deliveries(Some(&s.run_id), Some(drover_state::DeliveryStatus::Queued), 1000)
+            .unwrap_or_default()
+    };
+    rt.block_on(async {
+        n.run_ended(&s.run_id, &plan.workflow.name, s.status, &s.reason, targets)
+            .await;
+        let stop = drover_exec::fleet::CancellationToken::new();
+        let task = tokio::spawn(n.clone().deliver(stop.clone()));
+        let deadline = tokio::time::Instant::now() + NOTIFY_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let now = drover_exec::scheduler::now_ms();
+            if !queued(store).iter().any(|d| d.next_attempt_at_ms <= now) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        stop.cancel();
+        let _ = task.await;
+    });
+    let left = queued(store).len();
+    if left > 0 {
+        eprintln!(
+            "drover: {left} notification(s) of run {} still queued (a cooldown or a retry): the next drover command or drover serve on this store sends them",
+            s.run_id
+        );
+    }
 }
 
 /// Task id → operation id and server, for the run's log lines.

@@ -89,6 +89,15 @@ pub struct ServeArgs {
     /// checkpointed (aborted, resumed at the next start).
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     shutdown_grace: u64,
+    /// Server-wide notification targets: a JSON file holding a list of
+    /// NotificationDef (or {"notifications": [...]}), or a KCL file (.k)
+    /// setting `notifications = [drover.NotificationDef {...}]`, as a workflow's
+    /// `notifications` (webhook, slack, script; events; cooldown). Used
+    /// for runs whose workflow declares none, and for the server's own
+    /// events (drift found, schedule missed). Checked at start. Deliveries
+    /// are journaled and retried: GET /notifications shows them.
+    #[arg(long, value_name = "FILE")]
+    notifications: Option<PathBuf>,
     /// The server's log directory: a run's logs go to
     /// <DIR>/<its workflow's logging.dir>/<run>/ (an absolute logging.dir,
     /// or one with `..`, is refused).
@@ -209,6 +218,10 @@ pub fn main(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| "api-token".into())
     });
     let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
+    let notifications = match &args.notifications {
+        None => Vec::new(),
+        Some(file) => crate::fleet::watch::notification_targets(file, loader.as_deref())?,
+    };
     let config = Config {
         listen: args.listen,
         http: HttpConfig {
@@ -249,6 +262,7 @@ pub fn main(args: ServeArgs) -> anyhow::Result<ExitCode> {
             memory_bytes: args.kcl_memory << 20,
             workflows_dirs,
         },
+        notifications,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(drover_server::serve(config, loader, |addr| {

@@ -317,6 +317,14 @@ checks.positive_data_acceptance.expected-statuses = [200, 202, 400, 401, 429, 50
 [[operations]]
 include-path-regex = "^/fleet/(select|exec|snapshots|drift)$"
 checks.positive_data_acceptance.expected-statuses = [200, 201, 202, 400, 401, 404, 409, 429, 503]
+
+# Schedules evaluate their workflow (or the exec's fleet file) when
+# created, as a submission does; a cron expression or a time zone is the
+# server's to check (400); a schedule id that does not exist is a 404; a
+# path outside the workflows directories a 403.
+[[operations]]
+include-path-regex = "^/schedules"
+checks.positive_data_acceptance.expected-statuses = [200, 201, 400, 401, 403, 404, 429, 503]
 "#
         ),
     )

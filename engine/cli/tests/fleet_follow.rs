@@ -6,6 +6,9 @@
 //! The hosts are those of existing_hosts.rs (a non-root login user on port
 //! 2222, host keys in drover's own known_hosts), but reached without
 //! `become`: the commands read the login user's own files.
+//!
+//! `watch --notifications` is checked against a real HTTP receiver on a
+//! free loopback port (a std `TcpListener` thread answering 200).
 
 #[path = "existing_hosts/support.rs"]
 // This file uses the fleet, site and inventory of the module, not its
@@ -13,10 +16,11 @@
 #[allow(dead_code)]
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use drover_testkit::{Host, TestFleet};
@@ -282,6 +286,97 @@ fn watch_reports_the_one_host_whose_output_changed() {
             watch.transcript()
         );
     }
+}
+
+/// An HTTP receiver on 127.0.0.1 that answers every request 200 and
+/// keeps each body (the minimal one of notifications.rs).
+fn webhook_receiver() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let record = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.trim_end().split_once(':')
+                    && k.trim().eq_ignore_ascii_case("content-length")
+                {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            record.lock().expect("lock").push(value);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (url, got)
+}
+
+#[test]
+fn watch_notifies_a_webhook_once_of_the_round_in_which_a_host_changed() {
+    let (fleet, site, inventory) = setup(3);
+    for h in fleet.hosts() {
+        write_home(h, "state.txt", "version=1\n");
+    }
+    let changed = fleet.host(2);
+    let (url, got) = webhook_receiver();
+    let targets = site.dir().join("notifications.json");
+    std::fs::write(
+        &targets,
+        serde_json::json!([{"name": "hook", "type": "webhook", "url": url, "events": ["watch_change"]}]).to_string(),
+    )
+    .expect("write the notifications file");
+    let mut watch = Follower::spawn(
+        site.drover()
+            .arg("watch")
+            .arg(&inventory)
+            .args(["--interval", "2s", "--count", "3", "--notifications"])
+            .arg(&targets)
+            .arg("--state")
+            .arg(site.state())
+            .args(["--", "cat", "~/state.txt"]),
+    );
+    watch.until(Out::Stdout, Duration::from_secs(30), "first round's output", |l| {
+        l == "    version=1"
+    });
+    write_home(changed, "state.txt", "version=2\n");
+    let status = watch.wait(Duration::from_secs(40));
+    assert_eq!(status.code(), Some(0), "drover watch:\n{}", watch.transcript());
+
+    // Watch gave the delivery its time before ending: it is in already.
+    let got = got.lock().expect("lock").clone();
+    assert_eq!(got.len(), 1, "one webhook expected: {got:#?}\n{}", watch.transcript());
+    let body = &got[0];
+    assert_eq!(body["event"], "watch_change", "{body:#}");
+    assert_eq!(body["target"], "hook", "{body:#}");
+    assert_eq!(body["count"], 1, "{body:#}");
+    assert_eq!(body["workflow"], inventory.display().to_string(), "{body:#}");
+    assert_eq!(
+        body["summary"],
+        format!("drover watch: 1 server changed in round 2: {}", changed.name()),
+        "{body:#}"
+    );
+    assert_eq!(body["detail"]["round"], 2, "{body:#}");
+    assert_eq!(body["detail"]["command"], "cat ~/state.txt", "{body:#}");
+    let servers = body["detail"]["servers"].as_array().expect("detail.servers");
+    assert_eq!(servers.len(), 1, "{body:#}");
+    assert_eq!(servers[0]["server"], changed.name(), "{body:#}");
+    assert_eq!(servers[0]["change"], "changed", "{body:#}");
+    assert_eq!(servers[0]["outcome"], "exit 0", "{body:#}");
+    let diff = servers[0]["diff"].as_str().expect("a diff");
+    assert!(diff.contains("\n-version=1\n+version=2\n"), "{diff}");
 }
 
 #[test]

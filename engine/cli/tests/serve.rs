@@ -64,6 +64,11 @@ async fn healthz_answers_and_the_openapi_document_lists_every_endpoint() {
         ("/fleet/snapshots", &["get", "post"]),
         ("/fleet/snapshots/{id}", &["get"]),
         ("/fleet/drift", &["post"]),
+        ("/schedules", &["get", "post"]),
+        ("/schedules/{id}", &["get", "patch", "delete"]),
+        ("/schedules/{id}/pause", &["post"]),
+        ("/schedules/{id}/resume", &["post"]),
+        ("/notifications", &["get"]),
     ];
     let paths = doc["paths"].as_object().expect("paths");
     let documented: BTreeSet<&str> = paths.keys().map(String::as_str).collect();

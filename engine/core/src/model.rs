@@ -57,6 +57,11 @@ pub struct Workflow {
     /// Where secrets come from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<SecretProvider>,
+    /// Who is told when a run ends, a roll halts, drift is found (see
+    /// NotificationDef in schemas/workflow.k). Empty: the server's
+    /// default targets (`drover serve --notifications`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationDef>,
 }
 
 fn default_max_parallel() -> u32 {
@@ -606,6 +611,125 @@ pub struct SecretProvider {
     /// age identity file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age_key_file: Option<String>,
+}
+
+/// Where a notification goes and which events it wants (see
+/// NotificationDef in schemas/workflow.k).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationDef {
+    /// The target's name: unique among a workflow's targets; what the
+    /// outbox and the API show (never the URL or the secret).
+    pub name: String,
+    /// webhook | slack | script.
+    #[serde(rename = "type")]
+    pub kind: NotificationKind,
+    /// The URL posted to (webhook, slack): `http(s)://...`, or
+    /// `secret:PATH`, a value of the workflow's decrypted secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Webhook only: the HMAC-SHA256 key of the `X-Drover-Signature`
+    /// header; literal, or `secret:PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Script only: the program run on the orchestrator, the event as
+    /// JSON on its stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+    /// The event kinds it wants (names of [`NotificationEvent`]); empty:
+    /// every kind.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Seconds over which repeats of one event kind to this target are
+    /// folded into one message carrying their count; 0: every event is
+    /// sent at once.
+    #[serde(default)]
+    pub cooldown: u64,
+}
+
+impl NotificationDef {
+    /// Whether this target wants events of `kind`.
+    pub fn wants(&self, kind: NotificationEvent) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == kind.as_str())
+    }
+}
+
+/// webhook | slack | script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationKind {
+    /// A JSON POST of the event, signed when a secret is given.
+    Webhook,
+    /// A Slack incoming webhook: `{"text": ...}`.
+    Slack,
+    /// A program on the orchestrator, the event as JSON on stdin.
+    Script,
+}
+
+impl NotificationKind {
+    /// The name written in workflows and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::Webhook => "webhook",
+            NotificationKind::Slack => "slack",
+            NotificationKind::Script => "script",
+        }
+    }
+}
+
+/// The kinds of event a notification target can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationEvent {
+    /// A run ended with every task done.
+    RunSucceeded,
+    /// A run ended failed.
+    RunFailed,
+    /// A run failed and was rolled back.
+    RunRolledBack,
+    /// A run was cancelled by an operator.
+    RunCancelled,
+    /// A rolling operation stopped: too many of its servers failed.
+    RollingHalted,
+    /// A scheduled run did not start when it was due.
+    ScheduleMissed,
+    /// Servers differ from a snapshot.
+    DriftFound,
+    /// A watched file or command output changed.
+    WatchChange,
+}
+
+impl NotificationEvent {
+    /// Every kind.
+    pub const ALL: [NotificationEvent; 8] = [
+        NotificationEvent::RunSucceeded,
+        NotificationEvent::RunFailed,
+        NotificationEvent::RunRolledBack,
+        NotificationEvent::RunCancelled,
+        NotificationEvent::RollingHalted,
+        NotificationEvent::ScheduleMissed,
+        NotificationEvent::DriftFound,
+        NotificationEvent::WatchChange,
+    ];
+
+    /// The name written in workflows and payloads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationEvent::RunSucceeded => "run_succeeded",
+            NotificationEvent::RunFailed => "run_failed",
+            NotificationEvent::RunRolledBack => "run_rolled_back",
+            NotificationEvent::RunCancelled => "run_cancelled",
+            NotificationEvent::RollingHalted => "rolling_halted",
+            NotificationEvent::ScheduleMissed => "schedule_missed",
+            NotificationEvent::DriftFound => "drift_found",
+            NotificationEvent::WatchChange => "watch_change",
+        }
+    }
+
+    /// The kind named `s`; None for a name no kind has.
+    pub fn parse(s: &str) -> Option<NotificationEvent> {
+        NotificationEvent::ALL.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 /// cpu (cores), memory (MiB), disk (GiB).

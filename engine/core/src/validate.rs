@@ -38,6 +38,166 @@ pub fn validate_inventory(source: &Source, catalog: &Catalog) -> Vec<Diagnostic>
     v.diags
 }
 
+/// The longest cooldown a notification target may have (a day): a longer
+/// window holds messages back for longer than anyone would wait for them.
+pub const MAX_COOLDOWN_SECS: u64 = 86_400;
+
+/// Check notification targets (a workflow's `notifications`, or the
+/// server-wide list of `drover serve --notifications`): URLs are http(s)
+/// or `secret:PATH`, event names exist, each kind has what it needs and
+/// nothing it cannot use, cooldowns are within bounds. `field` prefixes
+/// each diagnostic's field (`notifications`).
+pub fn validate_notifications(file: &Path, field: &str, defs: &[crate::model::NotificationDef]) -> Vec<Diagnostic> {
+    use crate::model::{NotificationEvent, NotificationKind};
+    let mut diags = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in defs.iter().enumerate() {
+        let at = |f: &str| format!("{field}[{i}].{f}");
+        let kind = n.kind.as_str();
+        if let Some(j) = seen.insert(&n.name, i) {
+            diags.push(
+                Diagnostic::new(
+                    file,
+                    at("name"),
+                    format!(
+                        "duplicate notification name \"{}\" (first declared at {field}[{j}])",
+                        n.name
+                    ),
+                )
+                .at(&n.name),
+            );
+        }
+        match n.kind {
+            NotificationKind::Webhook | NotificationKind::Slack => match n.url.as_deref() {
+                None => diags.push(
+                    Diagnostic::new(
+                        file,
+                        at("url"),
+                        format!("notification {}: a {kind} target needs a url", n.name),
+                    )
+                    .help("url = \"https://...\" or \"secret:PATH\" (a value of the workflow's secrets)"),
+                ),
+                Some(u) if u.starts_with("secret:") => {
+                    if u.len() == "secret:".len() {
+                        diags.push(
+                            Diagnostic::new(
+                                file,
+                                at("url"),
+                                format!("notification {}: \"secret:\" names no secret", n.name),
+                            )
+                            .help("write secret:PATH, e.g. secret:slack.webhook")
+                            .at(u),
+                        );
+                    }
+                }
+                Some(u) => {
+                    let lower = u.to_ascii_lowercase();
+                    let rest = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://"));
+                    if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+                        diags.push(
+                            Diagnostic::new(
+                                file,
+                                at("url"),
+                                format!(
+                                    "notification {}: url \"{u}\" is not an http:// or https:// URL with a host",
+                                    n.name
+                                ),
+                            )
+                            .help("give http(s)://HOST/PATH, or secret:PATH for a URL kept in the workflow's secrets")
+                            .at(u),
+                        );
+                    }
+                }
+            },
+            NotificationKind::Script => {
+                if n.script.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                    diags.push(
+                        Diagnostic::new(
+                            file,
+                            at("script"),
+                            format!(
+                                "notification {}: a script target needs the path of its program in `script`",
+                                n.name
+                            ),
+                        )
+                        .help("script = \"/usr/local/bin/notify-oncall\""),
+                    );
+                }
+                if let Some(u) = &n.url {
+                    diags.push(
+                        Diagnostic::new(
+                            file,
+                            at("url"),
+                            format!("notification {}: a script target has no url", n.name),
+                        )
+                        .help("remove url, or make the target a webhook")
+                        .at(u),
+                    );
+                }
+            }
+        }
+        if n.kind != NotificationKind::Script
+            && let Some(s) = &n.script
+        {
+            diags.push(
+                Diagnostic::new(
+                    file,
+                    at("script"),
+                    format!("notification {}: script is only for type script, not {kind}", n.name),
+                )
+                .at(s),
+            );
+        }
+        if n.kind != NotificationKind::Webhook && n.secret.is_some() {
+            diags.push(
+                Diagnostic::new(
+                    file,
+                    at("secret"),
+                    format!(
+                        "notification {}: a {kind} target cannot be signed; secret is only for webhooks",
+                        n.name
+                    ),
+                )
+                .help("remove secret (a Slack webhook URL is its own secret: keep it as url = \"secret:PATH\")"),
+            );
+        }
+        if n.secret.as_deref() == Some("") || n.secret.as_deref() == Some("secret:") {
+            diags.push(Diagnostic::new(
+                file,
+                at("secret"),
+                format!("notification {}: the webhook secret is empty", n.name),
+            ));
+        }
+        for (k, e) in n.events.iter().enumerate() {
+            if NotificationEvent::parse(e).is_none() {
+                diags.push(
+                    Diagnostic::new(
+                        file,
+                        at(&format!("events[{k}]")),
+                        format!("notification {}: unknown event \"{e}\"", n.name),
+                    )
+                    .help(format!(
+                        "events: {}",
+                        known(NotificationEvent::ALL.iter().map(|e| e.as_str()))
+                    ))
+                    .at(e),
+                );
+            }
+        }
+        if n.cooldown > MAX_COOLDOWN_SECS {
+            diags.push(Diagnostic::new(
+                file,
+                at("cooldown"),
+                format!(
+                    "notification {}: cooldown {} s is more than the {MAX_COOLDOWN_SECS} s (a day) allowed",
+                    n.name, n.cooldown
+                ),
+            ));
+        }
+    }
+    diags
+}
+
 struct Validator<'a> {
     file: &'a Path,
     catalog: &'a Catalog,
@@ -170,6 +330,10 @@ impl Validator<'_> {
                 )
                 .help("add at least one OperationDef"),
             );
+        }
+        if !self.inventory {
+            let notes = validate_notifications(self.file, "notifications", &wf.notifications);
+            self.diags.extend(notes);
         }
         if wf.max_parallel == 0 {
             self.push(Diagnostic::new(
@@ -670,4 +834,63 @@ fn requires_cycles<'a>(catalog: &'a Catalog, names: &BTreeSet<&'a str>) -> Vec<V
     };
     let nodes: Vec<&str> = names.iter().copied().collect();
     crate::graph::cycles(&nodes, edges)
+}
+
+#[cfg(test)]
+mod notification_tests {
+    use super::validate_notifications;
+    use crate::model::NotificationDef;
+
+    fn def(json: serde_json::Value) -> NotificationDef {
+        serde_json::from_value(json).expect("a NotificationDef")
+    }
+
+    fn fields(defs: &[NotificationDef]) -> Vec<(String, String)> {
+        validate_notifications(std::path::Path::new("wf.k"), "notifications", defs)
+            .into_iter()
+            .map(|d| (d.field, d.message))
+            .collect()
+    }
+
+    #[test]
+    fn good_targets_pass() {
+        let defs = [
+            def(
+                serde_json::json!({"name": "ops", "type": "webhook", "url": "https://hooks.example/x", "secret": "k3y!", "events": ["run_failed"], "cooldown": 60}),
+            ),
+            def(serde_json::json!({"name": "chat", "type": "slack", "url": "secret:slack.webhook"})),
+            def(
+                serde_json::json!({"name": "pager", "type": "script", "script": "/bin/true", "events": ["drift_found"]}),
+            ),
+        ];
+        assert_eq!(fields(&defs), Vec::<(String, String)>::new());
+    }
+
+    #[test]
+    fn each_problem_names_its_field() {
+        let defs = [
+            def(serde_json::json!({"name": "a", "type": "webhook", "url": "ftp://x", "events": ["run_exploded"]})),
+            def(
+                serde_json::json!({"name": "b", "type": "slack", "url": "https://x", "secret": "nope", "cooldown": 100000}),
+            ),
+            def(serde_json::json!({"name": "c", "type": "script"})),
+            def(serde_json::json!({"name": "a", "type": "webhook"})),
+        ];
+        let got: Vec<String> = fields(&defs).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            got,
+            [
+                "notifications[0].url",
+                "notifications[0].events[0]",
+                "notifications[1].secret",
+                "notifications[1].cooldown",
+                "notifications[2].script",
+                "notifications[3].name",
+                "notifications[3].url",
+            ]
+        );
+        let msgs = fields(&defs);
+        assert!(msgs[1].1.contains("unknown event \"run_exploded\""), "{msgs:?}");
+        assert!(msgs[0].1.contains("not an http:// or https:// URL"), "{msgs:?}");
+    }
 }

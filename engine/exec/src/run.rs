@@ -67,10 +67,9 @@ struct Prepared {
     mask: Masker,
 }
 
-/// Decrypt the workflow's SOPS files (paths relative to the workflow
-/// file) with its age identities, and check that every template of the
-/// plan renders. Any failure stops the run before it starts.
-fn prepare(plan: &Plan, inputs: &Inputs) -> Result<Prepared, ExecError> {
+/// The workflow's SOPS secrets, decrypted, and the masker built from
+/// them (nothing when the workflow has none).
+fn decrypt(inputs: &Inputs) -> Result<Prepared, ExecError> {
     let wf = &inputs.source.workflow;
     let mut prepared = Prepared::default();
     if let Some(sp) = &wf.secrets {
@@ -114,6 +113,28 @@ fn prepare(plan: &Plan, inputs: &Inputs) -> Result<Prepared, ExecError> {
             mask: Masker::new(values),
         };
     }
+    Ok(prepared)
+}
+
+/// The decrypted secrets tree of the run `run_id` (decrypted again from
+/// its recorded inputs, in memory only) and the masker of their values:
+/// what a notification about the run resolves `secret:PATH` references
+/// with and masks its payload by. `Null` and a masker of nothing for a
+/// workflow without secrets.
+pub fn run_secrets(store: &Store, run_id: &str) -> Result<(serde_json::Value, Masker), ExecError> {
+    let record = store.run(run_id)?;
+    let inputs: Inputs = serde_json::from_value(record.inputs)
+        .map_err(|e| ExecError::WrongState(format!("run {run_id} has unreadable inputs: {e}")))?;
+    let prepared = decrypt(&inputs)?;
+    Ok((prepared.secrets.tree.clone(), prepared.mask))
+}
+
+/// Decrypt the workflow's SOPS files (paths relative to the workflow
+/// file) with its age identities, and check that every template of the
+/// plan renders. Any failure stops the run before it starts.
+fn prepare(plan: &Plan, inputs: &Inputs) -> Result<Prepared, ExecError> {
+    let wf = &inputs.source.workflow;
+    let prepared = decrypt(inputs)?;
     let mut problems = Vec::new();
     for n in plan.graph.node_weights() {
         let Some(t) = n.task() else { continue };
@@ -422,8 +443,17 @@ pub fn logging_dir_problem(dir: &str) -> Option<String> {
 /// record a new run of it, queued.
 fn record(
     store: &Store,
+    inputs: Inputs,
+    providers: Option<&Providers>,
+) -> Result<(String, Arc<Plan>, Inputs, Prepared), ExecError> {
+    record_with(inputs, providers, |run| store.create_run(run))
+}
+
+/// [`record`], with `create` writing the run's record to the store.
+fn record_with(
     mut inputs: Inputs,
     providers: Option<&Providers>,
+    create: impl FnOnce(&RunRecord) -> Result<(), drover_state::StateError>,
 ) -> Result<(String, Arc<Plan>, Inputs, Prepared), ExecError> {
     // Stored absolute, so a resume from another directory finds the
     // secrets files again.
@@ -437,7 +467,7 @@ fn record(
     let prepared = prepare(&plan, &inputs)?;
     let run_id = new_run_id();
     let now = now_ms();
-    store.create_run(&RunRecord {
+    create(&RunRecord {
         id: run_id.clone(),
         workflow: plan.workflow.name.clone(),
         file: inputs.source.file.display().to_string(),
@@ -454,6 +484,17 @@ fn record(
 /// now, and the run is recorded as queued. [`resume`] starts it.
 pub fn enqueue(store: &Store, inputs: Inputs, providers: &Providers) -> Result<String, ExecError> {
     record(store, inputs, Some(providers)).map(|(id, ..)| id)
+}
+
+/// [`enqueue`], with `create` writing the queued run's record, so the
+/// caller can write more in the same transaction (a schedule claims its
+/// slot with the run it fires: `Store::claim_slot`).
+pub fn enqueue_with(
+    inputs: Inputs,
+    providers: &Providers,
+    create: impl FnOnce(&RunRecord) -> Result<(), drover_state::StateError>,
+) -> Result<String, ExecError> {
+    record_with(inputs, Some(providers), create).map(|(id, ..)| id)
 }
 
 /// Start a new run of `inputs`.

@@ -222,6 +222,19 @@ impl Loader {
         Ok(decl)
     }
 
+    /// Evaluate any `.k` file (with the home's schemas as `drover`) to its
+    /// value, the engine's type markers removed: what `drover serve
+    /// --notifications FILE.k` reads.
+    pub fn load_value(&self, file: &Path) -> Result<serde_json::Value, LoadError> {
+        if !file.is_file() {
+            return Err(LoadError::Model(vec![Diagnostic::new(file, "-", "no such file")]));
+        }
+        let absolute = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+        let mut value = self.eval(&absolute)?;
+        strip_types(&mut value);
+        Ok(value)
+    }
+
     fn eval(&self, file: &Path) -> Result<serde_json::Value, LoadError> {
         self.engine.eval_file(file, &self.packages()).map_err(|e| match e {
             KclError::Eval(d) => LoadError::Kcl(d),

@@ -27,6 +27,7 @@ use crate::error::{ApiError, ApiJson, ApiQuery};
 use crate::fleet;
 use crate::logs::{StreamReader, stream_file};
 use crate::orchestrator::{Orchestrator, exec_error};
+use crate::schedules::endpoints as schedules;
 use crate::wire::*;
 
 /// The OpenAPI document.
@@ -40,16 +41,22 @@ use crate::wire::*;
     paths(
         submit, list, status, logs, events, rollback, retry, pause, resume, cancel, run_metrics, metrics, healthz,
         list_tokens, create_token, revoke_token, audit, fleet::select, fleet::exec, fleet::exec_status, fleet::take_snapshot, fleet::list_snapshots,
-        fleet::show_snapshot, fleet::drift
+        fleet::show_snapshot, fleet::drift, crate::notify::list,
+        crate::schedules::endpoints::create, crate::schedules::endpoints::list, crate::schedules::endpoints::show,
+        crate::schedules::endpoints::update, crate::schedules::endpoints::delete,
+        crate::schedules::endpoints::pause, crate::schedules::endpoints::resume
     ),
     components(schemas(
         SubmitRequest, SubmitResponse, OperationPlan, TaskRef, RunInfo, RunList, RunState, RunStatusView, NotUndone,
         OperationStatus, TaskStatus, LogEvent, LogStreamEvent, JournalEvent, TransitionStreamEvent, RetryRequest,
-        ActionResponse, RunMetrics, OperationMetrics, ApiErrorBody, Health, RunAction, TokenRole, CreateTokenRequest,
+        ActionResponse, RunMetrics, OperationMetrics, ApiErrorBody, Health, RunAction, RunNotification, TokenRole, CreateTokenRequest,
         CreatedToken, TokenInfo, TokenList, AuditEntry, AuditList, FleetSelector, FleetCriterion, CriterionField,
         CriterionOp, SelectRequest, SelectResponse, FleetServer, ExecRequest, ExecRolling, ExecAccepted, ExecView,
         ExecProgress, ExecAnswer, ExecGroup, SnapshotRequest, SnapshotInfo, SnapshotTaken, Unreachable, SnapshotList,
-        SnapshotView, DriftRequest, DriftChange, DriftResponse
+        SnapshotView, DriftRequest, DriftChange, DriftResponse, NotificationDelivery, NotificationList,
+        DeliveryState,
+        ScheduleRequest, SchedulePatch, ScheduleView, ScheduleList, ScheduleSlot, ScheduledRun, ScheduledWorkflow,
+        OverlapPolicy, MissedPolicy
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -99,6 +106,14 @@ pub fn router(orch: Arc<Orchestrator>, auth: Auth) -> Router {
         )
         .route("/fleet/snapshots/{id}", get(fleet::show_snapshot))
         .route("/fleet/drift", post(fleet::drift))
+        .route("/schedules", get(schedules::list).post(schedules::create))
+        .route(
+            "/schedules/{id}",
+            get(schedules::show).patch(schedules::update).delete(schedules::delete),
+        )
+        .route("/schedules/{id}/pause", post(schedules::pause))
+        .route("/schedules/{id}/resume", post(schedules::resume))
+        .route("/notifications", get(crate::notify::list))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(orch.clone());
@@ -312,10 +327,26 @@ async fn status(
         };
         blocking(move || Ok(store.audit(&q)?)).await?
     };
+    let notifications = {
+        let (store, id) = (orch.store().clone(), id.clone());
+        let mut rows = blocking(move || Ok(store.deliveries(Some(&id), None, 100)?)).await?;
+        rows.reverse();
+        rows.into_iter()
+            .map(|d| crate::wire::RunNotification {
+                target: d.target,
+                target_kind: d.target_kind,
+                event: d.event,
+                count: d.count,
+                status: d.status.as_str().to_string(),
+                attempts: d.attempts,
+                last_error: d.last_error,
+            })
+            .collect()
+    };
     let submitted_by = trail
         .iter()
         .rev()
-        .find(|a| (a.action == "submit" || a.action == "exec") && a.outcome == "ok")
+        .find(|a| (a.action == "submit" || a.action == "exec" || a.action == "schedule") && a.outcome == "ok")
         .map(|a| a.actor.clone());
     let actions = trail
         .into_iter()
@@ -369,6 +400,7 @@ async fn status(
             .collect(),
         submitted_by,
         actions,
+        notifications,
     }))
 }
 

@@ -492,11 +492,17 @@ pub fn required_role(method: &Method, route: Option<&str>) -> Role {
         (_, Some("/tokens" | "/tokens/{name}" | "/audit")) => Role::Admin,
         // A snapshot's contents are files of the servers: not for viewers.
         (&Method::GET | &Method::HEAD, Some("/fleet/snapshots/{id}")) => Role::Operator,
+        // What was told to whom about which run: operators and admins.
+        (&Method::GET | &Method::HEAD, Some("/notifications")) => Role::Operator,
         (&Method::GET | &Method::HEAD, _) => Role::Viewer,
         // Selecting reads a fleet file (a path still needs admin: checked
         // by the handler, which sees the body).
         (&Method::POST, Some("/fleet/select")) => Role::Viewer,
         (&Method::POST, Some("/fleet/exec" | "/fleet/snapshots" | "/fleet/drift")) => Role::Operator,
+        // Managing schedules (a path target still needs admin: checked
+        // by the handler, which sees the body).
+        (&Method::POST, Some("/schedules" | "/schedules/{id}/pause" | "/schedules/{id}/resume")) => Role::Operator,
+        (&Method::PATCH | &Method::DELETE, Some("/schedules/{id}")) => Role::Operator,
         (
             &Method::POST,
             Some(
@@ -527,6 +533,11 @@ pub fn action_of(method: &Method, route: Option<&str>) -> Option<&'static str> {
         (&Method::POST, "/fleet/drift") => Some("drift"),
         (&Method::POST, "/tokens") => Some("token_create"),
         (&Method::DELETE, "/tokens/{name}") => Some("token_revoke"),
+        (&Method::POST, "/schedules") => Some("schedule_create"),
+        (&Method::PATCH, "/schedules/{id}") => Some("schedule_update"),
+        (&Method::DELETE, "/schedules/{id}") => Some("schedule_delete"),
+        (&Method::POST, "/schedules/{id}/pause") => Some("schedule_pause"),
+        (&Method::POST, "/schedules/{id}/resume") => Some("schedule_resume"),
         _ => None,
     }
 }

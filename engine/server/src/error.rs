@@ -197,6 +197,7 @@ impl From<drover_state::StateError> for ApiError {
     fn from(e: drover_state::StateError) -> ApiError {
         match e {
             drover_state::StateError::UnknownRun(id) => ApiError::not_found(format!("no run {id}")),
+            e @ drover_state::StateError::UnknownSchedule(_) => ApiError::not_found(e.to_string()),
             other if other.is_disk_full() => ApiError::insufficient_storage(other),
             other => ApiError::internal(other),
         }

@@ -153,7 +153,7 @@ pub async fn select(
 }
 
 /// The executor's exec spec of a request, or what is wrong with it.
-fn spec_of(req: &ExecRequest) -> Result<ExecSpec, ApiError> {
+pub(crate) fn spec_of(req: &ExecRequest) -> Result<ExecSpec, ApiError> {
     if req.command.trim().is_empty() {
         return Err(ApiError::bad_request("command is empty: give the shell command to run"));
     }
@@ -593,6 +593,38 @@ pub async fn drift(
         })
     }
     .await;
+    if let (Ok(found), Some(notifier)) = (&result, orch.notifier())
+        && !found.changes.is_empty()
+    {
+        notifier.emit_server(drift_notice(found, &detail)).await;
+    }
     audit(&orch, &caller, "drift", None, detail, &result).await;
     result.map(Json)
+}
+
+/// The `drift_found` notice of a drift answer: which servers changed and
+/// how, in a few words each (never the diffs: they hold the servers'
+/// file contents).
+fn drift_notice(found: &DriftResponse, detail: &str) -> crate::notify::Notice {
+    let mut servers: Vec<&str> = found.changes.iter().map(|c| c.server.as_str()).collect();
+    servers.sort_unstable();
+    servers.dedup();
+    crate::notify::Notice {
+        detail: serde_json::json!({
+            "against": found.against.id,
+            "servers": servers,
+            "changes": found.changes.iter().map(|c| serde_json::json!({
+                "server": c.server, "kind": c.kind, "item": c.item, "summary": c.summary,
+            })).collect::<Vec<_>>(),
+        }),
+        ..crate::notify::Notice::new(
+            drover_core::model::NotificationEvent::DriftFound,
+            format!(
+                "{} change(s) on {} of {} server(s) ({detail})",
+                found.changes.len(),
+                servers.len(),
+                found.servers
+            ),
+        )
+    }
 }

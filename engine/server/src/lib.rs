@@ -11,6 +11,10 @@
 //!   the Host check, the body limit, the HTTP part of shutdown.
 //! - [`auth`]: bearer tokens, roles, who is calling (for the audit trail).
 //! - [`metrics`]: the Prometheus registry.
+//! - [`schedules`]: cron schedules of workflows and execs, and their
+//!   loop.
+//! - [`notify`]: notifications (webhook, Slack, script): the outbox and
+//!   its delivery task.
 //! - [`logs`]: a run's numbered output stream, resumable by event id.
 //! - [`logging`]: structured logs (tracing-subscriber): stdout and per-run
 //!   files, retention.
@@ -27,7 +31,9 @@ pub mod http;
 pub mod logging;
 pub mod logs;
 pub mod metrics;
+pub mod notify;
 pub mod orchestrator;
+pub mod schedules;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -80,6 +86,9 @@ pub struct Config {
     /// How submitted workflows are evaluated (KCL worker processes) and
     /// which directories path submissions may name.
     pub kcl: orchestrator::KclSettings,
+    /// The server-wide notification targets (`--notifications`): for
+    /// runs whose workflow declares none, and the server's own events.
+    pub notifications: Vec<drover_core::model::NotificationDef>,
 }
 
 /// Why the server stopped with an error.
@@ -98,6 +107,9 @@ pub enum ServeError {
     /// loopback, names, the open-files limit).
     #[error(transparent)]
     Http(#[from] http::HttpError),
+    /// The notifier could not be made.
+    #[error(transparent)]
+    Notify(#[from] notify::NotifyError),
     /// Binding or serving failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -146,9 +158,15 @@ pub async fn serve(
         addr: config.listen,
         source,
     })?;
+    // Before any run is taken up, so every run that ends is told; queued
+    // deliveries of an earlier start are sent from here on.
+    let notifier = notify::Notifier::new(orch.store().clone(), config.notifications.clone())?;
+    orch.set_notifier(notifier.clone());
+    tokio::spawn(notifier.deliver(orch.stopping.clone()));
     orch.recover()?;
     tokio::spawn(orch.clone().dispatch());
     tokio::spawn(cleanup_logs(orch.clone()));
+    schedules::start(&orch);
     tracing::info!(
         %addr,
         auth = auth.required(),

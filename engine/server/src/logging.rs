@@ -732,7 +732,7 @@ fn push_text_pair(out: &mut String, key: &str, value: &str) {
 }
 
 /// `time` as RFC 3339 in UTC with milliseconds: `2026-11-23T10:00:00.123Z`.
-fn rfc3339_millis(time: SystemTime) -> String {
+pub(crate) fn rfc3339_millis(time: SystemTime) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);

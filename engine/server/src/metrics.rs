@@ -72,6 +72,14 @@ pub struct Metrics {
     undo: Family<ResultLabel, Counter>,
     submissions: Family<ResultLabel, Counter>,
     requests: HistogramFamily<RequestLabels>,
+    schedule_fired: Counter,
+    schedule_skipped: Family<ReasonLabel, Counter>,
+    schedule_late: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -103,6 +111,11 @@ impl Metrics {
             undo: Family::default(),
             submissions: Family::default(),
             requests: Family::new_with_constructor(request_buckets as fn() -> Histogram),
+            schedule_fired: Counter::default(),
+            schedule_skipped: Family::default(),
+            // From on time (ms: the loop's wake-up) to a slot run once
+            // after hours down.
+            schedule_late: Histogram::new([0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0, 86400.0]),
             registry: Registry::default(),
         };
         registry.register("drover_runs", "Runs in the state store, by status", m.runs.clone());
@@ -157,7 +170,42 @@ impl Metrics {
             "API requests by method, route and status code",
             m.requests.clone(),
         );
+        registry.register(
+            "drover_schedule_fired",
+            "Schedule slots that fired a run",
+            m.schedule_fired.clone(),
+        );
+        registry.register(
+            "drover_schedule_skipped",
+            "Schedule slots that did not fire, by reason (overlap: the previous run was active; missed: the server was down; failed: the run could not be created)",
+            m.schedule_skipped.clone(),
+        );
+        registry.register(
+            "drover_schedule_late_seconds",
+            "How long after its slot a schedule's run was created",
+            m.schedule_late.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Account for a schedule's slot: `fired` (`late` seconds after its
+    /// time), or `skipped`, `missed`, `failed`.
+    pub fn schedule_slot(&self, outcome: &str, late: Option<f64>) {
+        let reason = match outcome {
+            "fired" => {
+                self.schedule_fired.inc();
+                if let Some(late) = late {
+                    self.schedule_late.observe(late);
+                }
+                return;
+            }
+            "skipped" => "overlap",
+            "missed" => "missed",
+            _ => "failed",
+        };
+        self.schedule_skipped
+            .get_or_create(&ReasonLabel { reason: reason.into() })
+            .inc();
     }
 
     /// Account for one journal event of a run whose tasks belong to the

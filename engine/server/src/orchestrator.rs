@@ -34,6 +34,7 @@ use tracing::Instrument;
 use crate::error::ApiError;
 use crate::logs::LogHub;
 use crate::metrics::Metrics;
+use crate::schedules::Claim;
 use crate::wire::{OperationPlan, SubmitRequest, SubmitResponse, TaskRef};
 
 /// Queue limits.
@@ -171,6 +172,12 @@ pub struct Orchestrator {
     logs_under: std::sync::OnceLock<PathBuf>,
     /// Evaluates submitted workflows; admits path submissions.
     evaluator: Evaluator,
+    /// Wakes the schedules' loop when a schedule is created or changed
+    /// (it recomputes its next slot).
+    pub schedules_changed: Arc<Notify>,
+    /// Tells notification targets about runs that end (set once at
+    /// start; unset, nothing is told).
+    notifier: std::sync::OnceLock<Arc<crate::notify::Notifier>>,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -241,12 +248,36 @@ impl Orchestrator {
             submissions,
             logs_under: std::sync::OnceLock::new(),
             evaluator,
+            schedules_changed: Arc::new(Notify::new()),
+            notifier: std::sync::OnceLock::new(),
         })
     }
 
     /// The state store.
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// Tell `notifier`'s targets about runs that end (and let other
+    /// parts emit through it). Set once, before the first run starts.
+    pub fn set_notifier(&self, notifier: Arc<crate::notify::Notifier>) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    /// The notifier, once set: what schedules, drift and watches emit
+    /// their events through ([`crate::notify::Notifier::emit_server`]).
+    pub fn notifier(&self) -> Option<&Arc<crate::notify::Notifier>> {
+        self.notifier.get()
+    }
+
+    /// Tell the notification targets, asynchronously, that run `id`
+    /// ended with `status` without executing (cancelled while queued or
+    /// interrupted, or unable to start).
+    fn tell_unstarted(&self, id: &str, status: RunStatus, reason: &str) {
+        if let (Some(n), Ok(rt)) = (self.notifier().cloned(), tokio::runtime::Handle::try_current()) {
+            let (id, reason) = (id.to_string(), reason.to_string());
+            rt.spawn(async move { n.run_ended_unstarted(&id, status, &reason).await });
+        }
     }
 
     /// Run options.
@@ -325,6 +356,8 @@ impl Orchestrator {
                     tracing::error!(run_id = %id, error = %e, "a queued run cannot start; marked failed");
                     if let Err(e) = run::fail_unstartable(&self.store, &id, &e.to_string()) {
                         tracing::error!(run_id = %id, error = %e, "cannot record that the run failed");
+                    } else {
+                        self.tell_unstarted(&id, RunStatus::Failed, &e.to_string());
                     }
                 }
             }
@@ -371,6 +404,7 @@ impl Orchestrator {
         // monitoring.metrics = False: the run's tasks are not counted (the
         // run itself is, by status, from the store).
         let counted = plan.workflow.monitoring.metrics;
+        let (workflow_name, notifications) = (plan.workflow.name.clone(), plan.workflow.notifications.clone());
         tracing::info!(parent: &span, tasks = plan.task_count(), "run started");
         let pump_span = span.clone();
         let ended = CancellationToken::new();
@@ -434,7 +468,15 @@ impl Orchestrator {
                 drop(active);
                 match result {
                     Ok(summary) => {
-                        tracing::info!(status = summary.status.as_str(), reason = %summary.reason, "run ended")
+                        tracing::info!(status = summary.status.as_str(), reason = %summary.reason, "run ended");
+                        // Told asynchronously: a notification never
+                        // holds up or fails the run.
+                        if let Some(n) = this.notifier().cloned() {
+                            let (id, status, reason) = (id.clone(), summary.status, summary.reason.clone());
+                            tokio::spawn(async move {
+                                n.run_ended(&id, &workflow_name, status, &reason, &notifications).await;
+                            });
+                        }
                     }
                     Err(e) if e.is_disk_full() => {
                         tracing::error!(error = %e, "the run stopped: its journal cannot be written (disk full); it resumes once space is freed");
@@ -537,13 +579,23 @@ impl Orchestrator {
 
     /// A path submission's file, if it may be evaluated (see
     /// [`admit_path`]).
-    fn admit(&self, given: &str) -> Result<PathBuf, ApiError> {
+    pub(crate) fn admit(&self, given: &str) -> Result<PathBuf, ApiError> {
         admit_path(given, &self.evaluator.roots)
     }
 
     /// Evaluate and check a submission; queue it unless it only asks for
     /// validation or a plan.
     pub async fn submit(self: &Arc<Self>, req: SubmitRequest) -> Result<(bool, SubmitResponse), ApiError> {
+        self.submit_claimed(req, None).await
+    }
+
+    /// [`Orchestrator::submit`]; a queued run claims `claim`'s schedule
+    /// slot in the transaction that records it.
+    pub async fn submit_claimed(
+        self: &Arc<Self>,
+        req: SubmitRequest,
+        claim: Option<Claim>,
+    ) -> Result<(bool, SubmitResponse), ApiError> {
         if self.stopping.is_cancelled() {
             return Err(ApiError::unavailable(
                 "the server is shutting down; submit again when it is back",
@@ -616,7 +668,7 @@ impl Orchestrator {
             self.metrics.submission("rejected");
             return Err(e.clone());
         }
-        let result = self.after_evaluation(evaluated, executes);
+        let result = self.after_evaluation(evaluated, executes, claim.as_ref());
         // Only a run keeps its source.
         if let (Some(scratch), Ok((true, _))) = (scratch, &result) {
             scratch.keep();
@@ -633,6 +685,7 @@ impl Orchestrator {
         &self,
         evaluated: Result<(Inputs, Plan), ApiError>,
         executes: bool,
+        claim: Option<&Claim>,
     ) -> Result<(bool, SubmitResponse), ApiError> {
         let (inputs, plan) = match evaluated {
             Ok(x) => x,
@@ -674,7 +727,7 @@ impl Orchestrator {
             self.metrics.submission("validated");
             return Ok((false, resp));
         }
-        let id = match run::enqueue(&self.store, inputs, &self.opts.providers) {
+        let id = match self.enqueue(inputs, claim) {
             Ok(id) => id,
             Err(e) => {
                 self.metrics.submission("invalid");
@@ -690,6 +743,18 @@ impl Orchestrator {
         resp.run_id = Some(id);
         resp.status = Some(RunStatus::Queued.as_str().into());
         Ok((true, resp))
+    }
+
+    /// Record a queued run of `inputs`; with `claim`, the schedule's
+    /// slot that fires it, in the same transaction.
+    fn enqueue(&self, inputs: Inputs, claim: Option<&Claim>) -> Result<String, ExecError> {
+        match claim {
+            None => run::enqueue(&self.store, inputs, &self.opts.providers),
+            Some(claim) => run::enqueue_with(inputs, &self.opts.providers, |run| {
+                let (slot, audit) = claim.for_run(&run.id);
+                self.store.claim_slot(&slot, Some(run), Some(&audit))
+            }),
+        }
     }
 
     /// Put the logs of a submitted run under the server's log directory
@@ -805,6 +870,18 @@ impl Orchestrator {
         path: Option<&str>,
         spec: &ExecSpec,
     ) -> Result<(String, Vec<Server>), ApiError> {
+        self.submit_exec_claimed(source, path, spec, None).await
+    }
+
+    /// [`Orchestrator::submit_exec`]; the run claims `claim`'s schedule
+    /// slot in the transaction that records it.
+    pub async fn submit_exec_claimed(
+        self: &Arc<Self>,
+        source: Option<&str>,
+        path: Option<&str>,
+        spec: &ExecSpec,
+        claim: Option<Claim>,
+    ) -> Result<(String, Vec<Server>), ApiError> {
         let reservation = {
             let mut q = lock(&self.queue);
             if q.pending.len() + q.reserved >= self.limits.max_pending {
@@ -835,7 +912,7 @@ impl Orchestrator {
         let mut inputs = drover_exec::fleet::exec_inputs(&base, spec);
         self.logs_of(&mut inputs)
             .inspect_err(|_| self.metrics.submission("invalid"))?;
-        let id = run::enqueue(&self.store, inputs, &self.opts.providers).map_err(|e| {
+        let id = self.enqueue(inputs, claim.as_ref()).map_err(|e| {
             self.metrics.submission("invalid");
             exec_error(e)
         })?;
@@ -939,11 +1016,13 @@ impl Orchestrator {
             q.pending.remove(pos);
             drop(q);
             run::cancel_unstarted(&self.store, id).map_err(exec_error)?;
+            self.tell_unstarted(id, RunStatus::Cancelled, "cancelled before it started");
             return Ok(RunStatus::Cancelled);
         }
         if matches!(status, RunStatus::Aborted | RunStatus::Paused) {
             drop(q);
             run::cancel_unstarted(&self.store, id).map_err(exec_error)?;
+            self.tell_unstarted(id, RunStatus::Cancelled, "cancelled while interrupted");
             return Ok(RunStatus::Cancelled);
         }
         Err(ApiError::conflict(format!(

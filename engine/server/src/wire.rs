@@ -6,6 +6,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+mod schedules;
+pub use schedules::*;
+
 /// Submit a workflow: its KCL source, or the path of a file on the server.
 ///
 /// Its schema is written by hand (below): exactly one of `source` and
@@ -189,14 +192,39 @@ pub struct RunStatusView {
     pub operations: Vec<OperationStatus>,
     /// What a rollback could not undo: task and why.
     pub not_undone: Vec<NotUndone>,
-    /// The name of the token that submitted the run (absent for runs
-    /// started another way, e.g. `drover run`).
+    /// The name of the token that submitted the run, or `schedule ID`
+    /// for a run a schedule started (absent for runs started another way,
+    /// e.g. `drover run`).
     #[serde(default)]
     pub submitted_by: Option<String>,
     /// Who did what to the run, oldest first: its submission and every
     /// operator command, refused ones included.
     #[serde(default)]
     pub actions: Vec<RunAction>,
+    /// What its notification targets were told, oldest first (targets by
+    /// name; never a URL or a key).
+    #[serde(default)]
+    pub notifications: Vec<RunNotification>,
+}
+
+/// One notification about a run, as its status shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunNotification {
+    /// The target's name.
+    pub target: String,
+    /// webhook, slack or script.
+    pub target_kind: String,
+    /// The event (run_failed, rolling_halted, ...).
+    pub event: String,
+    /// How many events it stands for (a cooldown folds repeats).
+    pub count: i64,
+    /// queued, delivered or failed.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Why the last attempt failed, if it did.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// One operator action on a run.
@@ -627,6 +655,74 @@ pub struct AuditEntry {
 pub struct AuditList {
     /// The records.
     pub entries: Vec<AuditEntry>,
+}
+
+/// Filters of the notification outbox.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NotificationParams {
+    /// Only deliveries about this run.
+    pub run_id: Option<String>,
+    /// Only deliveries in this status.
+    #[param(value_type = Option<DeliveryState>, inline)]
+    pub status: Option<String>,
+    /// At most this many (default 1000).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 4_294_967_295_i64)]
+    pub limit: Option<u32>,
+}
+
+/// Where a notification delivery stands (the status filter of
+/// `/notifications` takes these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting for its (next) attempt or for its cooldown window to end.
+    Queued,
+    /// Accepted by the target.
+    Delivered,
+    /// Given up: refused for good, or out of attempts.
+    Failed,
+}
+
+/// One message owed to a notification target (the outbox's row). The
+/// target's URL and secret are never shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NotificationDelivery {
+    /// Its id.
+    pub id: i64,
+    /// The run it is about (with a cooldown: the last folded event's).
+    pub run_id: Option<String>,
+    /// The target's name.
+    pub target: String,
+    /// webhook, slack or script.
+    pub target_kind: String,
+    /// The event kind (run_failed, rolling_halted, drift_found, ...).
+    pub event: String,
+    /// How many events it stands for (folded by the target's cooldown).
+    pub count: i64,
+    /// queued, delivered or failed.
+    #[schema(value_type = DeliveryState)]
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Queued, ms since the Unix epoch.
+    pub created_at_ms: i64,
+    /// When the next attempt is due (queued only).
+    pub next_attempt_at_ms: Option<i64>,
+    /// When the target accepted it.
+    pub delivered_at_ms: Option<i64>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// The event as sent (secrets masked), without `count` and `target`.
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+}
+
+/// Deliveries, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NotificationList {
+    /// The deliveries.
+    pub deliveries: Vec<NotificationDelivery>,
 }
 
 /// Which servers of a fleet file (`/fleet/*`): those meeting every filter

@@ -1,6 +1,7 @@
 //! The state store: runs and their journals; API tokens (hashed) and the
 //! audit trail of operator actions; snapshots of servers' files and
-//! command outputs (`drover snapshot`, `drover drift`).
+//! command outputs (`drover snapshot`, `drover drift`); the outbox of
+//! notifications owed to webhooks, Slack and scripts.
 //!
 //! Architecture invariant: the journal is the source of truth for a run.
 //! Every task transition is appended here, durably (WAL,
@@ -121,6 +122,20 @@ pub enum StateError {
         name: String,
         /// When it was revoked.
         at_ms: i64,
+    },
+    /// No schedule has this id.
+    #[error("no schedule {0:?} in the state store; `drover schedule list` shows them")]
+    UnknownSchedule(String),
+    /// The slot of a schedule was claimed already: a slot fires at most
+    /// once.
+    #[error("slot {slot_ms} of schedule {schedule} was claimed already ({outcome}); a slot is acted on once")]
+    SlotTaken {
+        /// The schedule.
+        schedule: String,
+        /// The slot's time, ms since the epoch.
+        slot_ms: i64,
+        /// What became of it.
+        outcome: String,
     },
     /// A stored token does not decode.
     #[error(
@@ -440,9 +455,12 @@ pub struct SnapshotRecord {
 }
 
 pub use access::{AuditQuery, AuditRecord, Role, TokenHash, TokenRecord};
+pub use schedule::{ScheduleRecord, SlotRecord};
+pub use store::outbox::{Attempt, Delivery, DeliveryStatus, NewDelivery};
 pub use store::{Store, parse_location};
 
 mod access;
+mod schedule;
 mod store;
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use crate::{Entry, Event, RunRecord, RunStatus, SnapshotRecord, StateError};
 
 mod access;
+pub(crate) mod outbox;
+mod schedules;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -104,6 +106,10 @@ enum Request {
     Snapshot(Box<SnapshotRecord>, mpsc::SyncSender<Result<(), StateError>>),
     /// Tokens and the audit trail (`access`).
     Access(access::Write, mpsc::SyncSender<Result<access::Done, StateError>>),
+    /// The notification outbox (`outbox`).
+    Outbox(outbox::Write, mpsc::SyncSender<Result<outbox::Done, StateError>>),
+    /// Schedules and their slots (`schedules`).
+    Schedule(schedules::Write, mpsc::SyncSender<Result<(), StateError>>),
 }
 
 /// The writer thread and the way to it. Dropping it ends the thread
@@ -131,6 +137,8 @@ impl std::fmt::Debug for Request {
             Request::Delete { .. } => "Delete",
             Request::Snapshot(..) => "Snapshot",
             Request::Access(w, _) => w.kind(),
+            Request::Outbox(..) => "Outbox",
+            Request::Schedule(w, _) => w.kind(),
         })
     }
 }
@@ -195,6 +203,8 @@ impl Store {
         conn.execute_batch(SCHEMA)
             .and_then(|()| conn.execute_batch(access::SCHEMA))
             .and_then(|()| conn.execute_batch(SNAPSHOT_SCHEMA))
+            .and_then(|()| conn.execute_batch(outbox::SCHEMA))
+            .and_then(|()| conn.execute_batch(schedules::SCHEMA))
             .map_err(|source| StateError::Open {
                 path: path.clone(),
                 source,
@@ -661,6 +671,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, request: Request) -> Answer {
         Request::Delete { ids, reply } => answer(reply, in_savepoint(tx, |sp| delete_final(sp, &ids))),
         Request::Snapshot(snap, reply) => answer(reply, in_savepoint(tx, |sp| save_snapshot(sp, &snap))),
         Request::Access(write, reply) => answer(reply, in_savepoint(tx, |sp| access::apply(sp, &write))),
+        Request::Outbox(write, reply) => answer(reply, in_savepoint(tx, |sp| outbox::apply(sp, &write))),
+        Request::Schedule(write, reply) => answer(reply, in_savepoint(tx, |sp| schedules::apply(sp, &write))),
     }
 }
 

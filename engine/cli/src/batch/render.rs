@@ -51,6 +51,7 @@ fn status_table(view: &RunStatusView) -> String {
     }
     not_undone(view, &mut out);
     actions(&view.actions, &mut out);
+    notifications(&view.notifications, &mut out);
     out
 }
 
@@ -71,6 +72,36 @@ fn actions(actions: &[RunAction], out: &mut String) {
             a.action,
             a.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default(),
             one_line(&a.outcome)
+        );
+    }
+}
+
+/// What the run's notification targets were told.
+fn notifications(sent: &[drover_server::wire::RunNotification], out: &mut String) {
+    use std::fmt::Write as _;
+    if sent.is_empty() {
+        return;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Notifications:");
+    for n in sent {
+        let _ = writeln!(
+            out,
+            "  {} ({})  {}{}: {} after {} attempt(s){}",
+            n.target,
+            n.target_kind,
+            n.event,
+            if n.count > 1 {
+                format!(" ×{}", n.count)
+            } else {
+                String::new()
+            },
+            n.status,
+            n.attempts,
+            n.last_error
+                .as_ref()
+                .map(|e| format!(" ({})", one_line(e)))
+                .unwrap_or_default()
         );
     }
 }
@@ -382,8 +413,23 @@ mod tests {
                     outcome: "refused (403 forbidden): POST needs the operator role".into(),
                 },
             ],
+            notifications: vec![drover_server::wire::RunNotification {
+                target: "ops".into(),
+                target_kind: "webhook".into(),
+                event: "run_cancelled".into(),
+                count: 1,
+                status: "delivered".into(),
+                attempts: 3,
+                last_error: Some("the target answered HTTP 500".into()),
+            }],
         };
         let table = status_table(&view);
+        assert!(
+            table.contains(
+                "\nNotifications:\n  ops (webhook)  run_cancelled: delivered after 3 attempt(s) (the target answered HTTP 500)\n"
+            ),
+            "{table}"
+        );
         assert!(table.contains("\nsubmitted by ci\n"), "{table}");
         assert!(
             table.contains("\nActions:\n  2000-02-29 00:00:00  ci  submit (source (120 bytes)): ok\n"),

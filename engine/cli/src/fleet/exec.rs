@@ -232,16 +232,18 @@ fn resume(
 fn finish(
     rt: &tokio::runtime::Runtime,
     handle: RunHandle,
-    (store, opts): (&Store, &Options),
+    (store, opts): (&std::sync::Arc<Store>, &Options),
     view: View,
     diff_last: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
     let id = handle.run_id.clone();
+    let plan = handle.plan.clone();
     let summary = match follow(rt, handle) {
         Ok(s) => s,
         Err(e) => return runs::exec_failure(e),
     };
+    runs::notify_end(rt, store, &plan, &summary);
     let exec = match Exec::load(store, &id)? {
         Ok(e) => e,
         Err(why) => anyhow::bail!("exec {id} cannot be read back: {why}"),

@@ -21,6 +21,16 @@
 //! rounds, or on Ctrl-C (SIGINT), both with exit status 0: a round in
 //! progress is cancelled (the transport kills each command's process group
 //! on its server) and not reported, and the connections are closed.
+//!
+//! With `--notifications FILE` (as `drover serve --notifications`), each
+//! later round with changes is one `watch_change` notice to the targets
+//! that want it: which servers changed, each with its new outcome and the
+//! first lines of its diff (never the full output). The notices are
+//! journaled in the state store's outbox and sent by the server's own
+//! [`Notifier`] (cooldown folding and retries included), which is why
+//! watch then owns the store as `drover run` does; at the end, queued
+//! deliveries get [`DELIVERY_GRACE`] to go out and the rest stay queued
+//! for the next `drover serve` on the store.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -28,8 +38,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use drover_core::model::{NotificationDef, NotificationEvent};
 use drover_exec::Status;
-use drover_exec::fleet::{Answer, Fleet, group, unified_diff};
+use drover_exec::fleet::{Answer, CancellationToken, Fleet, group, hostlist, unified_diff};
+use drover_server::notify::{Notice, Notifier};
+use drover_state::Store;
+
+/// How long queued notices may take to go out once watching ends.
+const DELIVERY_GRACE: Duration = Duration::from_secs(10);
+
+/// The lines of a server's diff a notice carries, at most.
+const NOTICE_DIFF_LINES: usize = 8;
 
 /// Arguments of `drover watch`.
 #[derive(Debug, clap::Args)]
@@ -51,6 +71,17 @@ pub struct Args {
     /// server in the first round, then one per change.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Notification targets (as `drover serve --notifications`: a JSON
+    /// list of NotificationDef, or a KCL file (.k) setting `notifications
+    /// = [...]`): those wanting `watch_change` get one notice per round
+    /// with changes (the servers, their new outcome, the first lines of
+    /// each diff). Deliveries are journaled in the state store (--state),
+    /// which watch then owns: it refuses to start while `drover serve` or
+    /// `drover run` holds it. When watching ends, queued deliveries get
+    /// 10 s to go out; those left (retries, cooldowns) are sent by the
+    /// next `drover serve` on that state store.
+    #[arg(long, value_name = "FILE")]
+    pub notifications: Option<std::path::PathBuf>,
     /// The shell command (run by /bin/sh on each server; words are joined
     /// with spaces, as ssh does).
     #[arg(last = true, required = true, value_name = "COMMAND")]
@@ -79,11 +110,30 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// `drover watch`: exit 0 after `--count` rounds or on Ctrl-C; 1 for a
-/// selection that does not load or selects nothing.
+/// selection that does not load or selects nothing; 3 (an error) for a
+/// `--notifications` file that does not load or a state store owned by
+/// another process.
 pub fn main(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let (_, servers) = match args.selection.load() {
         Ok(loaded) => loaded,
         Err(refusal) => return refusal.report(&args.selection.file, out),
+    };
+    let state = args.state.target().state;
+    let telling = match &args.notifications {
+        None => None,
+        Some(file) => {
+            let targets = load_notifications(file)?;
+            // The outbox is the store's: owning it here (as `drover run`
+            // does) is what keeps two processes from sending one row.
+            let store =
+                Arc::new(Store::open(&state).with_context(|| {
+                    format!("--notifications: the deliveries are journaled in {}", state.display())
+                })?);
+            Some(Telling {
+                notifier: Notifier::new(store.clone(), targets)?,
+                store,
+            })
+        }
     };
     let plan = Rounds {
         script: args.command.join(" "),
@@ -91,11 +141,49 @@ pub fn main(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         count: args.count,
         timeout: args.timeout,
         format: args.format,
+        file: args.selection.file.display().to_string(),
     };
-    let opts = drover_exec::Options::for_state(&args.state.target().state, drover_registry::providers());
+    let opts = drover_exec::Options::for_state(&state, drover_registry::providers());
     let fleet = Arc::new(Fleet::new(servers, args.selection.base_dir(), &opts, "watch"));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(watch(fleet, plan, out))
+    rt.block_on(watch(fleet, plan, telling, out))
+}
+
+/// The targets of `--notifications FILE`: JSON, or KCL (.k) as `drover
+/// serve` reads it (with the engine found here).
+pub(crate) fn load_notifications(file: &std::path::Path) -> anyhow::Result<Vec<NotificationDef>> {
+    let loader = if file.extension().is_some_and(|e| e == "k") {
+        Some(drover_kcl::Loader::discover().map_err(|e| {
+            anyhow::anyhow!(
+                "--notifications {}: a KCL file needs the KCL engine, which is not available ({e}); give a JSON file",
+                file.display()
+            )
+        })?)
+    } else {
+        None
+    };
+    notification_targets(file, loader.as_ref())
+}
+
+/// The targets of `--notifications FILE`, a `.k` file evaluated by
+/// `loader`.
+pub(crate) fn notification_targets(
+    file: &std::path::Path,
+    loader: Option<&drover_kcl::Loader>,
+) -> anyhow::Result<Vec<NotificationDef>> {
+    match loader {
+        Some(loader) if file.extension().is_some_and(|e| e == "k") => {
+            let value = loader
+                .load_value(file)
+                .map_err(|e| anyhow::anyhow!("--notifications {}: {e}", file.display()))?;
+            drover_server::notify::defaults_from_value(file, value).map_err(|e| anyhow::anyhow!("--notifications: {e}"))
+        }
+        None if file.extension().is_some_and(|e| e == "k") => anyhow::bail!(
+            "--notifications {}: a KCL file needs the KCL engine, which is not available; give a JSON file",
+            file.display()
+        ),
+        _ => drover_server::notify::load_defaults(file).map_err(|e| anyhow::anyhow!("--notifications: {e}")),
+    }
 }
 
 /// What to run, how often and how to show it.
@@ -106,6 +194,8 @@ struct Rounds {
     count: Option<u64>,
     timeout: Duration,
     format: Format,
+    /// The inventory (or workflow) file, as the notices name it.
+    file: String,
 }
 
 /// What is known of one server between rounds.
@@ -117,13 +207,57 @@ struct Seen {
     down: Option<String>,
 }
 
-/// Run the rounds until `--count` or Ctrl-C.
-async fn watch(fleet: Arc<Fleet>, rounds: Rounds, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+/// A server that changed in a later round, as a `watch_change` notice
+/// tells it.
+#[derive(Debug, Clone, PartialEq)]
+struct Change {
+    server: String,
+    /// `changed`, `unreachable` or `reachable` (as `--format jsonl`).
+    event: &'static str,
+    /// Its new outcome (`exit 0`, `unreachable: ...`).
+    outcome: String,
+    /// What changed in its output, if it did.
+    diff: Option<String>,
+}
+
+/// Where the changes are told (`--notifications`).
+struct Telling {
+    notifier: Arc<Notifier>,
+    /// The store the notifier journals into, read here to know when the
+    /// queued deliveries are out.
+    store: Arc<Store>,
+}
+
+impl Telling {
+    /// Whether a queued delivery falls due before `ms` (since the epoch).
+    async fn due_before(&self, ms: i64) -> bool {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.next_delivery_at()).await {
+            Ok(Ok(next)) => next.is_some_and(|at| at < ms),
+            // The outbox cannot be read: nothing to wait for that can be
+            // known.
+            Ok(Err(_)) | Err(_) => false,
+        }
+    }
+}
+
+/// Run the rounds until `--count` or Ctrl-C, telling `telling` of every
+/// later round with changes.
+async fn watch(
+    fleet: Arc<Fleet>,
+    rounds: Rounds,
+    telling: Option<Telling>,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
     // Listening from here on: SIGINT no longer kills the process.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let names: Vec<String> = fleet.servers().iter().map(|s| s.hostname.clone()).collect();
     let mut seen: Vec<Seen> = names.iter().map(|_| Seen::default()).collect();
-    let cancel = drover_exec::fleet::CancellationToken::new();
+    let cancel = CancellationToken::new();
+    let stop_delivering = CancellationToken::new();
+    let delivering = telling
+        .as_ref()
+        .map(|t| tokio::spawn(t.notifier.clone().deliver(stop_delivering.clone())));
     let mut ticks = tokio::time::interval(rounds.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut round: u64 = 0;
@@ -173,16 +307,34 @@ async fn watch(fleet: Arc<Fleet>, rounds: Rounds, out: &mut impl Write) -> anyho
         }
         let answers: Vec<Answer> = answers.into_iter().flatten().collect();
         let shown = if round == 1 {
-            first_round(&answers, &mut seen, at, rounds.format, out)
+            first_round(&answers, &mut seen, at, rounds.format, out).map(|()| Vec::new())
         } else {
             later_round(round, &answers, &mut seen, at, rounds.format, out)
         };
-        if let Err(e) = shown.and_then(|()| out.flush()) {
-            break Err(e);
+        let changes = match shown.and_then(|changes| out.flush().map(|()| changes)) {
+            Ok(changes) => changes,
+            Err(e) => break Err(e),
+        };
+        if let (Some(t), Some(notice)) = (&telling, notice(&rounds, round, at, &changes)) {
+            t.notifier.emit_server(notice).await;
         }
     };
     cancel.cancel();
     fleet.finish().await;
+    if let (Some(t), Some(task)) = (&telling, delivering) {
+        let deadline = Instant::now() + DELIVERY_GRACE;
+        // Until nothing is due before the deadline (delivered, failed for
+        // good, or waiting for a cooldown or a retry beyond it), or a
+        // second Ctrl-C.
+        while Instant::now() < deadline && t.due_before(now_ms() + remaining_ms(deadline)).await {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = interrupt.recv() => break,
+            }
+        }
+        stop_delivering.cancel();
+        let _ = task.await;
+    }
     match written {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
@@ -286,7 +438,7 @@ fn first_round(
 }
 
 /// A later round: the servers whose answer changed, that became
-/// unreachable, or that are reachable again.
+/// unreachable, or that are reachable again; returned as well as printed.
 fn later_round(
     round: u64,
     answers: &[Answer],
@@ -294,11 +446,18 @@ fn later_round(
     at: i64,
     format: Format,
     out: &mut impl Write,
-) -> std::io::Result<()> {
+) -> std::io::Result<Vec<Change>> {
+    let mut changes = Vec::new();
     for (a, s) in answers.iter().zip(seen.iter_mut()) {
         if let Some(why) = unreachable(a) {
             if s.down.is_none() {
                 s.down = Some(why.to_string());
+                changes.push(Change {
+                    server: a.server.clone(),
+                    event: "unreachable",
+                    outcome: format!("unreachable: {why}"),
+                    diff: None,
+                });
                 match format {
                     Format::Text => writeln!(out, "==> {} unreachable at {}: {why}", a.server, clock(at))?,
                     Format::Jsonl => json_line(out, round, at, "unreachable", a, None)?,
@@ -316,6 +475,12 @@ fn later_round(
         if !back && diff.is_none() {
             continue;
         }
+        changes.push(Change {
+            server: a.server.clone(),
+            event: if back { "reachable" } else { "changed" },
+            outcome: a.outcome(),
+            diff: diff.clone(),
+        });
         match format {
             Format::Text => {
                 if back {
@@ -341,7 +506,63 @@ fn later_round(
             }
         }
     }
-    Ok(())
+    Ok(changes)
+}
+
+/// The `watch_change` notice of round `round` (at `at`), None when
+/// nothing changed. Each diff is cut to its first [`NOTICE_DIFF_LINES`]
+/// lines: a notice says what to look at, not the output itself.
+fn notice(rounds: &Rounds, round: u64, at: i64, changes: &[Change]) -> Option<Notice> {
+    if changes.is_empty() {
+        return None;
+    }
+    let names: Vec<String> = changes.iter().map(|c| c.server.clone()).collect();
+    let n = names.len();
+    let summary = format!(
+        "drover watch: {} {} changed in round {round}: {}",
+        n,
+        if n == 1 { "server" } else { "servers" },
+        hostlist(&names)
+    );
+    let servers: Vec<serde_json::Value> = changes
+        .iter()
+        .map(|c| {
+            let mut v = serde_json::json!({
+                "server": c.server,
+                "change": c.event,
+                "outcome": c.outcome,
+            });
+            if let (Some(obj), Some(diff)) = (v.as_object_mut(), &c.diff) {
+                obj.insert("diff".into(), first_lines(diff, NOTICE_DIFF_LINES).into());
+            }
+            v
+        })
+        .collect();
+    Some(Notice {
+        at_ms: at,
+        workflow: Some(rounds.file.clone()),
+        detail: serde_json::json!({
+            "round": round,
+            "command": rounds.script,
+            "servers": servers,
+        }),
+        ..Notice::new(NotificationEvent::WatchChange, summary)
+    })
+}
+
+/// The first `n` lines of `text`, and how many more there were.
+fn first_lines(text: &str, n: usize) -> String {
+    let total = text.lines().count();
+    let mut s: String = text.lines().take(n).map(|l| format!("{l}\n")).collect();
+    if total > n {
+        s.push_str(&format!("... {} more lines\n", total - n));
+    }
+    s
+}
+
+/// Milliseconds from now to `deadline` (0 once it passed).
+fn remaining_ms(deadline: Instant) -> i64 {
+    i64::try_from(deadline.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(i64::MAX)
 }
 
 /// How `new` (at `new_at`) differs from `old` (at `old_at`): its outcome
@@ -517,6 +738,46 @@ mod tests {
             "==> h1 changed at 22:10:03 UTC\n    --- h1 22:10:03 UTC\n    +++ h1 22:10:03 UTC\n    @@ -1 +1 @@\n    -x\n    +y\n\
              ==> h2 reachable again at 22:10:03 UTC: exit 0\n"
         );
+    }
+
+    #[test]
+    fn a_notice_names_the_changed_servers_and_cuts_their_diffs() {
+        let rounds = Rounds {
+            script: "cat f".into(),
+            interval: Duration::from_secs(2),
+            count: None,
+            timeout: Duration::from_secs(30),
+            format: Format::Text,
+            file: "hosts.yaml".into(),
+        };
+        assert_eq!(notice(&rounds, 2, 0, &[]), None);
+        let long: String = (0..20).map(|i| format!("+line {i}\n")).collect();
+        let changes = [
+            Change {
+                server: "web-01".into(),
+                event: "changed",
+                outcome: "exit 0".into(),
+                diff: Some(long),
+            },
+            Change {
+                server: "web-02".into(),
+                event: "unreachable",
+                outcome: "unreachable: connection refused".into(),
+                diff: None,
+            },
+        ];
+        let n = notice(&rounds, 3, 7, &changes).expect("a notice");
+        assert_eq!(n.kind, NotificationEvent::WatchChange);
+        assert_eq!(n.at_ms, 7);
+        assert_eq!(n.workflow.as_deref(), Some("hosts.yaml"));
+        assert_eq!(n.summary, "drover watch: 2 servers changed in round 3: web-[01-02]");
+        let servers = &n.detail["servers"];
+        assert_eq!(
+            servers[0]["diff"],
+            "+line 0\n+line 1\n+line 2\n+line 3\n+line 4\n+line 5\n+line 6\n+line 7\n... 12 more lines\n"
+        );
+        assert_eq!(servers[1]["outcome"], "unreachable: connection refused");
+        assert_eq!(servers[1].get("diff"), None);
     }
 
     #[test]

@@ -123,7 +123,7 @@ pub(super) fn apply(conn: &Connection, write: &Write) -> Result<Done, StateError
     }
 }
 
-fn insert_audit(conn: &Connection, a: &AuditRecord) -> Result<i64, StateError> {
+pub(super) fn insert_audit(conn: &Connection, a: &AuditRecord) -> Result<i64, StateError> {
     conn.prepare_cached(
         "INSERT INTO audit (at_ms, actor, action, run_id, detail, outcome) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
