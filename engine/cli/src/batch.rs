@@ -10,7 +10,7 @@
 //! and lines printed.
 
 pub(crate) mod client;
-mod exec;
+pub(crate) mod exec;
 mod follow;
 pub(crate) mod render;
 

@@ -4,7 +4,7 @@
 //! found as `drover batch` finds them.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use drover_server::wire::{
@@ -190,30 +190,8 @@ pub(crate) fn main(args: ScheduleArgs, out: &mut impl Write) -> anyhow::Result<E
     }
 }
 
-/// The file as the request gives it: its source, or (`server_path`) its
-/// path on the server; None (reported) when it cannot be read here.
-fn file_of(file: &Path, server_path: bool) -> Option<(Option<String>, Option<String>)> {
-    if server_path {
-        let path = match std::path::absolute(file) {
-            Ok(abs) if file.is_relative() && file.exists() => abs,
-            _ => file.to_path_buf(),
-        };
-        return Some((None, Some(path.display().to_string())));
-    }
-    match std::fs::read_to_string(file) {
-        Ok(source) => Some((Some(source), None)),
-        Err(e) => {
-            eprintln!(
-                "drover: cannot read {}: {e} (for a file on the server, add --server-path)",
-                file.display()
-            );
-            None
-        }
-    }
-}
-
 fn request_of(a: AddArgs) -> Option<ScheduleRequest> {
-    let (source, path) = file_of(&a.file, a.server_path)?;
+    let (source, path) = crate::batch::exec::file_of(&a.file, a.server_path)?;
     let command = a.command.join(" ");
     let (workflow, exec) = if command.trim().is_empty() {
         (Some(ScheduledWorkflow { source, path }), None)

@@ -659,17 +659,20 @@ async fn drover_run_tells_the_workflows_targets_before_it_exits() {
         rx.url
     );
     let (file, _) = workflow(dir.path(), "nt-cli", 1, &["a"], &notifications(&target));
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-        .current_dir(dir.path())
-        .env("DROVER_HOME", common::test_home())
-        .env("DROVER_VENV", common::repo().join(".venv"))
-        .env_remove("DROVER_STATE")
-        .arg("run")
-        .arg(&file)
-        .arg("--state")
-        .arg(dir.path().join("cli-state.db"))
-        .output()
-        .expect("drover run");
+    let run = |file: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+            .current_dir(dir.path())
+            .env("DROVER_HOME", common::test_home())
+            .env("DROVER_VENV", common::repo().join(".venv"))
+            .env_remove("DROVER_STATE")
+            .arg("run")
+            .arg(file)
+            .arg("--state")
+            .arg(dir.path().join("cli-state.db"))
+            .output()
+            .expect("drover run")
+    };
+    let o = run(&file);
     // The run succeeded: run_failed is not wanted, nothing is sent.
     assert_eq!(o.status.code(), Some(0), "{}", common::text(&o));
     assert!(rx.received().is_empty(), "{:?}", rx.received());
@@ -681,17 +684,7 @@ async fn drover_run_tells_the_workflows_targets_before_it_exits() {
     );
     let (bad, bad_ctl) = workflow(dir.path(), "nt-cli-bad", 1, &["a"], &notifications(&target));
     control(&bad_ctl, "install", "fail");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
-        .current_dir(dir.path())
-        .env("DROVER_HOME", common::test_home())
-        .env("DROVER_VENV", common::repo().join(".venv"))
-        .env_remove("DROVER_STATE")
-        .arg("run")
-        .arg(&bad)
-        .arg("--state")
-        .arg(dir.path().join("cli-state.db"))
-        .output()
-        .expect("drover run");
+    let o = run(&bad);
     assert_eq!(o.status.code(), Some(4), "{}", common::text(&o));
     let got = rx.received();
     assert_eq!(got.len(), 1, "{got:?}");

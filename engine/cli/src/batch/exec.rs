@@ -113,7 +113,7 @@ fn criterion(c: &Criterion) -> FleetCriterion {
 
 /// The file as a request gives it: its source, or (`server_path`) its
 /// path on the server; None (reported) when it cannot be read here.
-pub(super) fn file_of(file: &Path, server_path: bool) -> Option<(Option<String>, Option<String>)> {
+pub(crate) fn file_of(file: &Path, server_path: bool) -> Option<(Option<String>, Option<String>)> {
     if server_path {
         // A relative path that exists here is most likely meant from here
         // (the server on this machine); otherwise the server resolves it.
