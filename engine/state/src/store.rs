@@ -757,6 +757,10 @@ fn delete_final(conn: &Connection, ids: &[String]) -> Result<Vec<String>, StateE
                 .execute(params![id])?;
             conn.prepare_cached("DELETE FROM runs WHERE id = ?1")?
                 .execute(params![id])?;
+            // What its notification targets were told goes with it
+            // (events of the server itself have no run, and stay).
+            conn.prepare_cached("DELETE FROM outbox WHERE run_id = ?1")?
+                .execute(params![id])?;
             deleted.push(id.clone());
         }
     }

@@ -437,6 +437,35 @@ mod tests {
     }
 
     #[test]
+    fn a_pruned_run_takes_its_deliveries_with_it() -> Result<(), crate::StateError> {
+        let store = Store::open(std::path::Path::new(":memory:"))?;
+        for (id, status) in [("r1", crate::RunStatus::Failed), ("r2", crate::RunStatus::Running)] {
+            store.create_run(&crate::RunRecord {
+                id: id.into(),
+                workflow: "w".into(),
+                file: "w.k".into(),
+                status,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+                inputs: serde_json::Value::Null,
+            })?;
+            store.enqueue_delivery(&new(1_000, 0, id))?;
+        }
+        let mut server = new(1_000, 0, "-");
+        server.run_id = None;
+        store.enqueue_delivery(&server)?;
+        assert_eq!(store.delete_final(&["r1".into(), "r2".into()])?, ["r1"]);
+        let left: Vec<Option<String>> = store
+            .deliveries(None, None, 10)?
+            .into_iter()
+            .map(|d| d.run_id)
+            .collect();
+        // The unfinished run's, and the server's own, stay.
+        assert_eq!(left, [None, Some("r2".to_string())]);
+        Ok(())
+    }
+
+    #[test]
     fn attempts_are_counted_and_the_outcome_kept() -> Result<(), crate::StateError> {
         let store = Store::open(std::path::Path::new(":memory:"))?;
         let (id, _) = store.enqueue_delivery(&new(1_000, 0, "r1"))?;
