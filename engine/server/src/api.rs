@@ -183,7 +183,8 @@ fn shown(orch: &Orchestrator, r: &RunRecord) -> RunInfo {
     i
 }
 
-fn status_name(s: Status) -> String {
+/// A task state as the API names it (`succeeded`, `running`, ...).
+pub(crate) fn status_name(s: Status) -> String {
     serde_json::to_value(s)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

@@ -241,13 +241,6 @@ pub async fn exec(
     Ok((StatusCode::ACCEPTED, Json(result?)).into_response())
 }
 
-fn status_name(s: Status) -> String {
-    serde_json::to_value(s)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{s:?}").to_lowercase())
-}
-
 /// An exec's state: each server's status, exit code and output, identical
 /// answers grouped (the largest group first), and how far it is. Viewer
 /// role.
@@ -325,7 +318,7 @@ pub async fn exec_status(
             .into_iter()
             .map(|a| ExecAnswer {
                 server: a.server,
-                status: status_name(a.status),
+                status: crate::api::status_name(a.status),
                 exit_code: a.exit_code,
                 signal: a.signal,
                 stdout: a.stdout,
