@@ -137,6 +137,32 @@ pub enum StateError {
         /// What became of it.
         outcome: String,
     },
+    /// The PostgreSQL store failed (connection, query, migration).
+    #[error("state store (PostgreSQL): {0}")]
+    Pg(String),
+    /// A journal write of an instance that lost its lease on the run:
+    /// another instance executes it now, and nothing was written.
+    #[error("run {run}: {detail}; nothing was written (another instance executes the run now)")]
+    Fenced {
+        /// The run.
+        run: String,
+        /// What the store holds instead.
+        detail: String,
+    },
+    /// Another instance holds a live lease on the run.
+    #[error("run {run} is executed by the instance {owner}")]
+    Held {
+        /// The run.
+        run: String,
+        /// The instance holding it.
+        owner: String,
+    },
+    /// `--max-pending` runs are queued already, across every instance.
+    #[error("the queue is full: {max} runs are waiting already; retry later")]
+    QueueFull {
+        /// The limit.
+        max: usize,
+    },
     /// A stored token does not decode.
     #[error(
         "state store: the token {name:?} is stored with {problem}; was the database written by another version of drover?"
@@ -150,6 +176,12 @@ pub enum StateError {
 }
 
 impl StateError {
+    /// Whether a journal write was refused because this instance lost its
+    /// lease on the run (PostgreSQL store).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StateError::Fenced { .. })
+    }
+
     /// Whether the store could not be written because its disk (or the
     /// file system's quota) is full: a condition that passes when space is
     /// freed, unlike the other errors.
@@ -454,12 +486,15 @@ pub struct SnapshotRecord {
     pub servers: serde_json::Value,
 }
 
+pub use cluster::{ActionAnswer, ActionRequest, Claim, Lease, LogChunk, Notice};
 pub use access::{AuditQuery, AuditRecord, Role, TokenHash, TokenRecord};
 pub use schedule::{ScheduleRecord, SlotRecord};
 pub use store::outbox::{Attempt, Delivery, DeliveryStatus, NewDelivery};
 pub use store::{Store, parse_location};
 
 mod access;
+mod cluster;
+mod pg;
 mod schedule;
 mod store;
 
