@@ -11,6 +11,7 @@ use drover_core::model::{LogFormat, LogLevel};
 use drover_server::http::{HttpConfig, TlsFiles};
 use drover_server::logging::{self, LogSettings};
 use drover_server::{Config, KclSettings, Limits};
+use drover_state::Location;
 
 /// Options of `drover serve`.
 #[derive(Debug, clap::Args)]
@@ -52,10 +53,23 @@ pub struct ServeArgs {
     /// streams end at once). Runs then get --shutdown-grace.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     shutdown_http_grace: u64,
-    /// The state database (an SQLite file, or sqlite://PATH); one server
-    /// (or `drover run`) owns it at a time.
-    #[arg(long, env = "DROVER_STATE", value_name = "PATH", value_parser = crate::state_location)]
-    state: Option<PathBuf>,
+    /// The state database: an SQLite file (or sqlite://PATH), which one
+    /// server (or `drover run`) owns at a time; or a PostgreSQL database
+    /// (postgres://USER[:PASSWORD]@HOST:PORT/DB) shared by several
+    /// servers, which divide the runs between them under leases.
+    #[arg(long, env = "DROVER_STATE", value_name = "PATH|URL", value_parser = state_location)]
+    state: Option<Location>,
+    /// Where this server keeps submitted sources, run logs and reports.
+    /// Default: the SQLite file's directory; with a PostgreSQL store,
+    /// $XDG_DATA_HOME/drover (~/.local/share/drover).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// With a PostgreSQL store: seconds a lease on a run lasts unless
+    /// renewed. A server that stops (killed, cut off from the database)
+    /// loses its runs to the others after this; it renews every quarter
+    /// of it, and stops its runs itself after two thirds without renewal.
+    #[arg(long, default_value_t = 15.0, value_name = "SECS", value_parser = lease_ttl)]
+    lease_ttl: f64,
     /// Runs executing at once.
     #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_running: u32,
@@ -140,6 +154,19 @@ pub struct ServeArgs {
     kcl_memory: u64,
 }
 
+/// A `--state`: a file, sqlite://PATH or postgres://….
+fn state_location(s: &str) -> Result<Location, String> {
+    Location::parse(s).map_err(|e| e.to_string())
+}
+
+/// A `--lease-ttl`: between 0.3 s and an hour.
+fn lease_ttl(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.3..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds between 0.3 and 3600")),
+    }
+}
+
 /// A `--workflows-dir`: an existing directory.
 fn workflows_dir(s: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s);
@@ -175,7 +202,17 @@ pub fn main(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-    let state = args.state.clone().unwrap_or_else(drover_exec::default_state_path);
+    let state = args
+        .state
+        .clone()
+        .unwrap_or_else(|| Location::Sqlite(drover_exec::default_state_path()));
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| match &state {
+        Location::Sqlite(p) => p.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")),
+        Location::Postgres(_) => drover_exec::default_state_path()
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".")),
+    });
     let _guard = logging::init(&LogSettings {
         format: match args.log_format {
             Format::Json => LogFormat::Json,
@@ -211,12 +248,7 @@ pub fn main(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.workflows_dirs.clone()
     };
-    let token_file = args.token_file.clone().unwrap_or_else(|| {
-        state
-            .parent()
-            .map(|d| d.join("api-token"))
-            .unwrap_or_else(|| "api-token".into())
-    });
+    let token_file = args.token_file.clone().unwrap_or_else(|| data_dir.join("api-token"));
     let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
     let notifications = match &args.notifications {
         None => Vec::new(),
@@ -237,9 +269,11 @@ pub fn main(args: ServeArgs) -> anyhow::Result<ExitCode> {
             public_names: args.public_names.clone(),
         },
         state,
+        data_dir,
         limits: Limits {
             max_running: args.max_running as usize,
             max_pending: args.max_pending as usize,
+            lease_ttl: Duration::from_secs_f64(args.lease_ttl),
         },
         no_auth: args.no_auth,
         token: std::env::var("DROVER_TOKEN").ok(),

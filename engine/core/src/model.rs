@@ -582,9 +582,12 @@ pub enum StateStore {
 /// here: the KCL schema already refuses them in a workflow).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MonitoringConfig {
-    /// Which store holds the journal (only SQLite in this build; the
-    /// schema refuses the others).
-    pub state_store: StateStore,
+    /// Which store the workflow's runs must be kept in (None: wherever
+    /// the orchestrator keeps its state). A run is refused where the
+    /// orchestrator's store is of the other kind: a workflow cannot move
+    /// its runs to another store.
+    #[serde(default)]
+    pub state_store: Option<StateStore>,
     /// Whether the run's tasks are counted in the orchestrator's
     /// Prometheus metrics.
     pub metrics: bool,
@@ -593,7 +596,7 @@ pub struct MonitoringConfig {
 impl Default for MonitoringConfig {
     fn default() -> Self {
         MonitoringConfig {
-            state_store: StateStore::Sqlite,
+            state_store: None,
             metrics: true,
         }
     }

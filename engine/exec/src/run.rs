@@ -57,6 +57,15 @@ impl ExecError {
             _ => false,
         }
     }
+
+    /// Whether the run stopped because this instance lost its lease on it
+    /// (a shared store): another instance goes on with it.
+    pub fn is_fenced(&self) -> bool {
+        match self {
+            ExecError::State(e) | ExecError::Scheduler(SchedulerError::Journal(e)) => e.is_fenced(),
+            _ => false,
+        }
+    }
 }
 
 /// What a run needs besides its plan: its secrets (decrypted in memory
@@ -446,15 +455,17 @@ fn record(
     inputs: Inputs,
     providers: Option<&Providers>,
 ) -> Result<(String, Arc<Plan>, Inputs, Prepared), ExecError> {
-    record_with(inputs, providers, |run| store.create_run(run))
+    record_with(inputs, providers, store.is_shared(), |run| store.create_run(run))
 }
 
 /// [`record`], with `create` writing the run's record to the store.
 fn record_with(
     mut inputs: Inputs,
     providers: Option<&Providers>,
+    shared: bool,
     create: impl FnOnce(&RunRecord) -> Result<(), drover_state::StateError>,
 ) -> Result<(String, Arc<Plan>, Inputs, Prepared), ExecError> {
+    check_store(&inputs.source.workflow, shared)?;
     // Stored absolute, so a resume from another directory finds the
     // secrets files again.
     if let Ok(abs) = inputs.source.file.canonicalize() {
@@ -492,9 +503,31 @@ pub fn enqueue(store: &Store, inputs: Inputs, providers: &Providers) -> Result<S
 pub fn enqueue_with(
     inputs: Inputs,
     providers: &Providers,
+    shared: bool,
     create: impl FnOnce(&RunRecord) -> Result<(), drover_state::StateError>,
 ) -> Result<String, ExecError> {
-    record_with(inputs, Some(providers), create).map(|(id, ..)| id)
+    record_with(inputs, Some(providers), shared, create).map(|(id, ..)| id)
+}
+
+/// A workflow's `monitoring.state_store`, against the store its run would
+/// be kept in (`shared`: PostgreSQL).
+pub fn check_store(workflow: &drover_core::model::Workflow, shared: bool) -> Result<(), ExecError> {
+    use drover_core::model::StateStore;
+    match (workflow.monitoring.state_store, shared) {
+        (Some(StateStore::Postgres), false) => Err(ExecError::Unsupported(
+            "workflow.monitoring.state_store = \"postgres\": this orchestrator keeps its state in an SQLite file, and a \
+             workflow cannot move its runs to another store; submit it to a drover serve whose --state is a postgres:// \
+             URL, or remove the field"
+                .into(),
+        )),
+        (Some(StateStore::Sqlite), true) => Err(ExecError::Unsupported(
+            "workflow.monitoring.state_store = \"sqlite\": this server keeps its state in PostgreSQL, shared by its \
+             instances, and a workflow cannot move its runs to another store; run it where the state is an SQLite file \
+             (drover run, or a drover serve on one), or remove the field"
+                .into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Start a new run of `inputs`.

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use drover_exec::Status;
-use drover_state::{AuditQuery, AuditRecord, RunRecord, RunStatus};
+use drover_state::{AuditQuery, AuditRecord, Notice, RunRecord, RunStatus};
 use futures_util::Stream;
 use utoipa::OpenApi;
 
@@ -434,6 +434,8 @@ struct Follow {
     orch: Arc<Orchestrator>,
     id: String,
     follow: bool,
+    /// The store's notices (a shared store).
+    notices: Option<tokio::sync::broadcast::Receiver<Notice>>,
     /// One more read after the run was found over: what it wrote last.
     last_read_done: bool,
 }
@@ -444,7 +446,16 @@ impl Follow {
         if !self.follow || self.orch.stopping.is_cancelled() {
             return false;
         }
-        let live = self.orch.is_active(&self.id) || self.orch.is_queued(&self.id);
+        let here = self.orch.is_active(&self.id) || self.orch.is_queued(&self.id);
+        // On a shared store another instance may execute it, or take it
+        // up: the store says whether it is over.
+        let live = here
+            || (self.orch.store().is_shared() && {
+                let (store, id) = (self.orch.store().clone(), self.id.clone());
+                blocking(move || Ok(store.run(&id)?.status.is_unfinished()))
+                    .await
+                    .unwrap_or(false)
+            });
         if !live {
             if self.last_read_done {
                 return false;
@@ -467,6 +478,20 @@ impl Follow {
                         }
                     }
                     (None, None) => std::future::pending::<()>().await,
+                }
+            } => {}
+            // Another instance's writes, told through the store.
+            _ = async {
+                match (here, self.notices.as_mut()) {
+                    (false, Some(rx)) => loop {
+                        match rx.recv().await {
+                            Ok(Notice::Journal(id) | Notice::Logs(id)) if id == self.id => return,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                            Ok(_) => {}
+                        }
+                    },
+                    _ => std::future::pending::<()>().await,
                 }
             } => {}
             // A bound on the wait: covers a run that starts after the
@@ -530,9 +555,20 @@ async fn logs(
         blocking(move || drover_exec::run::plan(&store, &id).map_err(exec_error)).await?
     };
     let path = stream_file(&drover_exec::run::logs_dir(&plan, orch.options(), &id));
+    let source = if orch.store().is_shared() {
+        LogSource::Store {
+            store: orch.store().clone(),
+            id: id.clone(),
+            last: after,
+            at_end: true,
+        }
+    } else {
+        LogSource::File(StreamReader::new(path))
+    };
     let state = (
-        StreamReader::new(path),
+        source,
         Follow {
+            notices: orch.store().subscribe(),
             orch,
             id,
             follow: q.follow,
@@ -548,6 +584,7 @@ async fn logs(
             let (reader, follow, hub, task, server, after) = &mut st;
             let batch: Vec<SseEvent> = reader
                 .read_new(1000)
+                .await
                 .into_iter()
                 .filter(|e| e.seq > *after)
                 .filter(|e| task.as_ref().is_none_or(|t| *t == e.task))
@@ -578,6 +615,65 @@ async fn logs(
     Ok(sse(stream.flatten()))
 }
 
+/// Where a run's output stream is read from: its file, or a shared
+/// store's chunks.
+enum LogSource {
+    File(StreamReader),
+    Store {
+        store: Arc<drover_state::Store>,
+        id: String,
+        /// The last line read.
+        last: i64,
+        at_end: bool,
+    },
+}
+
+impl LogSource {
+    /// New lines, at most about `limit`.
+    async fn read_new(&mut self, limit: usize) -> Vec<LogEvent> {
+        match self {
+            LogSource::File(r) => r.read_new(limit),
+            LogSource::Store {
+                store,
+                id,
+                last,
+                at_end,
+            } => {
+                let (s, i, after) = (store.clone(), id.clone(), *last);
+                // Chunks hold up to a few hundred lines each.
+                let chunks = match blocking(move || Ok(s.log_chunks_since(&i, after, 16)?)).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e.body.message, "cannot read the run's output stream");
+                        Vec::new()
+                    }
+                };
+                *at_end = chunks.len() < 16;
+                let mut out = Vec::new();
+                for c in chunks {
+                    for line in c.body.lines() {
+                        if let Ok(ev) = serde_json::from_str::<LogEvent>(line)
+                            && ev.seq > *last
+                        {
+                            out.push(ev);
+                        }
+                    }
+                    *last = (*last).max(c.last_seq);
+                }
+                let _ = limit;
+                out
+            }
+        }
+    }
+
+    fn at_end(&self) -> bool {
+        match self {
+            LogSource::File(r) => r.at_end(),
+            LogSource::Store { at_end, .. } => *at_end,
+        }
+    }
+}
+
 /// A run's journal (state transitions) as server-sent events (`event:
 /// transition`, data: JournalEvent, id: its position).
 #[utoipa::path(
@@ -604,6 +700,7 @@ async fn events(
     }
     let state = (
         Follow {
+            notices: orch.store().subscribe(),
             orch,
             id,
             follow: q.follow,
@@ -744,7 +841,7 @@ async fn pause(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let result = orch.pause(&id);
+    let result = orch.command(&id, crate::orchestrator::Command::Pause).await;
     journal_action(&orch, &caller, "pause", Some(id.clone()), None, &result).await;
     Ok(action(id, "pause", result?))
 }
@@ -765,7 +862,7 @@ async fn resume(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let result = orch.resume(&id);
+    let result = orch.command(&id, crate::orchestrator::Command::Resume).await;
     journal_action(&orch, &caller, "resume", Some(id.clone()), None, &result).await;
     Ok(action(id, "resume", result?))
 }
@@ -786,7 +883,7 @@ async fn cancel(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let result = orch.cancel(&id);
+    let result = orch.command(&id, crate::orchestrator::Command::Cancel).await;
     journal_action(&orch, &caller, "cancel", Some(id.clone()), None, &result).await;
     Ok(action(id, "cancel", result?))
 }

@@ -198,6 +198,11 @@ impl From<drover_state::StateError> for ApiError {
         match e {
             drover_state::StateError::UnknownRun(id) => ApiError::not_found(format!("no run {id}")),
             e @ drover_state::StateError::UnknownSchedule(_) => ApiError::not_found(e.to_string()),
+            e @ (drover_state::StateError::Held { .. } | drover_state::StateError::Fenced { .. }) => {
+                ApiError::conflict(e.to_string())
+            }
+            e @ drover_state::StateError::QueueFull { .. } => ApiError::queue_full(e.to_string()),
+            e @ drover_state::StateError::Pg(_) => ApiError::unavailable(e.to_string()),
             other if other.is_disk_full() => ApiError::insufficient_storage(other),
             other => ApiError::internal(other),
         }

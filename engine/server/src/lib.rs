@@ -9,6 +9,8 @@
 //!   on servers, as a run), snapshots and drift.
 //! - [`http`]: the accept loop: connection limit, header timeout, TLS,
 //!   the Host check, the body limit, the HTTP part of shutdown.
+//! - [`cluster`]: several instances on one PostgreSQL store: the lease
+//!   keeper, its watchdog, commands for runs another instance executes.
 //! - [`auth`]: bearer tokens, roles, who is calling (for the audit trail).
 //! - [`metrics`]: the Prometheus registry.
 //! - [`schedules`]: cron schedules of workflows and execs, and their
@@ -25,6 +27,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod fleet;
 pub mod http;
@@ -55,8 +58,11 @@ pub struct Config {
     /// The HTTP layer: connection limit, header timeout, TLS, the names
     /// the server answers to, how long requests may finish on shutdown.
     pub http: http::HttpConfig,
-    /// The state database.
-    pub state: PathBuf,
+    /// The state database: an SQLite file, or a PostgreSQL database
+    /// shared with other instances.
+    pub state: drover_state::Location,
+    /// Where submitted sources, run logs and reports are kept.
+    pub data_dir: PathBuf,
     /// Queue limits.
     pub limits: Limits,
     /// `--no-auth`: ask no token (loopback only; every action is
@@ -135,8 +141,8 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     // The HTTP settings first: a wrong one stops the start before anything.
     let http = http::Http::new(&config.http, config.listen)?;
-    let store = Arc::new(Store::open(&config.state)?);
-    let mut opts = Options::for_state(&config.state, config.providers.clone());
+    let store = Arc::new(Store::open_location(&config.state)?);
+    let mut opts = Options::for_state(&config.data_dir.join("state.db"), config.providers.clone());
     opts.max_parallel = config.max_parallel;
     // No run is kept longer than the server's retention.
     opts.retention_cap_days = Some(config.retention_days);
@@ -164,6 +170,7 @@ pub async fn serve(
     orch.set_notifier(notifier.clone());
     tokio::spawn(notifier.deliver(orch.stopping.clone()));
     orch.recover()?;
+    cluster::start(&orch);
     tokio::spawn(orch.clone().dispatch());
     tokio::spawn(cleanup_logs(orch.clone()));
     schedules::start(&orch);
@@ -173,6 +180,8 @@ pub async fn serve(
         max_running = config.limits.max_running,
         max_pending = config.limits.max_pending,
         state = %config.state.display(),
+        instance = orch.store().instance(),
+        shared = orch.store().is_shared(),
         "drover orchestrator listening"
     );
     ready(addr);

@@ -2,6 +2,10 @@
 //! in `<run logs>/stream.jsonl` (one [`LogEvent`] per line) so a client can
 //! resume from an event id, also after a restart of the server. Lines are
 //! masked before they get here (the transport masks secrets).
+//!
+//! On a shared (PostgreSQL) store the stream is kept in the database
+//! instead, in chunks written every 200 ms, so every instance can stream
+//! any run's output and numbering goes on where another instance stopped.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -9,7 +13,10 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use std::sync::Arc;
+
 use drover_core::Plan;
+use drover_state::{LogChunk, Store};
 use drover_exec::runner::TaskLine;
 use drover_transport::Stream;
 use tokio::sync::broadcast;
@@ -27,6 +34,47 @@ pub struct LogHub {
     state: Mutex<HubState>,
     server_of: HashMap<String, String>,
     grew: broadcast::Sender<()>,
+    /// On a shared store: where the lines go instead of the file.
+    shared: Option<Arc<Shared>>,
+}
+
+/// Lines on their way to a shared store.
+struct Shared {
+    store: Arc<Store>,
+    run_id: String,
+    /// Lines not written yet: the first one's number, and the lines.
+    buf: Mutex<(i64, String)>,
+    /// Chunks are written one at a time, in order.
+    writing: tokio::sync::Mutex<()>,
+    done: tokio_util::sync::CancellationToken,
+}
+
+impl Shared {
+    async fn flush(self: &Arc<Self>) {
+        let _one = self.writing.lock().await;
+        let (first, body) = {
+            let mut b = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+            if b.1.is_empty() {
+                return;
+            }
+            let first = b.0;
+            let body = std::mem::take(&mut b.1);
+            let n = body.bytes().filter(|&c| c == b'\n').count() as i64;
+            b.0 = first + n;
+            (first, body)
+        };
+        let n = body.bytes().filter(|&c| c == b'\n').count() as i64;
+        let chunk = LogChunk {
+            first_seq: first,
+            last_seq: first + n - 1,
+            body,
+        };
+        let this = self.clone();
+        let written = tokio::task::spawn_blocking(move || this.store.append_log_chunk(&this.run_id, &chunk)).await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(error = %e, "cannot store a chunk of the run's output stream");
+        }
+    }
 }
 
 impl std::fmt::Debug for LogHub {
@@ -46,14 +94,49 @@ impl LogHub {
     /// The stream of the run logging into `logs_dir`; numbering goes on
     /// from what an earlier server process wrote.
     pub fn open(logs_dir: &Path, plan: &Plan) -> LogHub {
+        LogHub::open_in(logs_dir, plan, None)
+    }
+
+    /// [`LogHub::open`]; on a shared store (`store` with the run's id)
+    /// the stream is kept in the database. Blocking (it reads where the
+    /// stream stands); call from within a runtime, which flushes it.
+    pub fn open_in(logs_dir: &Path, plan: &Plan, store: Option<(Arc<Store>, &str)>) -> LogHub {
         let path = stream_file(logs_dir);
-        let seq = File::open(&path)
-            .map(|f| BufReader::new(f).lines().map_while(Result::ok).count() as i64)
-            .unwrap_or(0);
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
-        if let Err(e) = &file {
-            tracing::warn!(file = %path.display(), error = %e, "cannot write the run's output stream");
-        }
+        let (seq, file, shared) = match store.filter(|(s, _)| s.is_shared()) {
+            Some((store, run_id)) => {
+                let seq = store.last_log_seq(run_id).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot read where the run's output stream stands");
+                    0
+                });
+                let shared = Arc::new(Shared {
+                    store,
+                    run_id: run_id.to_string(),
+                    buf: Mutex::new((seq + 1, String::new())),
+                    writing: tokio::sync::Mutex::new(()),
+                    done: tokio_util::sync::CancellationToken::new(),
+                });
+                let flusher = shared.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => flusher.flush().await,
+                            _ = flusher.done.cancelled() => return,
+                        }
+                    }
+                });
+                (seq, None, Some(shared))
+            }
+            None => {
+                let seq = File::open(&path)
+                    .map(|f| BufReader::new(f).lines().map_while(Result::ok).count() as i64)
+                    .unwrap_or(0);
+                let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+                if let Err(e) = &file {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot write the run's output stream");
+                }
+                (seq, file.ok(), None)
+            }
+        };
         let server_of = plan
             .graph
             .node_weights()
@@ -62,9 +145,19 @@ impl LogHub {
         let (grew, _) = broadcast::channel(16);
         LogHub {
             path,
-            state: Mutex::new(HubState { file: file.ok(), seq }),
+            state: Mutex::new(HubState { file, seq }),
             server_of,
             grew,
+            shared,
+        }
+    }
+
+    /// Write what is buffered (a shared store's last chunk); the run is
+    /// over.
+    pub async fn finish(&self) {
+        if let Some(s) = &self.shared {
+            s.done.cancel();
+            s.flush().await;
         }
     }
 
@@ -82,7 +175,10 @@ impl LogHub {
             },
             line: l.line.line.clone(),
         };
-        if let (Some(f), Ok(mut text)) = (st.file.as_mut(), serde_json::to_string(&ev)) {
+        if let (Some(shared), Ok(mut text)) = (&self.shared, serde_json::to_string(&ev)) {
+            text.push('\n');
+            shared.buf.lock().unwrap_or_else(|p| p.into_inner()).1.push_str(&text);
+        } else if let (Some(f), Ok(mut text)) = (st.file.as_mut(), serde_json::to_string(&ev)) {
             text.push('\n');
             if let Err(e) = f.write_all(text.as_bytes()) {
                 tracing::warn!(error = %e, "cannot append to the run's output stream");

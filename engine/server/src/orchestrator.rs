@@ -11,6 +11,11 @@
 //! metrics and its output lines into the run's log stream, and on the end
 //! frees the slot. Operator commands (pause, resume, cancel) go to the
 //! run's scheduler; retry and rollback start at once, outside the queue.
+//!
+//! On a shared (PostgreSQL) store, the queue is the database's: runs are
+//! taken up under leases ([`crate::cluster`]) by whichever instance has a
+//! free slot, and a command for a run another instance executes is
+//! handed to that instance through the store.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
@@ -44,6 +49,10 @@ pub struct Limits {
     pub max_running: usize,
     /// Runs waiting at most; more are refused.
     pub max_pending: usize,
+    /// On a shared store: how long a lease on a run lasts unless renewed
+    /// (an instance that stops renewing loses its runs to the others
+    /// after this).
+    pub lease_ttl: Duration,
 }
 
 /// How `drover serve` evaluates submitted workflows: in KCL worker
@@ -197,6 +206,35 @@ pub enum StartError {
     State(#[from] drover_state::StateError),
 }
 
+/// An operator's command for a run in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Stop dispatching.
+    Pause,
+    /// Dispatch again, or take up an interrupted run.
+    Resume,
+    /// Stop everything.
+    Cancel,
+}
+
+impl Command {
+    /// Its name, as the API and the store's requests say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Cancel => "cancel",
+        }
+    }
+
+    /// The command named `s`.
+    pub fn parse(s: &str) -> Option<Command> {
+        [Command::Pause, Command::Resume, Command::Cancel]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -240,6 +278,7 @@ impl Orchestrator {
             limits: Limits {
                 max_running: limits.max_running.max(1),
                 max_pending: limits.max_pending,
+                lease_ttl: limits.lease_ttl.max(Duration::from_millis(300)),
             },
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
@@ -280,6 +319,11 @@ impl Orchestrator {
         }
     }
 
+    /// The queue limits and the lease's time to live.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Run options.
     pub fn options(&self) -> &Options {
         &self.opts
@@ -289,6 +333,12 @@ impl Orchestrator {
     /// (they resume from their journals), then queued ones, oldest first.
     /// Returns how many were taken up.
     pub fn recover(self: &Arc<Self>) -> Result<usize, StartError> {
+        if self.store.is_shared() {
+            // The instances share the queue: dispatch claims runs (the
+            // interrupted first) as leases allow.
+            self.wake.notify_one();
+            return Ok(0);
+        }
         let mut runs = self.store.runs()?;
         runs.reverse();
         let mut q = lock(&self.queue);
@@ -320,12 +370,76 @@ impl Orchestrator {
 
     /// Start queued runs while there are free slots; until shutdown.
     pub async fn dispatch(self: Arc<Self>) {
+        let mut notices = self.store.subscribe();
         loop {
+            if self.store.is_shared() && !self.stopping.is_cancelled() {
+                let this = self.clone();
+                let _ = tokio::task::spawn_blocking(move || this.claim()).await;
+            }
             self.start_ready();
             tokio::select! {
                 _ = self.wake.notified() => {}
+                // Runs other instances queue or give up, and leases that
+                // expire (no notice): looked for at least this often.
+                _ = async {
+                    match notices.as_mut() {
+                        Some(rx) => loop {
+                            match rx.recv().await {
+                                Ok(drover_state::Notice::Runs) => break,
+                                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                                Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                            }
+                        },
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+                _ = tokio::time::sleep(crate::cluster::claim_interval(self.limits.lease_ttl)), if self.store.is_shared() => {}
                 _ = self.stopping.cancelled() => return,
             }
+        }
+    }
+
+    /// Take leases on runs no instance executes, up to this instance's
+    /// free slots (and `max_running` across instances); they join
+    /// `pending`. Blocking: call it off the runtime's workers.
+    fn claim(&self) {
+        let free = {
+            let q = lock(&self.queue);
+            self.limits.max_running.saturating_sub(q.active.len() + q.pending.len())
+        };
+        if free == 0 {
+            return;
+        }
+        let ttl_ms = self.limits.lease_ttl.as_millis() as i64;
+        match self.store.claim_runs(ttl_ms, self.limits.max_running, free) {
+            Ok(claims) => {
+                let mut q = lock(&self.queue);
+                for c in claims {
+                    tracing::info!(run_id = %c.id, fence = c.fence, status = c.status.as_str(), "took up a run (lease)");
+                    if c.status == RunStatus::Paused {
+                        q.keep_paused.insert(c.id.clone());
+                    }
+                    q.pending.push_back(c.id);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot claim runs from the shared store"),
+        }
+    }
+
+    /// Give up this instance's lease on `id` (shared store; nothing on
+    /// SQLite). Blocking.
+    fn release(&self, id: &str) {
+        if let Err(e) = self.store.release(id) {
+            tracing::warn!(run_id = %id, error = %e, "cannot release the lease on the run; it expires");
+        }
+    }
+
+    /// Stop executing `id` at once, writing nothing more for it: its
+    /// lease is lost (or may be).
+    pub(crate) fn lose(&self, id: &str) {
+        self.store.lose(id);
+        if let Some(a) = lock(&self.queue).active.get(id) {
+            let _ = a.control.send(Control::Abort);
         }
     }
 
@@ -359,6 +473,7 @@ impl Orchestrator {
                     } else {
                         self.tell_unstarted(&id, RunStatus::Failed, &e.to_string());
                     }
+                    self.release(&id);
                 }
             }
         }
@@ -370,7 +485,8 @@ impl Orchestrator {
     fn adopt(self: &Arc<Self>, q: &mut Queue, mut handle: RunHandle) {
         let id = handle.run_id.clone();
         let plan = handle.plan.clone();
-        let logs = Arc::new(LogHub::open(&handle.logs_dir, &plan));
+        let logs = Arc::new(LogHub::open_in(&handle.logs_dir, &plan, Some((self.store.clone(), &id))));
+        let logs_end = logs.clone();
         let running_tasks = Arc::new(AtomicUsize::new(0));
         let logging = &plan.workflow.logging;
         let trace_id = crate::logging::trace_id();
@@ -464,6 +580,13 @@ impl Orchestrator {
                 // read the rest from the journal and the log file).
                 ended.cancel();
                 let _ = pump.await;
+                logs_end.finish().await;
+                // Another instance may take the run up from here (an
+                // aborted one resumes there).
+                {
+                    let (this, id) = (this.clone(), id.clone());
+                    let _ = tokio::task::spawn_blocking(move || this.release(&id)).await;
+                }
                 let active = lock(&this.queue).active.remove(&id);
                 drop(active);
                 match result {
@@ -477,6 +600,9 @@ impl Orchestrator {
                                 n.run_ended(&id, &workflow_name, status, &reason, &notifications).await;
                             });
                         }
+                    }
+                    Err(e) if e.is_fenced() => {
+                        tracing::warn!(error = %e, "this instance lost its lease on the run and stopped it; another instance goes on with it");
                     }
                     Err(e) if e.is_disk_full() => {
                         tracing::error!(error = %e, "the run stopped: its journal cannot be written (disk full); it resumes once space is freed");
@@ -737,7 +863,10 @@ impl Orchestrator {
         // The submission's reservation is given back by its guard after
         // this; until then the run counts twice, which errs on the safe
         // side of the limit.
-        lock(&self.queue).pending.push_back(id.clone());
+        // On a shared store, whichever instance has a slot claims it.
+        if !self.store.is_shared() {
+            lock(&self.queue).pending.push_back(id.clone());
+        }
         self.metrics.submission("accepted");
         tracing::info!(run_id = %id, workflow = %resp.workflow, tasks = resp.tasks, "run queued");
         resp.run_id = Some(id);
@@ -749,8 +878,13 @@ impl Orchestrator {
     /// slot that fires it, in the same transaction.
     fn enqueue(&self, inputs: Inputs, claim: Option<&Claim>) -> Result<String, ExecError> {
         match claim {
+            // Across instances, the limit is checked where the run is
+            // recorded.
+            None if self.store.is_shared() => run::enqueue_with(inputs, &self.opts.providers, true, |run| {
+                self.store.create_run_limited(run, self.limits.max_pending)
+            }),
             None => run::enqueue(&self.store, inputs, &self.opts.providers),
-            Some(claim) => run::enqueue_with(inputs, &self.opts.providers, |run| {
+            Some(claim) => run::enqueue_with(inputs, &self.opts.providers, self.store.is_shared(), |run| {
                 let (slot, audit) = claim.for_run(&run.id);
                 self.store.claim_slot(&slot, Some(run), Some(&audit))
             }),
@@ -946,8 +1080,47 @@ impl Orchestrator {
         Ok(Fleet::new(servers, base_dir, &self.opts, purpose))
     }
 
+    /// Carry out an operator's command on a run: here if this instance
+    /// executes it (or nobody does), else by the instance holding its
+    /// lease (shared store), asked through the store.
+    pub async fn command(self: &Arc<Self>, id: &str, command: Command) -> Result<RunStatus, ApiError> {
+        if self.store.is_shared() && !self.is_active(id) {
+            let lease = {
+                let (store, id) = (self.store.clone(), id.to_string());
+                crate::cluster::blocking(move || store.lease(&id)).await?
+            };
+            if lease.live && lease.owner.as_deref() != Some(self.store.instance()) {
+                return crate::cluster::ask_owner(self, id, command).await;
+            }
+        }
+        match self.command_here(id, command) {
+            // Claimed by another instance meanwhile.
+            Err(e) if e.status == axum::http::StatusCode::CONFLICT && self.store.is_shared() && !self.is_active(id) => {
+                let lease = {
+                    let (store, id) = (self.store.clone(), id.to_string());
+                    crate::cluster::blocking(move || store.lease(&id)).await?
+                };
+                if lease.live && lease.owner.as_deref() != Some(self.store.instance()) {
+                    return crate::cluster::ask_owner(self, id, command).await;
+                }
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// [`Orchestrator::command`] on a run this instance executes, or that
+    /// no instance does.
+    pub(crate) fn command_here(&self, id: &str, command: Command) -> Result<RunStatus, ApiError> {
+        match command {
+            Command::Pause => self.pause(id),
+            Command::Resume => self.resume(id),
+            Command::Cancel => self.cancel(id),
+        }
+    }
+
     /// Pause an executing run.
-    pub fn pause(&self, id: &str) -> Result<RunStatus, ApiError> {
+    fn pause(&self, id: &str) -> Result<RunStatus, ApiError> {
         let q = lock(&self.queue);
         let status = self.store.run(id)?.status;
         // An active run may still read `queued` until its first turn is
@@ -965,7 +1138,7 @@ impl Orchestrator {
     }
 
     /// Resume a paused run, or take up an interrupted one.
-    pub fn resume(&self, id: &str) -> Result<RunStatus, ApiError> {
+    fn resume(&self, id: &str) -> Result<RunStatus, ApiError> {
         let mut q = lock(&self.queue);
         let status = self.store.run(id)?.status;
         if let Some(a) = q.active.get(id)
@@ -984,6 +1157,10 @@ impl Orchestrator {
             return Err(ApiError::conflict(format!("run {id} is queued already")));
         }
         if matches!(status, RunStatus::Aborted | RunStatus::Paused | RunStatus::Running) {
+            if self.store.is_shared() {
+                self.store
+                    .claim_run(id, self.limits.lease_ttl.as_millis() as i64)?;
+            }
             q.keep_paused.remove(id);
             q.pending.push_front(id.to_string());
             drop(q);
@@ -998,7 +1175,7 @@ impl Orchestrator {
 
     /// Cancel a run: an executing one stops its tasks; a queued one never
     /// starts.
-    pub fn cancel(&self, id: &str) -> Result<RunStatus, ApiError> {
+    fn cancel(&self, id: &str) -> Result<RunStatus, ApiError> {
         let mut q = lock(&self.queue);
         let status = self.store.run(id)?.status;
         // A rollback in progress stops too: what is not undone yet stays
@@ -1019,7 +1196,11 @@ impl Orchestrator {
             self.tell_unstarted(id, RunStatus::Cancelled, "cancelled before it started");
             return Ok(RunStatus::Cancelled);
         }
-        if matches!(status, RunStatus::Aborted | RunStatus::Paused) {
+        // On a shared store, a queued run no instance took up yet is
+        // cancelled here (the store refuses it if one took it meanwhile).
+        if matches!(status, RunStatus::Aborted | RunStatus::Paused)
+            || (status == RunStatus::Queued && self.store.is_shared())
+        {
             drop(q);
             run::cancel_unstarted(&self.store, id).map_err(exec_error)?;
             self.tell_unstarted(id, RunStatus::Cancelled, "cancelled while interrupted");
@@ -1036,7 +1217,9 @@ impl Orchestrator {
         self.settled(id).await?;
         let journaled = {
             let mut q = self.not_busy(id)?;
-            let mut handle = run::retry(self.store.clone(), id, operation, &self.opts, None).map_err(exec_error)?;
+            self.claim_one(id)?;
+            let mut handle = run::retry(self.store.clone(), id, operation, &self.opts, None)
+                .map_err(|e| self.unclaim(id, exec_error(e)))?;
             let journaled = handle.take_journaled();
             self.adopt(&mut q, handle);
             journaled
@@ -1051,7 +1234,9 @@ impl Orchestrator {
         self.settled(id).await?;
         let journaled = {
             let mut q = self.not_busy(id)?;
-            let mut handle = run::rollback(self.store.clone(), id, &self.opts, None).map_err(exec_error)?;
+            self.claim_one(id)?;
+            let mut handle =
+                run::rollback(self.store.clone(), id, &self.opts, None).map_err(|e| self.unclaim(id, exec_error(e)))?;
             let journaled = handle.take_journaled();
             self.adopt(&mut q, handle);
             journaled
@@ -1059,6 +1244,22 @@ impl Orchestrator {
         // Answered once the journal says the rollback started.
         journaled.await;
         Ok(RunStatus::RollingBack)
+    }
+
+    /// On a shared store, take the lease on `id` before executing it here
+    /// (refused while another instance holds it).
+    fn claim_one(&self, id: &str) -> Result<(), ApiError> {
+        if self.store.is_shared() {
+            self.store.claim_run(id, self.limits.lease_ttl.as_millis() as i64)?;
+        }
+        Ok(())
+    }
+
+    /// Give back a lease taken by [`Orchestrator::claim_one`] for a run
+    /// that did not start; passes `e` on.
+    fn unclaim(&self, id: &str, e: ApiError) -> ApiError {
+        self.release(id);
+        e
     }
 
     /// A run whose status is final may still be leaving `active` (its

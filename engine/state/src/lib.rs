@@ -71,7 +71,7 @@ pub enum StateError {
     },
     /// The state location names a database this build cannot use.
     #[error(
-        "state location {location:?}: {scheme}:// is not supported by this build; give a path to an SQLite file (or sqlite://PATH)"
+        "state location {location:?}: {scheme}:// is not supported; give a path to an SQLite file (or sqlite://PATH), or a postgres:// URL"
     )]
     UnsupportedScheme {
         /// What was given.
@@ -163,6 +163,15 @@ pub enum StateError {
         /// The limit.
         max: usize,
     },
+    /// A command that runs in this process was given a PostgreSQL store.
+    #[error(
+        "state location {0}: a PostgreSQL store is shared by `drover serve` instances, which execute its runs under leases; \
+         run `drover serve --state` on it and submit with `drover batch`, or give this command an SQLite file"
+    )]
+    LocalOnly(String),
+    /// A lease operation on a store that is not shared.
+    #[error("the state store {0} is SQLite, owned by one process: leases exist only on a PostgreSQL store")]
+    NotShared(PathBuf),
     /// A stored token does not decode.
     #[error(
         "state store: the token {name:?} is stored with {problem}; was the database written by another version of drover?"
@@ -489,13 +498,14 @@ pub struct SnapshotRecord {
 pub use cluster::{ActionAnswer, ActionRequest, Claim, Lease, LogChunk, Notice};
 pub use access::{AuditQuery, AuditRecord, Role, TokenHash, TokenRecord};
 pub use schedule::{ScheduleRecord, SlotRecord};
-pub use store::outbox::{Attempt, Delivery, DeliveryStatus, NewDelivery};
-pub use store::{Store, parse_location};
+pub use sqlite::outbox::{Attempt, Delivery, DeliveryStatus, NewDelivery};
+pub use store::{Location, Store, parse_location, redact};
 
 mod access;
 mod cluster;
 mod pg;
 mod schedule;
+mod sqlite;
 mod store;
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::Store;
+use super::Sqlite;
 use crate::StateError;
 
 /// The table (created with the store's schema: `CREATE ... IF NOT EXISTS`
@@ -325,7 +325,7 @@ fn select(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<V
     Ok(out)
 }
 
-impl Store {
+impl Sqlite {
     fn outbox(&self, write: Write) -> Result<Done, StateError> {
         self.write(|reply| super::Request::Outbox(write, reply))
     }

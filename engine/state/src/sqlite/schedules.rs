@@ -9,7 +9,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::Store;
+use super::Sqlite;
 use crate::{AuditRecord, RunRecord, ScheduleRecord, SlotRecord, StateError};
 
 /// The tables (created with the store's schema: `CREATE ... IF NOT
@@ -206,7 +206,7 @@ fn has_schedules(conn: &Connection) -> Result<bool, StateError> {
         .is_some())
 }
 
-impl Store {
+impl Sqlite {
     /// Record a new schedule.
     pub fn create_schedule(&self, schedule: &ScheduleRecord) -> Result<(), StateError> {
         let s = Box::new(schedule.clone());

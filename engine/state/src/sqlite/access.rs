@@ -7,7 +7,7 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::Store;
+use super::Sqlite;
 use crate::{AuditQuery, AuditRecord, Role, StateError, TokenHash, TokenRecord};
 
 /// The tables (created with the store's schema: `CREATE ... IF NOT
@@ -180,7 +180,7 @@ fn token_named(conn: &Connection, name: &str) -> Result<Option<TokenRecord>, Sta
     row.map(decode).transpose()
 }
 
-impl Store {
+impl Sqlite {
     fn access(&self, write: Write) -> Result<Done, StateError> {
         self.write(|reply| super::Request::Access(write, reply))
     }
@@ -272,6 +272,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::Store;
 
     fn audit(actor: &str, action: &str, run_id: Option<&str>, at_ms: i64) -> AuditRecord {
         AuditRecord {
