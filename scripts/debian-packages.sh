@@ -19,6 +19,11 @@ command -v parallel-ssh >/dev/null 2>&1 || need="$need pssh"
 # daemon the tests do not need).
 slim=""
 command -v promtool >/dev/null 2>&1 || slim="$slim prometheus"
+# PostgreSQL's server programs (initdb, pg_ctl, postgres, psql): the tests
+# and the benchmark of several orchestrators on one PostgreSQL start a
+# throwaway cluster of their own, as an unprivileged user; the package's
+# own cluster is not used (nor started: there is no init system here).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || slim="$slim postgresql"
 [ -z "$need$slim" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages:$need$slim (install them as root: apt-get install$need$slim)" >&2

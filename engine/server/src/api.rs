@@ -344,6 +344,13 @@ async fn status(
             })
             .collect()
     };
+    let executed_by = if orch.store().is_shared() {
+        let (store, id) = (orch.store().clone(), id.clone());
+        let lease = blocking(move || Ok(store.lease(&id)?)).await?;
+        lease.owner.filter(|_| lease.live)
+    } else {
+        None
+    };
     let submitted_by = trail
         .iter()
         .rev()
@@ -402,6 +409,7 @@ async fn status(
         submitted_by,
         actions,
         notifications,
+        executed_by,
     }))
 }
 

@@ -107,7 +107,9 @@ async fn watchdog(orch: Arc<Orchestrator>, last_ok: Arc<AtomicU64>, epoch: Insta
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let since = epoch.elapsed().saturating_sub(Duration::from_millis(last_ok.load(Ordering::Relaxed)));
+        let since = epoch
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last_ok.load(Ordering::Relaxed)));
         if since < limit {
             continue;
         }

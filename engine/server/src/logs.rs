@@ -16,8 +16,8 @@ use std::sync::Mutex;
 use std::sync::Arc;
 
 use drover_core::Plan;
-use drover_state::{LogChunk, Store};
 use drover_exec::runner::TaskLine;
+use drover_state::{LogChunk, Store};
 use drover_transport::Stream;
 use tokio::sync::broadcast;
 

@@ -485,7 +485,11 @@ impl Orchestrator {
     fn adopt(self: &Arc<Self>, q: &mut Queue, mut handle: RunHandle) {
         let id = handle.run_id.clone();
         let plan = handle.plan.clone();
-        let logs = Arc::new(LogHub::open_in(&handle.logs_dir, &plan, Some((self.store.clone(), &id))));
+        let logs = Arc::new(LogHub::open_in(
+            &handle.logs_dir,
+            &plan,
+            Some((self.store.clone(), &id)),
+        ));
         let logs_end = logs.clone();
         let running_tasks = Arc::new(AtomicUsize::new(0));
         let logging = &plan.workflow.logging;
@@ -1158,8 +1162,7 @@ impl Orchestrator {
         }
         if matches!(status, RunStatus::Aborted | RunStatus::Paused | RunStatus::Running) {
             if self.store.is_shared() {
-                self.store
-                    .claim_run(id, self.limits.lease_ttl.as_millis() as i64)?;
+                self.store.claim_run(id, self.limits.lease_ttl.as_millis() as i64)?;
             }
             q.keep_paused.remove(id);
             q.pending.push_front(id.to_string());

@@ -205,6 +205,11 @@ pub struct RunStatusView {
     /// name; never a URL or a key).
     #[serde(default)]
     pub notifications: Vec<RunNotification>,
+    /// On a shared (PostgreSQL) store: the `drover serve` instance
+    /// executing the run now (the holder of its live lease); absent when
+    /// none is, and on SQLite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executed_by: Option<String>,
 }
 
 /// One notification about a run, as its status shows it.

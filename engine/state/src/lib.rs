@@ -495,8 +495,8 @@ pub struct SnapshotRecord {
     pub servers: serde_json::Value,
 }
 
-pub use cluster::{ActionAnswer, ActionRequest, Claim, Lease, LogChunk, Notice};
 pub use access::{AuditQuery, AuditRecord, Role, TokenHash, TokenRecord};
+pub use cluster::{ActionAnswer, ActionRequest, Claim, Lease, LogChunk, Notice};
 pub use schedule::{ScheduleRecord, SlotRecord};
 pub use sqlite::outbox::{Attempt, Delivery, DeliveryStatus, NewDelivery};
 pub use store::{Location, Store, parse_location, redact};

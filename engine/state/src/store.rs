@@ -17,6 +17,7 @@ use std::sync::Mutex;
 
 use crate::cluster::{ActionAnswer, ActionRequest, Claim, Lease, LogChunk, Notice};
 use crate::pg::Pg;
+pub use crate::pg::redact;
 use crate::sqlite::Sqlite;
 use crate::{
     Attempt, AuditQuery, AuditRecord, Delivery, DeliveryStatus, Entry, Event, NewDelivery, RunRecord, ScheduleRecord,
@@ -65,24 +66,6 @@ impl Location {
             Location::Sqlite(p) => p.display().to_string(),
             Location::Postgres(url) => redact(url),
         }
-    }
-}
-
-/// A URL with the password of its user info replaced by `***`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
     }
 }
 
@@ -171,7 +154,11 @@ impl Store {
     pub fn open_location(location: &Location) -> Result<Store, StateError> {
         match location {
             Location::Sqlite(p) => Store::open(p),
-            Location::Postgres(url) => Ok(Store::new(Db::Postgres(Pg::open(url)?), PathBuf::from(redact(url)))),
+            Location::Postgres(url) => {
+                let db = Pg::open(url)?;
+                let shown = PathBuf::from(db.location());
+                Ok(Store::new(Db::Postgres(db), shown))
+            }
         }
     }
 
@@ -564,15 +551,25 @@ mod tests {
 
     #[test]
     fn locations_are_files_sqlite_or_postgres_urls_and_nothing_else() {
-        assert_eq!(Location::parse("a/state.db").unwrap(), Location::Sqlite("a/state.db".into()));
-        assert_eq!(Location::parse("sqlite:///x.db").unwrap(), Location::Sqlite("/x.db".into()));
         assert_eq!(
-            Location::parse("postgres://u:pw@h:5/db").unwrap(),
+            Location::parse("a/state.db").expect("parses"),
+            Location::Sqlite("a/state.db".into())
+        );
+        assert_eq!(
+            Location::parse("sqlite:///x.db").expect("parses"),
+            Location::Sqlite("/x.db".into())
+        );
+        assert_eq!(
+            Location::parse("postgres://u:pw@h:5/db").expect("parses"),
             Location::Postgres("postgres://u:pw@h:5/db".into())
         );
-        let e = Location::parse("mysql://u:secret@h/db").unwrap_err().to_string();
+        let e = Location::parse("mysql://u:secret@h/db")
+            .expect_err("refused")
+            .to_string();
         assert!(e.contains("mysql://") && !e.contains("secret"), "{e}");
-        let e = parse_location("postgresql://u:secret@h/db").unwrap_err().to_string();
+        let e = parse_location("postgresql://u:secret@h/db")
+            .expect_err("refused")
+            .to_string();
         assert!(e.contains("drover serve") && !e.contains("secret"), "{e}");
     }
 

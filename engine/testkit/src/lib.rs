@@ -38,6 +38,7 @@ mod fleet;
 mod host;
 mod keys;
 pub mod known_hosts;
+pub mod postgres;
 mod ssh_config;
 mod sys;
 

@@ -422,6 +422,7 @@ mod tests {
                 attempts: 3,
                 last_error: Some("the target answered HTTP 500".into()),
             }],
+            executed_by: None,
         };
         let table = status_table(&view);
         assert!(
