@@ -612,6 +612,10 @@ impl Orchestrator {
                         tracing::error!(error = %e, "the run stopped: its journal cannot be written (disk full); it resumes once space is freed");
                         this.stall(&id, e.to_string());
                     }
+                    Err(e) if this.store.is_shared() => tracing::error!(
+                        error = %e,
+                        "the run stopped here: its journal cannot be written to the shared store; once its lease expires, an instance (this one too) takes it up from the journal"
+                    ),
                     Err(e) => tracing::error!(error = %e, "run ended abnormally"),
                 }
                 crate::logging::unregister_run(&id);

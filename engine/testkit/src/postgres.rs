@@ -378,7 +378,9 @@ fn spawn_held(mut command: Command) -> io::Result<Child> {
 /// A TCP proxy on a free loopback port forwarding every connection to a
 /// target: what stands between an orchestrator and its database in
 /// partition tests. [`Proxy::cut`] closes every open connection and drops
-/// new ones until [`Proxy::restore`]. Dropping it stops it.
+/// new ones until [`Proxy::restore`]; [`Proxy::stall`] keeps connections
+/// open but passes nothing on (a silent partition: packets lost, no reset)
+/// until [`Proxy::restore`] delivers what was held. Dropping it stops it.
 #[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
@@ -390,6 +392,7 @@ pub struct Proxy {
 struct ProxyShared {
     target: SocketAddr,
     cut: AtomicBool,
+    stalled: AtomicBool,
     stop: AtomicBool,
     next: AtomicU64,
     /// The open connections: (client side, target side).
@@ -421,6 +424,7 @@ impl Proxy {
         let shared = Arc::new(ProxyShared {
             target,
             cut: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             next: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
@@ -448,9 +452,16 @@ impl Proxy {
         self.shared.close_all();
     }
 
-    /// Forward new connections again.
+    /// Keep every connection open but pass nothing on, either way, until
+    /// [`Proxy::restore`]; new connections are accepted and held alike.
+    pub fn stall(&self) {
+        self.shared.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// Forward again: new connections, and what a stall held.
     pub fn restore(&self) {
         self.shared.cut.store(false, Ordering::SeqCst);
+        self.shared.stalled.store(false, Ordering::SeqCst);
     }
 }
 
@@ -509,10 +520,29 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<ProxyShared>) {
             let _ = std::thread::Builder::new()
                 .name("drover-testkit-proxy-copy".into())
                 .spawn(move || {
-                    let _ = io::copy(&mut from, &mut to);
+                    pump(&mut from, &mut to, &s);
                     // One direction ended: the connection is over.
                     s.close(id);
                 });
+        }
+    }
+}
+
+/// Copy `from` to `to` until either ends; while the proxy stalls, what
+/// was read is held back.
+fn pump(from: &mut TcpStream, to: &mut TcpStream, shared: &ProxyShared) {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while shared.stalled.load(Ordering::SeqCst) && !shared.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            return;
         }
     }
 }

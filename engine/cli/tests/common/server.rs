@@ -70,8 +70,8 @@ impl Server {
             .env_remove("DROVER_STATE")
             .env_remove("RUST_LOG")
             .envs(env.iter().copied())
-            .args(["serve", "--listen", "127.0.0.1:0", "--state"])
-            .arg(dir.join("state.db"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(state_arg(dir, args))
             .arg("--logs")
             .arg(dir.join("server-logs"))
             .args(workflows_dirs(dir, args, home))
@@ -267,6 +267,14 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Unless the test gives its own: `--state <dir>/state.db`.
+fn state_arg(dir: &Path, args: &[&str]) -> Vec<std::ffi::OsString> {
+    if args.contains(&"--state") {
+        return Vec::new();
+    }
+    vec!["--state".into(), dir.join("state.db").into()]
 }
 
 /// Unless the test chooses its own: the test's directory (its workflow
