@@ -9,7 +9,7 @@
 # state directories drover-testkit-XXXXXX (in /dev/shm, /var/tmp or /tmp)
 # and the sshd and ssh-agent processes using them, network namespaces
 # dtk<slot>-*, veth interfaces dtk<slot>l<k>a/b, and the unreachable routes
-# they add for 198.18.0.0/15.
+# they add for 198.18.0.0/15; so are its PostgreSQL clusters (drover-pg-*).
 status=0
 report() { # what, list
     if [ -n "$2" ]; then
@@ -24,6 +24,10 @@ report "drover-testkit host(s) running" \
     "$(pgrep -af 'sshd.* -f [^ ]*/drover-testkit-[^/ ]*/hosts/[^/ ]*/sshd_config' || true)"
 report "drover-testkit ssh-agent(s) running" \
     "$(pgrep -af 'ssh-agent .*-a [^ ]*/drover-testkit-agent-' || true)"
+report "drover-testkit PostgreSQL cluster(s) running" \
+    "$(pgrep -af 'postgres .*-D [^ ]*/drover-pg-[^/ ]*/' || true)"
+report "drover-testkit PostgreSQL director(y|ies)" \
+    "$(ls -d /tmp/drover-pg-* /var/tmp/drover-pg-* 2>/dev/null || true)"
 report "drover-testkit state director(y|ies)" \
     "$(ls -d /dev/shm/drover-testkit-* /var/tmp/drover-testkit-* /tmp/drover-testkit-* 2>/dev/null || true)"
 if command -v ip >/dev/null 2>&1; then

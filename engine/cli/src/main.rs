@@ -218,13 +218,36 @@ enum SecretsCommand {
 #[derive(Debug, clap::Args)]
 pub(crate) struct StateArgs {
     /// The state database (an SQLite file, or sqlite://PATH).
-    #[arg(long, env = "DROVER_STATE", value_name = "PATH", value_parser = state_location)]
+    #[arg(long, env = "DROVER_STATE", value_name = "PATH", value_parser = state_location())]
     pub(crate) state: Option<PathBuf>,
 }
 
 /// A `--state` argument: a path, or a URL of a store this build has.
-pub(crate) fn state_location(s: &str) -> Result<PathBuf, String> {
-    drover_state::parse_location(s).map_err(|e| e.to_string())
+pub(crate) fn state_location() -> StateArg<PathBuf> {
+    StateArg(drover_state::parse_location)
+}
+
+/// Reads `--state` (or DROVER_STATE) with `parse`. A wrong value is
+/// refused with the parser's message alone: clap's own message would
+/// repeat the value, and a database URL may hold a password.
+#[derive(Clone, Copy)]
+pub(crate) struct StateArg<T>(pub(crate) fn(&str) -> Result<T, drover_state::StateError>);
+
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for StateArg<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<T, clap::Error> {
+        let refuse = |msg: String| {
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("--state: {msg}\n")).with_cmd(cmd)
+        };
+        let s = value.to_str().ok_or_else(|| refuse("the value is not UTF-8".into()))?;
+        (self.0)(s).map_err(|e| refuse(e.to_string()))
+    }
 }
 
 /// A duration such as `30d`, `12h`, `90m`, `3600s` or `2w`.

@@ -57,7 +57,7 @@ pub struct ServeArgs {
     /// server (or `drover run`) owns at a time; or a PostgreSQL database
     /// (postgres://USER[:PASSWORD]@HOST:PORT/DB) shared by several
     /// servers, which divide the runs between them under leases.
-    #[arg(long, env = "DROVER_STATE", value_name = "PATH|URL", value_parser = state_location)]
+    #[arg(long, env = "DROVER_STATE", value_name = "PATH|URL", value_parser = crate::StateArg(Location::parse))]
     state: Option<Location>,
     /// Where this server keeps submitted sources, run logs and reports.
     /// Default: the SQLite file's directory; with a PostgreSQL store,
@@ -152,11 +152,6 @@ pub struct ServeArgs {
     /// with 422.
     #[arg(long, default_value_t = 2048, value_name = "MIB", value_parser = clap::value_parser!(u64).range(256..))]
     kcl_memory: u64,
-}
-
-/// A `--state`: a file, sqlite://PATH or postgres://….
-fn state_location(s: &str) -> Result<Location, String> {
-    Location::parse(s).map_err(|e| e.to_string())
 }
 
 /// A `--lease-ttl`: between 0.3 s and an hour.

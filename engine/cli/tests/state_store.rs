@@ -120,23 +120,52 @@ fn one_process_owns_a_store_and_others_are_refused_naming_it() {
 }
 
 #[test]
-fn a_state_url_of_another_database_is_refused_not_made_a_file() {
+fn a_state_url_is_a_database_never_a_file_and_its_password_never_shows() {
     let dir = tempfile::tempdir().expect("tempdir");
-    for cmd in [&["serve"][..], &["runs"][..]] {
+    // A loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let pg = format!("postgres://drover:s3cret-pw@127.0.0.1:{port}/postgres");
+    let run = |args: &[&str]| {
         let o = output(
             Command::new(env!("CARGO_BIN_EXE_drover"))
                 .current_dir(dir.path())
-                .args(cmd)
-                .args(["--state", "postgres://drover@127.0.0.1:5432/postgres"]),
+                .env("XDG_DATA_HOME", dir.path().join("xdg"))
+                .args(args),
         );
-        let out = text(&o);
-        assert_eq!(o.status.code(), Some(2), "{out}");
-        assert!(out.contains("postgres:// is not supported"), "{out}");
+        (o.status.code(), text(&o))
+    };
+    // Another database than SQLite or PostgreSQL: refused as a usage error.
+    for cmd in ["serve", "runs"] {
+        let (code, out) = run(&[cmd, "--state", "mysql://drover@127.0.0.1:3306/d"]);
+        assert_eq!(code, Some(2), "{out}");
+        assert!(out.contains("mysql:// is not supported"), "{out}");
     }
-    assert_eq!(
-        std::fs::read_dir(dir.path()).expect("dir").count(),
-        0,
-        "nothing was created (no directory named postgres:)"
+    // PostgreSQL: a store for drover serve only; commands that execute
+    // here say so.
+    let (code, out) = run(&["runs", "--state", &pg]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("drover serve") && !out.contains("s3cret-pw"), "{out}");
+    // drover serve connects, and says it cannot, naming the database
+    // without its password.
+    let (code, out) = run(&["serve", "--state", &pg, "--logs", "server-logs"]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("cannot reach the database"), "{out}");
+    assert!(
+        out.contains(&format!("127.0.0.1:{port}")) && !out.contains("s3cret-pw"),
+        "{out}"
+    );
+    let made: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| n != "xdg" && n != "server-logs")
+        .collect();
+    assert!(
+        made.is_empty(),
+        "nothing is made of the URL (no directory named postgres:): {made:?}"
     );
 }
 

@@ -277,17 +277,26 @@ async fn list(
         return Err(ApiError::bad_request("limit must be at least 1"));
     }
     let store = orch.store().clone();
-    let runs: Vec<RunInfo> = blocking(move || Ok(store.runs()?))
-        .await?
+    let all = blocking(move || Ok(store.runs()?)).await?;
+    let queue_depth = queue_depth(&orch, &all);
+    let runs: Vec<RunInfo> = all
         .iter()
         .filter(|r| want.is_none_or(|w| r.status == w))
         .take(q.limit.map_or(usize::MAX, |l| l as usize))
         .map(|r| shown(&orch, r))
         .collect();
-    Ok(Json(RunList {
-        runs,
-        queue_depth: orch.counts().1,
-    }))
+    Ok(Json(RunList { runs, queue_depth }))
+}
+
+/// Runs waiting: this server's queue; on a shared store, every queued run
+/// (whichever instance takes it up) and those claimed here not started.
+fn queue_depth(orch: &Orchestrator, all: &[RunRecord]) -> usize {
+    let here = orch.counts().1;
+    if orch.store().is_shared() {
+        all.iter().filter(|r| r.status == RunStatus::Queued).count().max(here)
+    } else {
+        here
+    }
 }
 
 /// Runs `f` (store reads: SQLite, the journal) on the blocking pool, off
@@ -648,15 +657,17 @@ impl LogSource {
                 at_end,
             } => {
                 let (s, i, after) = (store.clone(), id.clone(), *last);
-                // Chunks hold up to a few hundred lines each.
-                let chunks = match blocking(move || Ok(s.log_chunks_since(&i, after, 16)?)).await {
+                // A chunk holds what 200 ms of output was: read about
+                // `limit` lines' worth, counting 100 lines a chunk.
+                let chunks_asked = (limit / 100).max(1) as i64;
+                let chunks = match blocking(move || Ok(s.log_chunks_since(&i, after, chunks_asked)?)).await {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(error = %e.body.message, "cannot read the run's output stream");
                         Vec::new()
                     }
                 };
-                *at_end = chunks.len() < 16;
+                *at_end = (chunks.len() as i64) < chunks_asked;
                 let mut out = Vec::new();
                 for c in chunks {
                     for line in c.body.lines() {
@@ -668,7 +679,6 @@ impl LogSource {
                     }
                     *last = (*last).max(c.last_seq);
                 }
-                let _ = limit;
                 out
             }
         }
@@ -981,10 +991,12 @@ async fn run_metrics(
 async fn metrics(State(orch): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
     let mut by_status = HashMap::new();
     let store = orch.store().clone();
-    for r in blocking(move || Ok(store.runs()?)).await? {
+    let all = blocking(move || Ok(store.runs()?)).await?;
+    for r in &all {
         *by_status.entry(r.status).or_insert(0usize) += 1;
     }
-    let (active, queued) = orch.counts();
+    let (active, _) = orch.counts();
+    let queued = queue_depth(&orch, &all);
     let text = orch.metrics.render(&by_status, queued, active);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

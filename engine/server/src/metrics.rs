@@ -121,7 +121,7 @@ impl Metrics {
         registry.register("drover_runs", "Runs in the state store, by status", m.runs.clone());
         registry.register(
             "drover_queue_depth",
-            "Runs accepted and waiting for a free slot",
+            "Runs accepted and waiting for a free slot (on a shared store: across instances)",
             m.queue_depth.clone(),
         );
         registry.register(

@@ -137,7 +137,8 @@ pub struct RunInfo {
 pub struct RunList {
     /// The runs.
     pub runs: Vec<RunInfo>,
-    /// Runs waiting in the queue.
+    /// Runs waiting in the queue (on a shared store: every queued run,
+    /// whichever instance takes it up).
     pub queue_depth: usize,
 }
 
@@ -507,9 +508,10 @@ pub struct ApiErrorBody {
 pub struct Health {
     /// "ok".
     pub status: String,
-    /// Runs executing.
+    /// Runs executing in this instance.
     pub running: usize,
-    /// Runs waiting.
+    /// Runs waiting in this instance's queue (on a shared store, those it
+    /// took up and has not started yet).
     pub queued: usize,
 }
 

@@ -23,9 +23,6 @@
 //!   LISTEN connection (`listen`) forwards them to [`Pg::subscribe`]'s
 //!   receivers, reconnecting when lost.
 
-// Until the `Store` facade calls it, only the tests use `Pg`: remove this
-// then.
-
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::mpsc;
