@@ -7,6 +7,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::StateError;
+
 /// What a token may do. Each role may do everything the one before it
 /// may (`Viewer < Operator < Admin`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -135,4 +137,37 @@ pub struct AuditQuery {
     pub since_ms: Option<i64>,
     /// At most this many (None: all).
     pub limit: Option<u32>,
+}
+
+/// A token as stored: name, role, hash, created at, by, last used,
+/// revoked at.
+pub(crate) type TokenRow = (String, String, Vec<u8>, i64, String, Option<i64>, Option<i64>);
+
+impl TokenRecord {
+    /// A stored token, checked: a role or hash no token has is an error
+    /// naming the token.
+    pub(crate) fn from_row(row: TokenRow) -> Result<TokenRecord, StateError> {
+        let (name, role, hash, created_at_ms, created_by, last_used_ms, revoked_at_ms) = row;
+        let Some(role) = Role::parse(&role) else {
+            return Err(StateError::CorruptToken {
+                problem: format!("the unknown role {role:?}"),
+                name,
+            });
+        };
+        let Some(hash) = TokenHash::from_stored(&hash) else {
+            return Err(StateError::CorruptToken {
+                problem: format!("a hash of {} bytes instead of 32", hash.len()),
+                name,
+            });
+        };
+        Ok(TokenRecord {
+            name,
+            role,
+            hash,
+            created_at_ms,
+            created_by,
+            last_used_ms,
+            revoked_at_ms,
+        })
+    }
 }

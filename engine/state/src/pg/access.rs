@@ -4,35 +4,12 @@
 use deadpool_postgres::GenericClient;
 
 use super::{Pg, execute, query, query_one, query_opt, unique_violation};
-use crate::{AuditQuery, AuditRecord, Role, StateError, TokenHash, TokenRecord};
+use crate::{AuditQuery, AuditRecord, StateError, TokenRecord};
 
 const TOKEN_COLUMNS: &str = "name, role, hash, created_at_ms, created_by, last_used_ms, revoked_at_ms";
 
 fn token_of(r: &tokio_postgres::Row) -> Result<TokenRecord, StateError> {
-    let name: String = r.get(0);
-    let role: String = r.get(1);
-    let hash: Vec<u8> = r.get(2);
-    let Some(role) = Role::parse(&role) else {
-        return Err(StateError::CorruptToken {
-            problem: format!("the unknown role {role:?}"),
-            name,
-        });
-    };
-    let Some(hash) = TokenHash::from_stored(&hash) else {
-        return Err(StateError::CorruptToken {
-            problem: format!("a hash of {} bytes instead of 32", hash.len()),
-            name,
-        });
-    };
-    Ok(TokenRecord {
-        name,
-        role,
-        hash,
-        created_at_ms: r.get(3),
-        created_by: r.get(4),
-        last_used_ms: r.get(5),
-        revoked_at_ms: r.get(6),
-    })
+    TokenRecord::from_row((r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)))
 }
 
 /// Append `a` to the audit trail; its id.

@@ -8,7 +8,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::Sqlite;
-use crate::{AuditQuery, AuditRecord, Role, StateError, TokenHash, TokenRecord};
+use crate::{AuditQuery, AuditRecord, StateError, TokenRecord};
 
 /// The tables (created with the store's schema: `CREATE ... IF NOT
 /// EXISTS` adds them to a database made before they existed).
@@ -133,7 +133,7 @@ pub(super) fn insert_audit(conn: &Connection, a: &AuditRecord) -> Result<i64, St
 
 const TOKEN_COLUMNS: &str = "name, role, hash, created_at_ms, created_by, last_used_ms, revoked_at_ms";
 
-fn token_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+fn token_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<crate::access::TokenRow> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -145,39 +145,12 @@ fn token_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
     ))
 }
 
-type TokenRow = (String, String, Vec<u8>, i64, String, Option<i64>, Option<i64>);
-
-fn decode(row: TokenRow) -> Result<TokenRecord, StateError> {
-    let (name, role, hash, created_at_ms, created_by, last_used_ms, revoked_at_ms) = row;
-    let Some(role) = Role::parse(&role) else {
-        return Err(StateError::CorruptToken {
-            problem: format!("the unknown role {role:?}"),
-            name,
-        });
-    };
-    let Some(hash) = TokenHash::from_stored(&hash) else {
-        return Err(StateError::CorruptToken {
-            problem: format!("a hash of {} bytes instead of 32", hash.len()),
-            name,
-        });
-    };
-    Ok(TokenRecord {
-        name,
-        role,
-        hash,
-        created_at_ms,
-        created_by,
-        last_used_ms,
-        revoked_at_ms,
-    })
-}
-
 fn token_named(conn: &Connection, name: &str) -> Result<Option<TokenRecord>, StateError> {
     let row = conn
         .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE name = ?1"))?
         .query_row(params![name], token_of)
         .optional()?;
-    row.map(decode).transpose()
+    row.map(TokenRecord::from_row).transpose()
 }
 
 impl Sqlite {
@@ -235,7 +208,7 @@ impl Sqlite {
             let rows = stmt.query_map([], token_of)?;
             let mut out = Vec::new();
             for row in rows {
-                out.push(decode(row?)?);
+                out.push(TokenRecord::from_row(row?)?);
             }
             Ok(out)
         })
@@ -272,7 +245,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::Store;
+    use crate::{Role, Store, TokenHash};
 
     fn audit(actor: &str, action: &str, run_id: Option<&str>, at_ms: i64) -> AuditRecord {
         AuditRecord {
