@@ -656,3 +656,71 @@ async fn a_workflow_cannot_move_its_runs_to_another_store() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("drover serve") && text.contains("PostgreSQL"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_fires_each_slot_once_across_instances_and_survives_the_one_that_created_it() {
+    let site = Site::new(1);
+    site.installs_take(0.1);
+    let file = site.workflow("scheduled", "");
+    let url = site.pg.url();
+    let mut a = site.instance(0, &url, &[]);
+    let b = site.instance(1, &url, &[]);
+    let (code, body) = a
+        .post(
+            "/schedules",
+            json!({
+                "workflow": {"path": file.display().to_string()},
+                "cron": "*/2 * * * * *",
+                "timezone": "UTC",
+                "overlap": "queue",
+                "missed": "skip",
+            }),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{body:#}");
+    let id = body["id"].as_str().expect("id").to_string();
+    // Both instances' loops see it; each slot is fired by one of them.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    a.child.kill().expect("SIGKILL instance 0");
+    a.child.wait().expect("reaped");
+    let killed_at = now_ms();
+    // The other instance goes on firing it.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let (code, body) = b.post(&format!("/schedules/{id}/pause"), json!({})).await;
+    assert!(code.is_success(), "{body}");
+
+    let (code, sched) = b.get(&format!("/schedules/{id}")).await;
+    assert_eq!(code, StatusCode::OK, "{sched:#}");
+    let slots = sched["slots"].as_array().cloned().unwrap_or_default();
+    let fired: Vec<&Value> = slots.iter().filter(|s| s["outcome"] == "fired").collect();
+    assert!(fired.len() >= 5, "a slot every 2 s for 14 s: {sched:#}");
+    let after_kill = fired
+        .iter()
+        .filter(|s| s["slot_ms"].as_i64().unwrap_or(0) > killed_at + 1000)
+        .count();
+    assert!(
+        after_kill >= 2,
+        "slots after instance 0 was killed were fired: {sched:#}"
+    );
+    // One run per fired slot: no instance fired a slot another did.
+    let (code, list) = b.get("/workflows").await;
+    assert_eq!(code, StatusCode::OK, "{list}");
+    let mut by_slot: HashMap<String, String> = HashMap::new();
+    for run in list["runs"].as_array().cloned().unwrap_or_default() {
+        let run_id = run["run_id"].as_str().unwrap_or_default().to_string();
+        let status = b.status(&run_id).await;
+        for act in status["actions"].as_array().cloned().unwrap_or_default() {
+            if act["by"] == format!("schedule {id}") {
+                let slot = act["detail"].as_str().unwrap_or_default().to_string();
+                if let Some(other) = by_slot.insert(slot.clone(), run_id.clone()) {
+                    panic!("slot {slot} fired twice: runs {other} and {run_id}");
+                }
+            }
+        }
+    }
+    assert_eq!(
+        by_slot.len(),
+        fired.len(),
+        "runs and fired slots: {by_slot:?} {sched:#}"
+    );
+}

@@ -168,7 +168,14 @@ pub struct Scheduler {
     /// down.
     up_since_ms: i64,
     stopping: CancellationToken,
+    /// On a shared store: read the schedules again at least this often
+    /// (other instances create and change them; a slot is fired by the
+    /// first instance that claims it).
+    reread: Option<Duration>,
 }
+
+/// How often the schedules are read again on a shared store.
+const REREAD_SHARED: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -199,6 +206,7 @@ impl Scheduler {
             clock,
             up_since_ms,
             stopping,
+            reread: None,
         }
     }
 
@@ -214,6 +222,7 @@ impl Scheduler {
                     AFTER_FAILURE
                 }
             };
+            let wait = self.reread.map_or(wait, |r| wait.min(r));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = changed.notified() => {}
@@ -424,12 +433,15 @@ async fn blocking<T: Send + 'static>(
 /// Start the schedules' loop of `orch` (until its shutdown).
 pub fn start(orch: &Arc<Orchestrator>) {
     let clock: Clock = Arc::new(drover_exec::scheduler::now_ms);
-    let scheduler = Scheduler::new(
+    let mut scheduler = Scheduler::new(
         orch.store().clone(),
         Arc::new(Queue(orch.clone())),
         clock,
         orch.stopping.clone(),
     );
+    if orch.store().is_shared() {
+        scheduler.reread = Some(REREAD_SHARED);
+    }
     tokio::spawn(scheduler.run(orch.schedules_changed.clone()));
 }
 
