@@ -9,7 +9,7 @@
 kept in OUT/<stage>.log: setup (`make setup`: Debian packages, the venv
 with kcl-lib and ansible-core), the build of drover and the benchmarks,
 then every benchmark with `--json OUT/<bench>.json`: plan, exec, api,
-kcl, resume, and last fleet (it needs root: it makes real hosts), which gets
+kcl, resume, cluster (it needs PostgreSQL), and last fleet (it needs root: it makes real hosts), which gets
 whatever is left of the time limit (`--minutes`, 30) as its `--deadline`.
 Then `report`. OUT/run.json records the machine, the commit, the stages
 and their times.
@@ -38,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = "engine/bench/results"
-BENCHES = ["plan", "exec", "api", "kcl", "resume", "fleet"]
+BENCHES = ["plan", "exec", "api", "kcl", "resume", "cluster", "fleet"]
 
 # The arguments of each benchmark: the full run, and the quick one (a
 # check of the pipeline and the format, in a couple of minutes).
@@ -48,6 +48,12 @@ FULL = {
     "api": ["--runs", "200", "--max-running", "8", "--max-pending", "50"],
     "kcl": ["--seconds", "20"],
     "resume": ["--servers", "200", "--runs", "3"],
+    # 1, 2 and 3 instances on PostgreSQL and 1 on SQLite, 2 rounds, then 3
+    # takeovers of each kind: about 3 minutes on 2 cores.
+    "cluster": [
+        "--clients", "16", "--submissions", "80", "--workflows", "8", "--servers", "20",
+        "--rounds", "2", "--takeovers", "3", "--lease-ttl", "3",
+    ],
     # Two fleets (local, existing) at each size, every peer with drover's
     # key exchange and with OpenSSH's default: sizes up to 100 keep the
     # stage within the 30 minutes on 2 cores (see TEXT["fleet"]). Then
@@ -61,6 +67,7 @@ QUICK = {
     "api": ["--runs", "10"],
     "kcl": ["--seconds", "3"],
     "resume": ["--servers", "20", "--runs", "1"],
+    "cluster": ["--submissions", "10", "--workflows", "2", "--servers", "3", "--rounds", "1", "--takeovers", "1"],
     "fleet": ["--sizes", "3,5", "--runs", "1", "--budget", "20", "--max-run", "10", "--large", "10"],
 }
 # Kept free at the end of the time limit: deleting the last fleet, the report.
@@ -147,6 +154,11 @@ def stage(name, cmd, out, timeout=None, env=None):
     return {"name": name, "command": cmd, "seconds": seconds, "status": status, "exit": code, "log": log.name}
 
 
+def postgres_installed():
+    """Whether PostgreSQL's server programs are there (the cluster benchmark starts its own cluster)."""
+    return any(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+
+
 def run(args):
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +210,7 @@ def run(args):
         print("the build failed: no benchmark can run", file=sys.stderr)
         return 1
     bin_dir = ROOT / "target" / args.profile
-    timeouts = {"plan": 900, "exec": 900, "api": 1200, "kcl": 600, "resume": 1200}
+    timeouts = {"plan": 900, "exec": 900, "api": 1200, "kcl": 600, "resume": 1200, "cluster": 600}
     for b in BENCHES:
         if b not in only:
             continue
@@ -216,9 +228,19 @@ def run(args):
                 continue
             cmd += ["--deadline", str(int(left))]
             add(stage(b, cmd, out, timeout=left + 600))
+        elif b == "cluster" and not postgres_installed():
+            print("\n=== stage cluster: skipped: it needs PostgreSQL's server programs (`make setup` installs them)")
+            add({"name": "cluster", "command": cmd, "seconds": 0.0, "status": "skipped: needs PostgreSQL", "exit": None})
         else:
             add(stage(b, cmd, out, timeout=timeouts[b]))
     save()
+    if args.only:
+        # The run record of a benchmark measured in a run of its own, kept
+        # beside its JSON: the report shows it with this run's date, commit
+        # and load once OUT/run.json is a full run's again.
+        for b in BENCHES:
+            if b in only and (out / f"{b}.json").is_file():
+                (out / f"{b}.run.json").write_text(json.dumps(record, indent=2) + "\n")
     t = time.monotonic()
     code = report(args)
     record["report_seconds"] = time.monotonic() - t
@@ -341,7 +363,7 @@ def peer_figure(p):
 
 def summary_rows(benches):
     rows, notes = [], []
-    order = ["fleet", "exec", "plan", "api", "kcl", "resume"]
+    order = ["fleet", "exec", "plan", "api", "kcl", "resume", "cluster"]
     for b_name in order:
         d = benches.get(b_name)
         if not d:
@@ -530,6 +552,44 @@ resume-to-finish is what the run from scratch took for the same remaining
 tasks (from the moment it had as many tasks succeeded as the killed run),
 plus that recovery floor. Every journal is checked: no task succeeded twice,
 none started again after it succeeded; the benchmark fails otherwise.""",
+    "cluster": """\
+Several `drover serve` instances sharing one PostgreSQL database (they divide
+the runs between them under leases), against the embedded default: one
+instance on SQLite. The benchmark starts its own PostgreSQL cluster
+(drover-testkit: initdb on a free loopback port, fsync and synchronous commit
+**on**, as durable as SQLite's synchronous=FULL) and real `drover serve`
+processes on loopback, each with its own data directory, logs and port,
+sharing one admin token. Every server has the same `--max-running` and
+`--max-pending` (on PostgreSQL, limits across the instances). Tasks are the
+deterministic test taskservs of engine/exec/tests/home (`behave.sh`) on
+`connection = "local"` servers. Four configurations, each on a fresh store,
+in interleaved rounds: SQLite with 1 instance (the baseline every ratio is
+against), PostgreSQL with 1, 2 and 3 instances.
+
+- **Submissions per second**: N clients at once submit a small workflow (one
+  server: create + one install) by path, `POST /workflows/batch`, the i-th
+  submission to instance i mod n; accepted runs over the time until the last
+  was accepted. Every run must then finish, succeeded, none lost. Each
+  submission is a KCL evaluation in one of the receiving server's KCL worker
+  processes (one per CPU, per instance), and the runs execute meanwhile.
+- **Tasks per second**: workflows of many servers × 5 no-op tasks (create,
+  installs a → b, c → d) submitted at once, round-robin; tasks over the time
+  from the first submission until every run finished, succeeded, and every
+  install script ran exactly once.
+- **Takeover**: two instances on PostgreSQL with `--lease-ttl T`; a run of 6
+  servers × 4 installs of `sleep 1` (max_parallel 4) executes on instance A
+  (its status names A), B is up; after 8 installs A is killed with SIGKILL.
+  From the kill, in the run's journal read from B: the resumed `run_started`
+  (B took the run over), B's first task, the run's end. A dead instance's
+  lease expires T after its last renewal (renewed every T/4, so 0.75 T to T
+  after the kill), and the others look for runs to claim every T/4 (at most
+  1 s): the takeover is expected near T. The two instances share the local
+  provider's directory (`<data-dir>/providers`, where it keeps the hosts it
+  made): instances that take over each other's runs must (README, Several
+  orchestrators). Baseline: the same run on SQLite, killed, and `drover
+  serve` started again at once on the same file (an operator's restart; it
+  takes the run up from its journal). Every journal is checked: every task
+  succeeded exactly once, none started again after it succeeded.""",
 }
 
 
@@ -1007,6 +1067,89 @@ def resume_section(d, lines):
     lines.append("")
 
 
+def cluster_section(d, lines):
+    r = d["results"]
+    p = d["params"]
+    lines.append(TEXT["cluster"])
+    lines.append("")
+    lines.append(f"Command: `{d['command']}`; to reproduce: `python3 scripts/bench.py run --only cluster`.")
+    lines.append("")
+    pg = r.get("postgres", {})
+    lines.append(
+        f"PostgreSQL {pg.get('server_version', '?')} (fsync {pg.get('fsync', '?')}, synchronous_commit "
+        f"{pg.get('synchronous_commit', '?')}, full_page_writes {pg.get('full_page_writes', '?')}); SQLite "
+        f"{r.get('sqlite', '')}. Every server: `--max-running {p['max_running']} --max-pending {p['max_pending']}`. "
+        f"Median (min–max, n) of {p['rounds']} rounds; ratio: against SQLite with 1 instance (above 1: faster)."
+    )
+    lines.append("")
+
+    def lat(x):
+        return f"p50 {fmt(x['p50'])}, p99 {fmt(x['p99'])}" if x and x.get("n") else "–"
+
+    def times(v):
+        return f"{v:.2f}×" if v is not None else "–"
+
+    rows = []
+    for c in r["configs"]:
+        rows.append(
+            [
+                c["label"] + (" (baseline)" if c["key"] == "sqlite" else ""),
+                spread(c["submissions_per_s"], bold=True),
+                times(c.get("submissions_ratio")),
+                lat(c.get("submit_latency_ms")),
+                spread(c["tasks_per_s"], bold=True),
+                times(c.get("tasks_ratio")),
+                spread(c["tasks_wall_s"]),
+            ]
+        )
+    lines.append(
+        table(
+            [
+                "configuration",
+                f"submissions/s ({p['clients']} clients, {p['submissions']} submissions)",
+                "ratio",
+                "submission latency, ms",
+                f"tasks/s ({r['tasks']:,} tasks in {p['workflows']} runs of {p['servers']} servers)",
+                "ratio",
+                "those runs: first submission to the last one's end, s",
+            ],
+            rows,
+        )
+    )
+    lines.append("")
+    t = r["takeover"]
+    pgt, sq = t["postgres"], t["sqlite_restart"]
+    lines.append(
+        f"Takeover of a SIGKILLed instance's run ({t['tasks']} tasks; {p['takeovers']} rounds), seconds after the kill:"
+    )
+    lines.append("")
+    lines.append(
+        table(
+            ["measure", f"PostgreSQL, 2 instances, lease TTL {fmt(t['ttl_s'])} s", "SQLite, `drover serve` restarted at once"],
+            [
+                ["the run resumed (its resumed `run_started`)", spread(pgt["resumed_s"], bold=True), spread(sq["resumed_s"], bold=True)],
+                ["… its excess over the lease TTL", spread(pgt["excess_over_ttl_s"]), "–"],
+                ["the restarted server listening", "– (the other instance was up)", spread(sq["listening_s"])],
+                ["its first task after the resume", spread(pgt["first_task_s"]), spread(sq["first_task_s"])],
+                ["the run finished", spread(pgt["finished_s"]), spread(sq["finished_s"])],
+                [
+                    "installs in flight at the kill that ran again (same idempotency key)",
+                    ", ".join(str(x) for x in pgt["runs"]["rerun_scripts"]),
+                    ", ".join(str(x) for x in sq["runs"]["rerun_scripts"]),
+                ],
+                ["every task succeeded exactly once, none started again after it succeeded", "checked", "checked"],
+            ],
+        )
+    )
+    lines.append("")
+    lines.append(
+        "On SQLite the run waits for someone (an operator, a supervisor) to start `drover serve` again: the SQLite "
+        "column is the restart's own time, without the time to notice the crash. On PostgreSQL nobody acts: the "
+        "takeover costs the lease TTL."
+    )
+    lines.append("")
+
+
 SECTIONS = [
     ("fleet", "Fleet fan-out: drover against pdsh, parallel-ssh and ansible", fleet_section),
     ("fleet", "Orchestrator memory holding a connection to every host", memory_section),
@@ -1015,6 +1158,7 @@ SECTIONS = [
     ("api", "Submission throughput and API latency under load", api_section),
     ("kcl", "KCL evaluation: worker processes against the in-process engine", kcl_section),
     ("resume", "Crash-resume of a {tasks}-task run", resume_section),
+    ("cluster", "Several orchestrators on PostgreSQL against one on SQLite", cluster_section),
 ]
 
 
@@ -1195,7 +1339,7 @@ def main():
     r.add_argument("--out", default=None, help=f"where the JSON and logs go (default {RESULTS}, quick: target/bench-quick)")
     r.add_argument("--report", default=None, help="the report (default BENCHMARKS.md, quick: OUT/BENCHMARKS.md)")
     r.add_argument("--minutes", type=float, default=30, help="the time limit of the whole run (default 30)")
-    r.add_argument("--only", default=None, help="comma-separated benchmarks to run (plan,exec,api,kcl,resume,fleet)")
+    r.add_argument("--only", default=None, help="comma-separated benchmarks to run (plan,exec,api,kcl,resume,cluster,fleet)")
     r.add_argument("--no-setup", action="store_true", help="skip `make setup`")
     g = sub.add_parser("report", help="write the report from the JSON of the last run")
     g.add_argument("--out", default=RESULTS)
