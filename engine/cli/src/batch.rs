@@ -600,6 +600,7 @@ async fn list(client: &Client, status: Option<String>, limit: Option<u32>, out: 
             .runs
             .iter()
             .map(|r| {
+                let r = &r.run;
                 vec![
                     r.run_id.clone(),
                     r.status.clone(),

@@ -44,10 +44,11 @@ use crate::wire::*;
         fleet::show_snapshot, fleet::drift, crate::notify::list,
         crate::schedules::endpoints::create, crate::schedules::endpoints::list, crate::schedules::endpoints::show,
         crate::schedules::endpoints::update, crate::schedules::endpoints::delete,
-        crate::schedules::endpoints::pause, crate::schedules::endpoints::resume
+        crate::schedules::endpoints::pause, crate::schedules::endpoints::resume,
+        crate::dashboard::whoami, crate::dashboard::graph
     ),
     components(schemas(
-        SubmitRequest, SubmitResponse, OperationPlan, TaskRef, RunInfo, RunList, RunState, RunStatusView, NotUndone,
+        SubmitRequest, SubmitResponse, OperationPlan, TaskRef, RunInfo, RunListItem, RunList, RunState, RunStatusView, NotUndone,
         OperationStatus, TaskStatus, LogEvent, LogStreamEvent, JournalEvent, TransitionStreamEvent, RetryRequest,
         ActionResponse, RunMetrics, OperationMetrics, ApiErrorBody, Health, RunAction, RunNotification, TokenRole, CreateTokenRequest,
         CreatedToken, TokenInfo, TokenList, AuditEntry, AuditList, FleetSelector, FleetCriterion, CriterionField,
@@ -56,7 +57,7 @@ use crate::wire::*;
         SnapshotView, DriftRequest, DriftChange, DriftResponse, NotificationDelivery, NotificationList,
         DeliveryState,
         ScheduleRequest, SchedulePatch, ScheduleView, ScheduleList, ScheduleSlot, ScheduledRun, ScheduledWorkflow,
-        OverlapPolicy, MissedPolicy
+        OverlapPolicy, MissedPolicy, WhoAmI, RunGraph, GraphNode, GraphEdge
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -114,6 +115,10 @@ pub fn router(orch: Arc<Orchestrator>, auth: Auth) -> Router {
         .route("/schedules/{id}/pause", post(schedules::pause))
         .route("/schedules/{id}/resume", post(schedules::resume))
         .route("/notifications", get(crate::notify::list))
+        .route("/whoami", get(crate::dashboard::whoami))
+        .route("/workflows/{id}/graph", get(crate::dashboard::graph))
+        .route("/", get(crate::dashboard::index))
+        .route("/ui/{file}", get(crate::dashboard::file))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(orch.clone());
@@ -277,13 +282,33 @@ async fn list(
         return Err(ApiError::bad_request("limit must be at least 1"));
     }
     let store = orch.store().clone();
-    let all = blocking(move || Ok(store.runs()?)).await?;
+    let (all, submitters) = blocking(move || {
+        let all = store.runs()?;
+        // Who started each run: the audit trail's accepted submissions.
+        let mut by = HashMap::new();
+        for action in ["submit", "exec", "schedule"] {
+            let q = AuditQuery {
+                action: Some(action.into()),
+                ..AuditQuery::default()
+            };
+            for a in store.audit(&q)? {
+                if let (Some(run), "ok") = (a.run_id, a.outcome.as_str()) {
+                    by.insert(run, a.actor);
+                }
+            }
+        }
+        Ok((all, by))
+    })
+    .await?;
     let queue_depth = queue_depth(&orch, &all);
-    let runs: Vec<RunInfo> = all
+    let runs: Vec<RunListItem> = all
         .iter()
         .filter(|r| want.is_none_or(|w| r.status == w))
         .take(q.limit.map_or(usize::MAX, |l| l as usize))
-        .map(|r| shown(&orch, r))
+        .map(|r| RunListItem {
+            run: shown(&orch, r),
+            submitted_by: submitters.get(&r.id).cloned(),
+        })
         .collect();
     Ok(Json(RunList { runs, queue_depth }))
 }

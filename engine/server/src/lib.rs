@@ -11,6 +11,8 @@
 //!   the Host check, the body limit, the HTTP part of shutdown.
 //! - [`cluster`]: several instances on one PostgreSQL store: the lease
 //!   keeper, its watchdog, commands for runs another instance executes.
+//! - [`dashboard`]: the web dashboard's files (embedded) and the
+//!   endpoints written for it (`/whoami`, a run's graph).
 //! - [`auth`]: bearer tokens, roles, who is calling (for the audit trail).
 //! - [`metrics`]: the Prometheus registry.
 //! - [`schedules`]: cron schedules of workflows and execs, and their
@@ -28,6 +30,7 @@
 pub mod api;
 pub mod auth;
 pub mod cluster;
+pub mod dashboard;
 pub mod error;
 pub mod fleet;
 pub mod http;

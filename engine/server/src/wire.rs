@@ -132,11 +132,23 @@ pub struct RunInfo {
     pub updated_at_ms: i64,
 }
 
+/// A run as listed.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunListItem {
+    /// The run.
+    #[serde(flatten)]
+    pub run: RunInfo,
+    /// The name of the token that submitted it, or `schedule ID` (absent
+    /// for runs started another way, e.g. `drover run`).
+    #[serde(default)]
+    pub submitted_by: Option<String>,
+}
+
 /// Every run, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunList {
     /// The runs.
-    pub runs: Vec<RunInfo>,
+    pub runs: Vec<RunListItem>,
     /// Runs waiting in the queue (on a shared store: every queued run,
     /// whichever instance takes it up).
     pub queue_depth: usize,
@@ -1166,4 +1178,57 @@ pub struct DriftResponse {
     pub servers: usize,
     /// Every difference, per server; empty: no drift.
     pub changes: Vec<DriftChange>,
+}
+
+/// Who the caller is: its token's name and role.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// The token's name (as the audit trail records it).
+    pub name: String,
+    /// viewer, operator or admin.
+    pub role: String,
+}
+
+/// A run's plan as a graph.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RunGraph {
+    /// The run.
+    pub run_id: String,
+    /// Its workflow's name.
+    pub workflow: String,
+    /// Operation ids, in declaration order (`GraphNode.operation` indexes
+    /// this).
+    pub operations: Vec<String>,
+    /// Tasks and gates; an edge's `from` and `to` index this.
+    pub nodes: Vec<GraphNode>,
+    /// Dependencies: `to` waits for `from`.
+    pub edges: Vec<GraphEdge>,
+}
+
+/// A task (work) or a gate (a join point that does no work).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GraphNode {
+    /// Its id (a task's, as the status and events name it).
+    pub id: String,
+    /// `task` or `gate`.
+    pub kind: String,
+    /// The operation it belongs to (index into `operations`); a gate of a
+    /// DependencyDef belongs to none.
+    pub operation: Option<usize>,
+    /// The server a task works on.
+    pub server: Option<String>,
+    /// The taskserv a task installs, updates or removes.
+    pub taskserv: Option<String>,
+}
+
+/// A dependency.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GraphEdge {
+    /// The node waited for.
+    pub from: usize,
+    /// The node that waits.
+    pub to: usize,
+    /// `success` (it must succeed, else the waiting node is skipped) or
+    /// `finish` (it must end, in any state).
+    pub needs: String,
 }
