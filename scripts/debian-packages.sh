@@ -24,6 +24,10 @@ command -v promtool >/dev/null 2>&1 || slim="$slim prometheus"
 # throwaway cluster of their own, as an unprivileged user; the package's
 # own cluster is not used (nor started: there is no init system here).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || slim="$slim postgresql"
+# Headless Chromium and its WebDriver (chromedriver): the web dashboard's
+# tests drive the page in a real browser (engine/cli/tests/dashboard.rs).
+command -v chromium >/dev/null 2>&1 || slim="$slim chromium"
+command -v chromedriver >/dev/null 2>&1 || slim="$slim chromium-driver"
 [ -z "$need$slim" ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages:$need$slim (install them as root: apt-get install$need$slim)" >&2

@@ -11,6 +11,7 @@ use std::process::Output;
 use drover_state::{Entry, Event};
 
 pub mod server;
+pub mod webdriver;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
