@@ -147,7 +147,8 @@ enum Command {
         #[command(flatten)]
         state: StateArgs,
     },
-    /// The orchestrator: HTTP API, run queue and scheduler on the embedded state store.
+    /// The orchestrator: HTTP API, web dashboard (at /), run queue and scheduler, on the embedded state
+    /// store (SQLite) or on PostgreSQL shared with other instances.
     Serve(serve::ServeArgs),
     /// Submit, watch and steer runs on a drover server (`drover serve`) over its HTTP API.
     #[command(after_help = batch::AFTER_HELP)]

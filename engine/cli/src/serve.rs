@@ -1,5 +1,5 @@
-//! `drover serve`: the orchestrator (HTTP API and scheduler) on the
-//! embedded state store.
+//! `drover serve`: the orchestrator (HTTP API, web dashboard, scheduler) on the
+//! embedded state store, or on PostgreSQL shared with other instances.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
