@@ -53,6 +53,8 @@ async fn healthz_answers_and_the_openapi_document_lists_every_endpoint() {
         ("/workflows/{id}/resume", &["post"]),
         ("/workflows/{id}/cancel", &["post"]),
         ("/workflows/{id}/metrics", &["get"]),
+        ("/workflows/{id}/graph", &["get"]),
+        ("/whoami", &["get"]),
         ("/metrics", &["get"]),
         ("/healthz", &["get"]),
         ("/tokens", &["get", "post"]),
