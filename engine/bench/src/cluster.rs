@@ -932,7 +932,7 @@ async fn takeover_pg(ctx: &Ctx, ttl: f64, state: &str, dir: &Path, round: usize)
     let journal = ctx.journal(&b.url, &id).await?;
     let mut t = timings(&journal, killed_ms, TAKEOVER_SERVERS * PER_SERVER)?;
     t.done_at_kill = done_at_kill;
-    t.rerun_scripts = reruns(&ctl)?;
+    t.rerun_scripts = drover_bench::home::reruns(&ctl)?;
     drop(b);
     Ok(t)
 }
@@ -968,7 +968,7 @@ async fn takeover_sqlite(ctx: &Ctx, dir: &Path, round: usize) -> Result<Takeover
     let mut t = timings(&journal, killed_ms, TAKEOVER_SERVERS * PER_SERVER)?;
     t.listening_s = Some(listening_s);
     t.done_at_kill = done_at_kill;
-    t.rerun_scripts = reruns(&ctl)?;
+    t.rerun_scripts = drover_bench::home::reruns(&ctl)?;
     drop(b);
     Ok(t)
 }
@@ -1073,18 +1073,6 @@ async fn wait_lines(control: &Path, n: usize) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
-}
-
-/// Install scripts that ran more than once (by idempotency key).
-fn reruns(control: &Path) -> Result<usize> {
-    let log = std::fs::read_to_string(control.join("executions.log"))?;
-    let mut by_key: BTreeMap<&str, usize> = BTreeMap::new();
-    for line in log.lines() {
-        if let Some(key) = line.split(' ').nth(4) {
-            *by_key.entry(key).or_default() += 1;
-        }
-    }
-    Ok(by_key.values().filter(|n| **n > 1).count())
 }
 
 /// The admin token every instance shares: 32 random bytes, hex.

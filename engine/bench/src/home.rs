@@ -69,3 +69,16 @@ workflow = drover.WorkflowDef {{
     std::fs::write(home.join("small.k"), workflow(3))?;
     Ok(home)
 }
+
+/// Scripts of the deterministic test taskservs (behave.sh) that ran more
+/// than once: their executions.log in `control`, by idempotency key.
+pub fn reruns(control: &Path) -> Result<usize> {
+    let log = std::fs::read_to_string(control.join("executions.log"))?;
+    let mut by_key: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for line in log.lines() {
+        if let Some(key) = line.split(' ').nth(4) {
+            *by_key.entry(key).or_default() += 1;
+        }
+    }
+    Ok(by_key.values().filter(|n| **n > 1).count())
+}

@@ -347,7 +347,7 @@ impl Bench {
             .context("the resumed run started no task")?;
         round.resume_startup = resumed_at.at_ms as f64 - spawned_ms;
         round.resume_first_task = first_task as f64 - spawned_ms;
-        round.rerun_scripts = reruns(&control)?;
+        round.rerun_scripts = drover_bench::home::reruns(&control)?;
 
         // 4. From scratch.
         let scratch = dir.join("scratch");
@@ -479,18 +479,6 @@ fn check_exactly_once(journal: &[drover_state::Entry], tasks: usize) -> Result<(
         bail!("the run did not finish with success");
     }
     Ok(())
-}
-
-/// Install scripts that ran more than once (by idempotency key).
-fn reruns(control: &Path) -> Result<usize> {
-    let log = std::fs::read_to_string(control.join("executions.log"))?;
-    let mut by_key: BTreeMap<&str, usize> = BTreeMap::new();
-    for line in log.lines() {
-        if let Some(key) = line.split(' ').nth(4) {
-            *by_key.entry(key).or_default() += 1;
-        }
-    }
-    Ok(by_key.values().filter(|n| **n > 1).count())
 }
 
 fn scripts_done(control: &Path) -> usize {

@@ -23,7 +23,7 @@ use futures_util::Stream;
 use utoipa::OpenApi;
 
 use crate::auth::{Auth, Caller, outcome_of, record_audit, record_refusal};
-use crate::error::{ApiError, ApiJson, ApiQuery};
+use crate::error::{ApiError, ApiJson, ApiQuery, blocking};
 use crate::fleet;
 use crate::logs::{StreamReader, stream_file};
 use crate::orchestrator::{Orchestrator, exec_error};
@@ -326,10 +326,6 @@ fn queue_depth(orch: &Orchestrator, all: &[RunRecord]) -> usize {
 
 /// Runs `f` (store reads: SQLite, the journal) on the blocking pool, off
 /// the runtime's workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?
-}
-
 async fn summary_of(
     orch: &Orchestrator,
     id: &str,

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use drover_state::{ActionAnswer, Notice, RunStatus};
 use tokio::sync::broadcast;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, blocking};
 use crate::orchestrator::{Command, Orchestrator};
 
 /// How long an instance waits for the instance executing a run to carry
@@ -34,16 +34,6 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 /// a quarter of the lease's time to live, between 100 ms and 1 s.
 pub fn claim_interval(ttl: Duration) -> Duration {
     (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
-}
-
-/// Run a blocking store call off the runtime's workers.
-pub(crate) async fn blocking<T: Send + 'static, E: Into<ApiError> + Send + 'static>(
-    f: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(Into::into),
-        Err(e) => Err(ApiError::internal(e)),
-    }
 }
 
 /// Start the lease keeper, its watchdog and the answering of requests
@@ -186,13 +176,13 @@ pub(crate) async fn ask_owner(orch: &Arc<Orchestrator>, id: &str, command: Comma
     let request = {
         let (store, id) = (orch.store().clone(), id.to_string());
         let at = drover_exec::scheduler::now_ms();
-        blocking(move || store.request_action(&id, command.as_str(), at)).await?
+        blocking(move || Ok(store.request_action(&id, command.as_str(), at)?)).await?
     };
     let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
     loop {
         let answer = {
             let store = orch.store().clone();
-            blocking(move || store.request_answer(request)).await?
+            blocking(move || Ok(store.request_answer(request)?)).await?
         };
         match answer {
             Some(ActionAnswer::Done(status)) => {

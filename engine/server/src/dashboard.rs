@@ -115,7 +115,7 @@ pub async fn whoami(caller: Caller) -> Json<WhoAmI> {
 pub async fn graph(State(orch): State<Arc<Orchestrator>>, Path(id): Path<String>) -> Result<Json<RunGraph>, ApiError> {
     let plan = {
         let (store, id) = (orch.store().clone(), id.clone());
-        crate::cluster::blocking(move || drover_exec::run::plan(&store, &id).map_err(exec_error)).await?
+        crate::error::blocking(move || drover_exec::run::plan(&store, &id).map_err(exec_error)).await?
     };
     let operations = plan.operations.iter().map(|o| o.id.clone()).collect();
     let nodes = plan

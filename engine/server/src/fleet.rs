@@ -30,18 +30,13 @@ use drover_exec::snapshot::{self, ServerState, SnapshotSpec};
 use drover_state::{AuditQuery, AuditRecord, Role, SnapshotRecord, StateError};
 
 use crate::auth::{Caller, outcome_of, record_audit};
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, blocking};
 use crate::orchestrator::{Orchestrator, exec_error};
 use crate::wire::{
     ApiErrorBody, DriftChange, DriftRequest, DriftResponse, ExecAccepted, ExecAnswer, ExecGroup, ExecProgress,
     ExecRequest, ExecView, FleetServer, SelectRequest, SelectResponse, SnapshotInfo, SnapshotList, SnapshotRequest,
     SnapshotTaken, SnapshotView, Unreachable,
 };
-
-/// Runs `f` (store reads) on the blocking pool, off the runtime's workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?
-}
 
 /// A request body as `T`: a JSON object, with the path to a wrong field
 /// named (`selector.groups: invalid type ...`).

@@ -1095,7 +1095,7 @@ impl Orchestrator {
         if self.store.is_shared() && !self.is_active(id) {
             let lease = {
                 let (store, id) = (self.store.clone(), id.to_string());
-                crate::cluster::blocking(move || store.lease(&id)).await?
+                crate::error::blocking(move || Ok(store.lease(&id)?)).await?
             };
             if lease.live && lease.owner.as_deref() != Some(self.store.instance()) {
                 return crate::cluster::ask_owner(self, id, command).await;
@@ -1106,7 +1106,7 @@ impl Orchestrator {
             Err(e) if e.status == axum::http::StatusCode::CONFLICT && self.store.is_shared() && !self.is_active(id) => {
                 let lease = {
                     let (store, id) = (self.store.clone(), id.to_string());
-                    crate::cluster::blocking(move || store.lease(&id)).await?
+                    crate::error::blocking(move || Ok(store.lease(&id)?)).await?
                 };
                 if lease.live && lease.owner.as_deref() != Some(self.store.instance()) {
                     return crate::cluster::ask_owner(self, id, command).await;

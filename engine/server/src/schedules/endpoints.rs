@@ -12,17 +12,12 @@ use drover_state::{AuditRecord, Role, ScheduleRecord, Store};
 
 use super::{Target, settings_of, timing};
 use crate::auth::{Caller, outcome_of, record_audit};
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, blocking};
 use crate::orchestrator::Orchestrator;
 use crate::wire::{
     ApiErrorBody, MissedPolicy, OverlapPolicy, ScheduleList, SchedulePatch, ScheduleRequest, ScheduleSlot,
     ScheduleView, ScheduledRun, SubmitRequest,
 };
-
-/// Runs `f` (store reads) on the blocking pool, off the runtime's workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(ApiError::internal)?
-}
 
 /// Record an action on a schedule in the audit trail with how it ended.
 async fn audit<T>(orch: &Orchestrator, caller: &Caller, action: &str, detail: String, result: &Result<T, ApiError>) {
